@@ -1,0 +1,22 @@
+"""Typed errors of mictag. Each message names the thing at fault and what to do about it.
+
+The CLI turns these into one line on stderr and a non-zero exit; library callers catch them.
+"""
+
+from __future__ import annotations
+
+
+class MictagError(Exception):
+    """Base class: a problem the user can act on (never a bug in mictag)."""
+
+
+class CheckpointError(MictagError):
+    """A model checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+class ModelNotFoundError(MictagError):
+    """A model or checkpoint could not be found locally and could not be downloaded."""
+
+
+class ConfigError(MictagError):
+    """An option or configuration value is invalid."""

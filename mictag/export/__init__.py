@@ -1,0 +1,1 @@
+"""Export: the composed model as one ONNX graph, TensorRT engines and a torch artifact."""
