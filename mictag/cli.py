@@ -82,6 +82,92 @@ def params(mapper: str) -> None:
         click.echo(f"{name.ljust(width)}  {count:>12,}  {count / 1e6:>8.3f}")
 
 
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _options(pairs: tuple[str, ...], what: str) -> dict:
+    """KEY=VALUE pairs -> dict, values parsed as JSON where they parse (numbers, booleans)."""
+    import json
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise MictagError(f"{what} option {pair!r} must look like KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["auto", "openmic", "folder"]), default="auto", show_default=True,
+              help="Data layout: OpenMIC-2018, or a folder with labels.csv.")
+@click.option("--ast", "ast", help="Frozen AST: audioset_10_10_0.4593.pth, a Hugging Face model directory or a hub id.")
+@click.option("--reprogrammer", type=click.Choice(["none", "noise", "cnn", "unet"]), default="unet", show_default=True)
+@click.option("--reprogrammer-option", "rp_opts", multiple=True, metavar="KEY=VALUE",
+              help="E.g. init=zeros (noise), activation=relu (cnn), trainable=false (unet).")
+@click.option("--mapper", type=click.Choice(["head", "fc", "many-to-one"]), default="head", show_default=True)
+@click.option("--mapper-option", "map_opts", multiple=True, metavar="KEY=VALUE", help="E.g. reduce=mean (many-to-one).")
+@click.option("--baseline", type=click.Choice(["cnn-bs", "finetune"]), default=None, help="Train a baseline instead.")
+@click.option("--recipe", type=click.Choice(["paper", "authors-code"]), default="paper", show_default=True)
+@click.option("--epochs", type=int, help="Override the recipe's epochs.")
+@click.option("--batch-size", type=int, help="Override the recipe's batch size.")
+@click.option("--lr", type=float, help="Override the recipe's learning rate.")
+@click.option("--seed", type=int, help="Override the recipe's seed.")
+@click.option("--recipe-option", "recipe_opts", multiple=True, metavar="KEY=VALUE",
+              help="Override any other recipe field (weight_decay, freqm, timem, hard_targets, schedule).")
+@click.option("--raw-fbank", is_flag=True, help="Feed the raw fbank, unnormalised (the authors' code).")
+@click.option("--runs", type=int, default=1, show_default=True, help="Repeat with seeds seed..seed+N-1; report mean +- std.")
+@click.option("--val-fraction", type=float, default=0.15, show_default=True)
+@click.option("--cache-dir", type=click.Path(), help="Feature cache (default: the mictag cache).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="Output directory (model.pt, metrics.json).")
+def train(data, fmt, ast, reprogrammer, rp_opts, mapper, map_opts, baseline, recipe, epochs, batch_size, lr, seed,
+          recipe_opts, raw_fbank, runs, val_fraction, cache_dir, device, out) -> None:
+    """Train a reprogrammer and mapper against the frozen AST on DATA."""
+    _need("torch", "mictag train")
+    from mictag.train.recipes import get_recipe
+    from mictag.train.trainer import TrainSpec
+    from mictag.train.trainer import train as run_training
+
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, **_options(recipe_opts, "recipe")}
+    if "betas" in overrides:
+        overrides["betas"] = tuple(overrides["betas"])
+    spec = TrainSpec(data=data, ast=ast, out=out, recipe=get_recipe(recipe, **overrides), fmt=fmt,
+                     reprogrammer=reprogrammer, reprogrammer_options=_options(rp_opts, "reprogrammer"),
+                     mapper=mapper, mapper_options=_options(map_opts, "mapper"), baseline=baseline,
+                     normalize_input=not raw_fbank, val_fraction=val_fraction, cache_dir=cache_dir, device=device)
+    result = run_training(spec, runs=runs, progress=_echo_err)
+    summary = result["summary"]
+    if runs > 1:
+        click.echo(f"test macro F1 over {runs} runs: {summary['test_macro_f1_mean']:.4f} +- {summary['test_macro_f1_std']:.4f}")
+    else:
+        click.echo(f"test macro F1 {summary['test_macro_f1_mean']:.4f}; model written to {summary['models'][0]}")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--data", required=True, type=click.Path(), help="Data set to evaluate on.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "openmic", "folder"]), default="auto", show_default=True)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--ast", "ast", help="Where the frozen AST is, if not where the model says.")
+@click.option("--cache-dir", type=click.Path())
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split (as in training).")
+def evaluate(model, data, fmt, split, ast, cache_dir, seed) -> None:
+    """Per-instrument OpenMIC F1, positive F1 and AP of a trained MODEL."""
+    _need("torch", "mictag evaluate")
+    from mictag.train.trainer import evaluate_model
+
+    protocol, tuned = evaluate_model(model, data, fmt, split, ast, cache_dir, seed=seed)
+    click.echo(protocol.table())
+    click.echo(f"macro F1 (OpenMIC protocol, threshold 0.5): {protocol.macro_f1:.4f}")
+    click.echo(f"macro F1 with the model's tuned thresholds: {tuned.macro_f1:.4f}")
+
+
 def _need(module: str, what: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise MictagError(f"{what} needs {module}: pip install 'mictag[train]'")

@@ -517,3 +517,41 @@ def test_absent_hub_id_offline_names_hf_hub_offline(offline_hub):
     with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE") as info:
         load_ast("testorg/absent")
     assert "testorg/absent" in str(info.value)
+
+
+def test_missing_relative_checkpoint_path_is_not_sent_to_the_hub(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        raise OSError("no hub in tests")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        load_ast(f"checkpoints/{checkpoints.ORIGINAL_FILENAME}")
+    assert not calls
+
+
+# ---------------------------------------------------------------- resize rule, frequency axis
+
+
+@pytest.mark.parametrize("new_f", [2, 7])
+def test_resize_pos_embed_frequency_axis(new_f):
+    """Same AST rule along frequency: centre crop at old//2 - new//2, else bilinear."""
+    from mictag.model.ast import resize_pos_embed
+
+    f0, t, d = 4, 6, 3
+    pos = torch.randn(1, 2 + f0 * t, d, generator=torch.Generator().manual_seed(9))
+    grid = torch.stack([torch.stack([pos[0, 2 + fi * t + ti] for ti in range(t)], dim=-1)
+                        for fi in range(f0)], dim=-2)[None]  # (1, D, F, T)
+    if new_f <= f0:
+        s = f0 // 2 - new_f // 2
+        new = grid[:, :, s:s + new_f]
+    else:
+        new = torch.nn.functional.interpolate(grid, size=(new_f, t), mode="bilinear")
+    expected = torch.cat([pos[:, :2], torch.stack([new[0, :, fi, ti] for fi in range(new_f) for ti in range(t)])[None]], 1)
+    assert_close(resize_pos_embed(pos, (f0, t), (new_f, t)), expected, atol=1e-6)

@@ -225,24 +225,56 @@ def resolve_hub(repo_id: str, revision: str | None = None) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
         raise ModelNotFoundError("loading from the Hugging Face hub needs huggingface_hub: pip install 'mictag[train]'") from exc
+    from huggingface_hub import constants as hf_constants
+
+    from mictag.paths import hf_hub_cache
+
     patterns = ["config.json", "*.safetensors", "pytorch_model.bin"]
+    cache_dir = str(hf_hub_cache())  # read from the environment now, as `mictag info` reports it
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True,
+                                      cache_dir=cache_dir))
     except Exception:
         pass
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    offline = bool(hf_constants.HF_HUB_OFFLINE) or any(
+        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     if offline:
         raise ModelNotFoundError(
             f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it once online "
             f"(mictag models pull), or pass a local checkpoint ({ORIGINAL_FILENAME} or a model directory)"
         )
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir))
     except Exception as exc:
         raise ModelNotFoundError(
             f"cannot download {repo_id} from the Hugging Face hub ({type(exc).__name__}); "
             f"pass a local checkpoint ({ORIGINAL_FILENAME} or a model directory) instead"
         ) from exc
+
+
+_WEIGHT_SUFFIXES = {".pth", ".pt", ".bin", ".safetensors", ".ckpt"}
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """``org/name`` and not a (missing) local weights file such as ``ckpt/audioset.pth``."""
+    return (bool(re.fullmatch(r"[\w.-]+/[\w.-]+", text)) and not text.startswith((".", "/"))
+            and Path(text).suffix.lower() not in _WEIGHT_SUFFIXES)
+
+
+def weights_file(source: str | os.PathLike) -> Path:
+    """The file holding an AST source's weights (for hashing): the .pth itself, or the weights
+    file of a model directory or cached hub model."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        if not looks_like_hub_id(str(source)):
+            raise ModelNotFoundError(f"AST checkpoint {source} does not exist")
+        path = resolve_hub(str(source))
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return path / name
+    raise ModelNotFoundError(f"{source} has no model.safetensors or pytorch_model.bin")
 
 
 def load_ast(source: str | os.PathLike, input_frames: int | None = None) -> AST:
@@ -254,6 +286,6 @@ def load_ast(source: str | os.PathLike, input_frames: int | None = None) -> AST:
         cfg = None if input_frames is None else ASTConfig(input_frames=input_frames)
         return load_original(path, cfg)
     text = str(source)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith((".", "/")):
+    if looks_like_hub_id(text):
         return load_hf_dir(resolve_hub(text), input_frames)
     raise ModelNotFoundError(f"AST checkpoint {text} not found: give a .pth file, a model directory or a hub id like {DEFAULT_HUB_ID}")
