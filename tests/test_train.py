@@ -257,3 +257,13 @@ def test_bad_dataset_path_is_one_clear_sentence(tmp_path, args, needle):
     assert result.exit_code == 2
     assert needle in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_runs_report_mean_and_std(tiny_openmic, tiny_ast_dir, tmp_path):
+    result = _train([tiny_openmic, "--ast", tiny_ast_dir, "--reprogrammer", "none", "--epochs", "2", "--lr", "3e-3",
+                     "--runs", "2", "--out", tmp_path / "runs", "--cache-dir", tmp_path / "cache"])
+    summary = json.loads((tmp_path / "runs" / "summary.json").read_text())
+    f1 = [json.loads((tmp_path / "runs" / f"run-{i}" / "metrics.json").read_text())["test"]["macro_f1"] for i in (1, 2)]
+    assert summary["runs"] == 2 and summary["test_macro_f1_mean"] == pytest.approx(np.mean(f1))
+    assert summary["test_macro_f1_std"] == pytest.approx(np.std(f1))
+    assert "over 2 runs" in result.output
