@@ -168,6 +168,28 @@ def evaluate(model, data, fmt, split, ast, cache_dir, seed) -> None:
     click.echo(f"macro F1 with the model's tuned thresholds: {tuned.macro_f1:.4f}")
 
 
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="The .onnx file to write (waveform input).")
+@click.option("--fbank-out", type=click.Path(), help="Also write the fbank-input variant here (streaming-mel path).")
+@click.option("--ast", "ast", help="Where the frozen AST is, if not where the model says.")
+@click.option("--opset", type=int, default=17, show_default=True)
+def export(model, out, fbank_out, ast, opset) -> None:
+    """Fuse a trained MODEL (fbank + reprogrammer + AST + mapper + sigmoid) into one ONNX graph."""
+    _need("torch", "mictag export")
+    _need("onnx", "mictag export")
+    from mictag.export.onnx import export_onnx, metadata
+    from mictag.train.checkpoint import load_model
+
+    system, payload = load_model(model, ast)
+    extra = {"backbone": payload.get("backbone"), "recipe": payload.get("recipe"), "metrics": payload.get("metrics")}
+    for variant, path in (("waveform", out), ("fbank", fbank_out)):
+        if path:
+            meta = metadata(system, payload["thresholds"], extra, variant)
+            written = export_onnx(system, path, meta, variant, opset)
+            click.echo(f"wrote {written} ({variant} input, {written.stat().st_size / 1e6:.1f} MB)")
+
+
 def _need(module: str, what: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise MictagError(f"{what} needs {module}: pip install 'mictag[train]'")

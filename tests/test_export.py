@@ -1,0 +1,91 @@
+"""Export: one ONNX graph equal to PyTorch (ONNX Runtime CPU), self-describing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mictag import features as F
+from mictag.cli import main
+from mictag.errors import CheckpointError
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_openmic, tiny_ast_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    result = CliRunner().invoke(main, ["train", str(tiny_openmic), "--ast", str(tiny_ast_dir), "--reprogrammer", "unet",
+                                       "--epochs", "1", "--out", str(out / "run"), "--cache-dir", str(out / "cache")])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["export", str(out / "run" / "model.pt"), "--out", str(out / "m.onnx"),
+                                       "--fbank-out", str(out / "m-fbank.onnx")])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _windows(fb, n_items, seed):
+    rng = np.random.default_rng(seed)
+    w = (0.3 * rng.standard_normal((n_items, fb.window_samples))).astype(np.float32)
+    valid = np.full(n_items, fb.window_samples, np.int64)
+    valid[1::2] = rng.integers(100, fb.window_samples, size=len(valid[1::2]))  # short (padded) windows
+    for i, v in enumerate(valid):
+        w[i, v:] = 0
+    return w, valid
+
+
+def test_onnx_equals_pytorch_for_full_and_short_windows_at_batch_1_3_8(trained):
+    from mictag.train.checkpoint import load_model
+
+    system, _ = load_model(trained / "run" / "model.pt")
+    fb = system.cfg.fbank
+    session = ort.InferenceSession(str(trained / "m.onnx"), providers=["CPUExecutionProvider"])
+    w, valid = _windows(fb, 8, 0)
+    from mictag.model.fbank import Fbank
+
+    front = Fbank(fb, normalize=system.cfg.normalize_input)
+    with torch.no_grad():
+        ref = torch.sigmoid(system(front(torch.from_numpy(w), torch.from_numpy(valid)))).numpy()
+    alone = []
+    for batch in (1, 3, 8):
+        got = np.concatenate([session.run(["probabilities"], {"windows": w[i:i + batch], "valid_samples": valid[i:i + batch]})[0]
+                              for i in range(0, 8, batch)])
+        assert np.abs(got - ref).max() <= 1e-4
+        alone.append(got)
+    np.testing.assert_allclose(alone[0], alone[2], atol=1e-5)  # an item's result does not depend on its batch
+
+
+def test_fbank_variant_equals_waveform_variant(trained):
+    wave = ort.InferenceSession(str(trained / "m.onnx"), providers=["CPUExecutionProvider"])
+    fbank = ort.InferenceSession(str(trained / "m-fbank.onnx"), providers=["CPUExecutionProvider"])
+    from mictag.export.onnx import read_metadata
+
+    fb = F.FbankConfig.from_dict(read_metadata(trained / "m-fbank.onnx")["features"])
+    w, valid = _windows(fb, 3, 1)
+    frames = np.stack([F.pad_frames(F.log_mel(w[i, :valid[i]], fb), fb)[0] for i in range(3)])
+    nframes = F.frame_count(valid, fb).astype(np.int64)
+    a = wave.run(["probabilities"], {"windows": w, "valid_samples": valid})[0]
+    b = fbank.run(["probabilities"], {"frames": frames, "valid_frames": nframes})[0]
+    assert np.abs(a - b).max() <= 1e-4
+
+
+def test_metadata_is_complete_and_missing_metadata_is_refused(trained, tmp_path):
+    import onnx
+
+    from mictag.export.onnx import read_metadata
+
+    meta = read_metadata(trained / "m.onnx")
+    assert meta["labels"][0] == "accordion" and len(meta["thresholds"]) == 20
+    assert meta["sample_rate"] == 16000 and meta["window_samples"] == F.samples_for_frames(128)
+    assert meta["backbone"]["sha256"] and meta["recipe"]["name"] == "paper" and meta["mapper"] == "head"
+    assert meta["variant"] == "waveform" and meta["mictag_version"]
+    bare = onnx.load(str(trained / "m.onnx"))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(CheckpointError, match="no mictag metadata"):
+        read_metadata(tmp_path / "bare.onnx")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_metadata(tmp_path / "absent.onnx")
