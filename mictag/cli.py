@@ -169,24 +169,45 @@ def evaluate(model, data, fmt, split, ast, cache_dir, seed) -> None:
 
 
 @main.command()
-@click.argument("model", type=click.Path())
+@click.argument("model", type=click.Path(), required=False)
 @click.option("--out", required=True, type=click.Path(), help="The .onnx file to write (waveform input).")
 @click.option("--fbank-out", type=click.Path(), help="Also write the fbank-input variant here (streaming-mel path).")
-@click.option("--ast", "ast", help="Where the frozen AST is, if not where the model says.")
+@click.option("--ast", "ast", help="Frozen AST (.pth, model directory or hub id): where MODEL's backbone is, or, "
+              "without MODEL, the AudioSet checkpoint to build the zero-training tagger from.")
+@click.option("--mapper", type=click.Choice(["many-to-one"]), default="many-to-one", show_default=True,
+              help="Without MODEL: the fixed AudioSet -> OpenMIC map.")
+@click.option("--reduce", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help="Without MODEL: how a label reduces its AudioSet classes.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="int8: dynamically quantised weights for CPU; the deviation from fp32 is measured and printed.")
 @click.option("--opset", type=int, default=17, show_default=True)
-def export(model, out, fbank_out, ast, opset) -> None:
-    """Fuse a trained MODEL (fbank + reprogrammer + AST + mapper + sigmoid) into one ONNX graph."""
+def export(model, out, fbank_out, ast, mapper, reduce, precision, opset) -> None:
+    """Fuse a trained MODEL (fbank + reprogrammer + AST + mapper + sigmoid) into one ONNX graph, or,
+    with --ast and no MODEL, build the zero-training instrument tagger from an AudioSet AST."""
     _need("torch", "mictag export")
     _need("onnx", "mictag export")
-    from mictag.export.onnx import export_onnx, metadata
-    from mictag.train.checkpoint import load_model
+    from mictag.export.onnx import export_onnx, metadata, quantize_int8
 
-    system, payload = load_model(model, ast)
-    extra = {"backbone": payload.get("backbone"), "recipe": payload.get("recipe"), "metrics": payload.get("metrics")}
+    if model:
+        from mictag.train.checkpoint import load_model
+
+        system, payload = load_model(model, ast)
+        thresholds = payload["thresholds"]
+        extra = {"backbone": payload.get("backbone"), "recipe": payload.get("recipe"), "metrics": payload.get("metrics")}
+    elif ast:
+        from mictag.export.zero_training import zero_training_tagger
+
+        system, extra = zero_training_tagger(ast, reduce=reduce)
+        thresholds = [0.5] * len(system.cfg.labels)
+    else:
+        raise MictagError("give a trained MODEL, or --ast CHECKPOINT to build the zero-training tagger")
     for variant, path in (("waveform", out), ("fbank", fbank_out)):
         if path:
-            meta = metadata(system, payload["thresholds"], extra, variant)
+            meta = metadata(system, thresholds, {**extra, "precision": "fp32"}, variant)
             written = export_onnx(system, path, meta, variant, opset)
+            if precision == "int8":
+                written, deviation = quantize_int8(written, meta)
+                click.echo(f"int8 deviation from fp32: max |dp| = {deviation:.2e} on random windows")
             click.echo(f"wrote {written} ({variant} input, {written.stat().st_size / 1e6:.1f} MB)")
 
 

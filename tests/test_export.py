@@ -89,3 +89,84 @@ def test_metadata_is_complete_and_missing_metadata_is_refused(trained, tmp_path)
         read_metadata(tmp_path / "bare.onnx")
     with pytest.raises(CheckpointError, match="does not exist"):
         read_metadata(tmp_path / "absent.onnx")
+
+
+def _original_layout(hf_dir, path):
+    """An original-layout checkpoint from an HF directory (test-side inversion of the key table)."""
+    import re
+
+    from safetensors.torch import load_file
+
+    hf = load_file(str(hf_dir / "model.safetensors"))
+    out, qkv = {}, {}
+    p = "audio_spectrogram_transformer."
+    for k, v in hf.items():
+        m = re.match(rf"{p}encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)", k)
+        if m:
+            qkv.setdefault((m[1], m[3]), {})[m[2]] = v
+            continue
+        for a, b in [(rf"^{p}embeddings\.cls_token$", "v.cls_token"), (rf"^{p}embeddings\.distillation_token$", "v.dist_token"),
+                     (rf"^{p}embeddings\.position_embeddings$", "v.pos_embed"),
+                     (rf"^{p}embeddings\.patch_embeddings\.projection\.", "v.patch_embed.proj."),
+                     (rf"^{p}encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"v.blocks.\1.attn.proj."),
+                     (rf"^{p}encoder\.layer\.(\d+)\.intermediate\.dense\.", r"v.blocks.\1.mlp.fc1."),
+                     (rf"^{p}encoder\.layer\.(\d+)\.output\.dense\.", r"v.blocks.\1.mlp.fc2."),
+                     (rf"^{p}encoder\.layer\.(\d+)\.layernorm_before\.", r"v.blocks.\1.norm1."),
+                     (rf"^{p}encoder\.layer\.(\d+)\.layernorm_after\.", r"v.blocks.\1.norm2."),
+                     (rf"^{p}layernorm\.", "v.norm."), (r"^classifier\.layernorm\.", "mlp_head.0."),
+                     (r"^classifier\.dense\.", "mlp_head.1.")]:
+            new, hits = re.subn(a, b, k)
+            if hits:
+                out["module." + new] = v
+                break
+    for (layer, kind), parts in qkv.items():
+        out[f"module.v.blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    torch.save(out, path)
+    return path
+
+
+def test_zero_training_tagger_from_hf_dir_equals_max_over_audioset_sources(tiny_ast_dir, tmp_path):
+    from transformers import ASTForAudioClassification
+
+    from mictag.export.onnx import read_metadata
+    from mictag.labels import OPENMIC_LABELS, openmic_audioset_map
+
+    result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--mapper", "many-to-one",
+                                       "--out", str(tmp_path / "zt.onnx")])
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(tmp_path / "zt.onnx")
+    assert meta["zero_training"] and meta["thresholds"] == [0.5] * 20
+    fb = F.FbankConfig.from_dict(meta["features"])
+    w, valid = _windows(fb, 2, 3)
+    got = ort.InferenceSession(str(tmp_path / "zt.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"windows": w, "valid_samples": valid})[0]
+    # Independent reference: transformers' AST on our fbank, then max of the mapped AudioSet probabilities.
+    hf = ASTForAudioClassification.from_pretrained(tiny_ast_dir).eval()
+    x = torch.from_numpy(np.stack([F.model_input(w[i, :valid[i]], fb) for i in range(2)]))
+    with torch.no_grad():
+        probs = torch.sigmoid(hf(x).logits).numpy()
+    table = openmic_audioset_map()
+    expect = np.stack([probs[:, list(table[label])].max(axis=1) for label in OPENMIC_LABELS], axis=1)
+    assert np.abs(got - expect).max() <= 1e-4
+
+
+def test_zero_training_tagger_from_original_checkpoint_and_int8(tiny_ast_dir, tmp_path):
+    pth = _original_layout(tiny_ast_dir, tmp_path / "audioset_10_10_0.4593.pth")
+    # The original layout carries no config: a tiny one is refused with the key/shape listing.
+    result = CliRunner().invoke(main, ["export", "--ast", str(pth), "--out", str(tmp_path / "o.onnx")])
+    assert result.exit_code == 2 and "patch grid" in result.output and len(result.output.splitlines()) == 1
+    result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--precision", "int8",
+                                       "--out", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "int8 deviation from fp32" in result.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--ast", "/no/such.pth", "--out", "x.onnx"], "/no/such.pth not found"),
+    (["--out", "x.onnx"], "give a trained MODEL, or --ast"),
+    (["/no/model.pt", "--out", "x.onnx"], "does not exist"),
+])
+def test_export_refusals_are_one_line(args, needle, tmp_path):
+    result = CliRunner().invoke(main, ["export", *args])
+    assert result.exit_code == 2 and needle in result.output
+    assert len(result.output.strip().splitlines()) == 1
