@@ -92,36 +92,11 @@ def test_metadata_is_complete_and_missing_metadata_is_refused(trained, tmp_path)
 
 
 def _original_layout(hf_dir, path):
-    """An original-layout checkpoint from an HF directory (test-side inversion of the key table)."""
-    import re
-
+    """An original-layout checkpoint from an HF directory (the test-side inversion of the key table)."""
     from safetensors.torch import load_file
+    from test_ast_checkpoints import hf_disk_to_original
 
-    hf = load_file(str(hf_dir / "model.safetensors"))
-    out, qkv = {}, {}
-    p = "audio_spectrogram_transformer."
-    for k, v in hf.items():
-        m = re.match(rf"{p}encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)", k)
-        if m:
-            qkv.setdefault((m[1], m[3]), {})[m[2]] = v
-            continue
-        for a, b in [(rf"^{p}embeddings\.cls_token$", "v.cls_token"), (rf"^{p}embeddings\.distillation_token$", "v.dist_token"),
-                     (rf"^{p}embeddings\.position_embeddings$", "v.pos_embed"),
-                     (rf"^{p}embeddings\.patch_embeddings\.projection\.", "v.patch_embed.proj."),
-                     (rf"^{p}encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"v.blocks.\1.attn.proj."),
-                     (rf"^{p}encoder\.layer\.(\d+)\.intermediate\.dense\.", r"v.blocks.\1.mlp.fc1."),
-                     (rf"^{p}encoder\.layer\.(\d+)\.output\.dense\.", r"v.blocks.\1.mlp.fc2."),
-                     (rf"^{p}encoder\.layer\.(\d+)\.layernorm_before\.", r"v.blocks.\1.norm1."),
-                     (rf"^{p}encoder\.layer\.(\d+)\.layernorm_after\.", r"v.blocks.\1.norm2."),
-                     (rf"^{p}layernorm\.", "v.norm."), (r"^classifier\.layernorm\.", "mlp_head.0."),
-                     (r"^classifier\.dense\.", "mlp_head.1.")]:
-            new, hits = re.subn(a, b, k)
-            if hits:
-                out["module." + new] = v
-                break
-    for (layer, kind), parts in qkv.items():
-        out[f"module.v.blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
-    torch.save(out, path)
+    torch.save(hf_disk_to_original(load_file(str(hf_dir / "model.safetensors")), depth=2), path)
     return path
 
 
