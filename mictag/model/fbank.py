@@ -66,7 +66,6 @@ class Fbank(nn.Module):
     def forward(self, waveform: torch.Tensor, valid_samples: torch.Tensor | None = None) -> torch.Tensor:
         frames = self.log_mel(waveform)
         if valid_samples is None:
-            # Samples short of a whole frame are padding the conv added, not signal.
-            n = torch.full((waveform.shape[0],), waveform.shape[-1], device=waveform.device)
-            valid_samples = n
+            # Every sample is signal; frames the conv made from its own padding are masked.
+            valid_samples = torch.full((waveform.shape[0],), waveform.shape[-1], device=waveform.device)
         return self.finish(frames, self.valid_frames(valid_samples))
