@@ -178,15 +178,16 @@ def evaluate(model, data, fmt, split, ast, cache_dir, seed) -> None:
               help="Without MODEL: the fixed AudioSet -> OpenMIC map.")
 @click.option("--reduce", type=click.Choice(["max", "mean"]), default="max", show_default=True,
               help="Without MODEL: how a label reduces its AudioSet classes.")
-@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
-              help="int8: dynamically quantised weights for CPU; the deviation from fp32 is measured and printed.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="fp16 (GPU; fbank, LayerNorm and Softmax stay fp32) or int8 (dynamic, CPU); the deviation "
+              "from fp32 is measured and printed.")
 @click.option("--opset", type=int, default=17, show_default=True)
 def export(model, out, fbank_out, ast, mapper, reduce, precision, opset) -> None:
     """Fuse a trained MODEL (fbank + reprogrammer + AST + mapper + sigmoid) into one ONNX graph, or,
     with --ast and no MODEL, build the zero-training instrument tagger from an AudioSet AST."""
     _need("torch", "mictag export")
     _need("onnx", "mictag export")
-    from mictag.export.onnx import export_onnx, metadata, quantize_int8
+    from mictag.export.onnx import convert_precision, export_onnx, metadata
 
     if model:
         from mictag.train.checkpoint import load_model
@@ -205,9 +206,9 @@ def export(model, out, fbank_out, ast, mapper, reduce, precision, opset) -> None
         if path:
             meta = metadata(system, thresholds, {**extra, "precision": "fp32"}, variant)
             written = export_onnx(system, path, meta, variant, opset)
-            if precision == "int8":
-                written, deviation = quantize_int8(written, meta)
-                click.echo(f"int8 deviation from fp32: max |dp| = {deviation:.2e} on random windows")
+            if precision != "fp32":
+                written, deviation = convert_precision(written, meta, precision)
+                click.echo(f"{precision} deviation from fp32: max |dp| = {deviation:.2e} on random windows")
             click.echo(f"wrote {written} ({variant} input, {written.stat().st_size / 1e6:.1f} MB)")
 
 

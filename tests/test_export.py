@@ -130,10 +130,30 @@ def test_zero_training_tagger_from_original_checkpoint_and_int8(tiny_ast_dir, tm
     # The original layout carries no config: a tiny one is refused with the key/shape listing.
     result = CliRunner().invoke(main, ["export", "--ast", str(pth), "--out", str(tmp_path / "o.onnx")])
     assert result.exit_code == 2 and "patch grid" in result.output and len(result.output.splitlines()) == 1
-    result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--precision", "int8",
-                                       "--out", str(tmp_path / "q.onnx")])
-    assert result.exit_code == 0, result.output
-    assert "int8 deviation from fp32" in result.output
+
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp16", 2e-2), ("int8", 1e-1)])
+def test_reduced_precision_variants_report_and_respect_their_deviation(tiny_ast_dir, tmp_path, precision, tolerance):
+    import onnx
+    import re
+
+    from mictag.export.onnx import read_metadata
+
+    fp32, low = tmp_path / "fp32.onnx", tmp_path / f"{precision}.onnx"
+    for path, p in ((fp32, "fp32"), (low, precision)):
+        result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--precision", p, "--out", str(path)])
+        assert result.exit_code == 0, result.output
+    reported = float(re.search(rf"{precision} deviation from fp32: max \|dp\| = (\S+)", result.output)[1])
+    assert read_metadata(low)["precision"] == precision
+    types = {init.data_type for init in onnx.load(str(low)).graph.initializer}
+    assert (onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.INT8) in types
+    fb = F.FbankConfig.from_dict(read_metadata(low)["features"])
+    w, valid = _windows(fb, 4, 5)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"windows": w, "valid_samples": valid})[0]
+    deviation = np.abs(run(fp32) - run(low)).max()
+    assert 0 < deviation <= tolerance and 0 < reported <= tolerance
 
 
 @pytest.mark.parametrize("args, needle", [

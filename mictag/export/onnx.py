@@ -87,8 +87,7 @@ def export_onnx(system: nn.Module, path: str | os.PathLike, meta: dict, variant:
                           dynamic_axes={n: {0: "batch"} for n in names + outputs}, opset_version=opset,
                           dynamo=False)
     model = onnx.load(str(path))
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps({**meta, "variant": variant})
+    _set_metadata(model, {**meta, "variant": variant})
     onnx.save(model, str(path))
     return path
 
@@ -113,33 +112,89 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return meta
 
 
-def quantize_int8(path: Path, meta: dict, probe_items: int = 4) -> tuple[Path, float]:
-    """Dynamically quantise ``path``'s weights to int8 (CPU), in place; returns the path and the
-    measured max absolute probability deviation from the fp32 graph on random windows."""
+def _probe_feeds(meta: dict, items: int = 4) -> dict:
+    """Random inputs of the right kind for a graph described by ``meta``."""
     import numpy as np
-    import onnx
-    import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fp32 = path.with_name(path.stem + ".fp32" + path.suffix)
-    os.replace(path, fp32)
-    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps({**meta, "precision": "int8"})
-    onnx.save(model, str(path))
     rng = np.random.default_rng(0)
     fb = meta["features"]
     if meta["variant"] == "waveform":
         n = int(meta["window_samples"])
-        feeds = {"windows": (0.3 * rng.standard_normal((probe_items, n))).astype(np.float32),
-                 "valid_samples": np.full(probe_items, n, np.int64)}
-    else:
-        shape = (probe_items, fb["target_frames"], fb["num_mel_bins"])
-        feeds = {"frames": rng.uniform(-12, 4, shape).astype(np.float32),
-                 "valid_frames": np.full(probe_items, fb["target_frames"], np.int64)}
-    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["probabilities"], feeds)[0]
-            for p in (fp32, path)]
-    fp32.unlink()
+        return {"windows": (0.3 * rng.standard_normal((items, n))).astype(np.float32),
+                "valid_samples": np.full(items, n, np.int64)}
+    shape = (items, fb["target_frames"], fb["num_mel_bins"])
+    return {"frames": rng.uniform(-12, 4, shape).astype(np.float32),
+            "valid_frames": np.full(items, fb["target_frames"], np.int64)}
+
+
+def _set_metadata(model, meta: dict) -> None:
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+
+
+def _inline_initializer_aliases(model):
+    """Replace ``Identity(initializer)`` nodes (the exporter's way of sharing equal weights) by
+    initializers of their own, so that a type conversion sees every weight where it is used."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]), node.output[0]))
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
+def _fp16(src: Path, dst: Path) -> None:
+    """Weights and activations in float16, except the fbank front end (its power spectrum spans far
+    more than float16's range and its log floor is a float16 subnormal) and LayerNorm/Softmax;
+    inputs and outputs stay float32."""
+    import onnx
+    from onnxconverter_common import float16
+
+    model = _inline_initializer_aliases(onnx.load(str(src)))
+    del model.graph.value_info[:]  # stale float32 annotations; ONNX Runtime re-infers the types
+    front = [n.name for n in model.graph.node if n.name.startswith(("/fbank/", "/finish/"))]
+    converted = float16.convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=["LayerNormalization", "Softmax", "Log", "Clip", "Sigmoid"],
+        node_block_list=front)
+    onnx.save(converted, str(dst))
+
+
+def _int8(src: Path, dst: Path) -> None:
+    """Dynamically quantised int8 weights (CPU; activations quantised at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+PRECISIONS = {"fp16": _fp16, "int8": _int8}
+
+
+def convert_precision(path: Path, meta: dict, precision: str) -> tuple[Path, float]:
+    """Rewrite the fp32 graph at ``path`` in ``precision`` (in place) and return the measured max
+    absolute probability deviation from the fp32 graph on random windows."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose fp32, {', '.join(PRECISIONS)}")
+    fp32 = path.with_name(path.stem + ".fp32" + path.suffix)
+    os.replace(path, fp32)
+    try:
+        PRECISIONS[precision](fp32, path)
+        model = onnx.load(str(path))
+        _set_metadata(model, {**meta, "precision": precision})
+        onnx.save(model, str(path))
+        feeds = _probe_feeds(meta)
+        outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(["probabilities"], feeds)[0]
+                for p in (fp32, path)]
+    finally:
+        fp32.unlink(missing_ok=True)
     return path, float(np.abs(outs[0] - outs[1]).max())

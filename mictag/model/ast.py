@@ -75,13 +75,15 @@ class Attention(nn.Module):
     def __init__(self, cfg: ASTConfig):
         super().__init__()
         self.num_heads = cfg.num_heads
+        # An explicit scale exports as a constant, not as shape arithmetic in the graph.
+        self.scale = (cfg.hidden_size // cfg.num_heads) ** -0.5
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
