@@ -170,8 +170,13 @@ def evaluate(model, data, fmt, split, ast, cache_dir, seed) -> None:
 
 @main.command()
 @click.argument("model", type=click.Path(), required=False)
-@click.option("--out", required=True, type=click.Path(), help="The .onnx file to write (waveform input).")
+@click.option("--out", type=click.Path(), help="The .onnx file to write (waveform input).")
 @click.option("--fbank-out", type=click.Path(), help="Also write the fbank-input variant here (streaming-mel path).")
+@click.option("--torch-out", type=click.Path(), help="Also write the PyTorch artifact (the torch backend's model).")
+@click.option("--engine", type=click.Path(), help="Also build a TensorRT engine here (needs TensorRT and a GPU); "
+              "MODEL may then be an exported .onnx.")
+@click.option("--engine-batch", nargs=3, type=int, default=(1, 32, 128), show_default=True,
+              metavar="MIN OPT MAX", help="The engine's optimisation profile over the batch axis.")
 @click.option("--ast", "ast", help="Frozen AST (.pth, model directory or hub id): where MODEL's backbone is, or, "
               "without MODEL, the AudioSet checkpoint to build the zero-training tagger from.")
 @click.option("--mapper", type=click.Choice(["many-to-one"]), default="many-to-one", show_default=True,
@@ -179,12 +184,27 @@ def evaluate(model, data, fmt, split, ast, cache_dir, seed) -> None:
 @click.option("--reduce", type=click.Choice(["max", "mean"]), default="max", show_default=True,
               help="Without MODEL: how a label reduces its AudioSet classes.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="fp16 (GPU; fbank, LayerNorm and Softmax stay fp32) or int8 (dynamic, CPU); the deviation "
-              "from fp32 is measured and printed.")
+              help="ONNX precision: fp16 (GPU; fbank, LayerNorm and Softmax stay fp32) or int8 (dynamic, CPU); the "
+              "deviation from fp32 is measured and printed.")
 @click.option("--opset", type=int, default=17, show_default=True)
-def export(model, out, fbank_out, ast, mapper, reduce, precision, opset) -> None:
+def export(model, out, fbank_out, torch_out, engine, engine_batch, ast, mapper, reduce, precision, opset) -> None:
     """Fuse a trained MODEL (fbank + reprogrammer + AST + mapper + sigmoid) into one ONNX graph, or,
     with --ast and no MODEL, build the zero-training instrument tagger from an AudioSet AST."""
+    import time
+    from pathlib import Path
+
+    if not (out or fbank_out or torch_out or engine):
+        raise MictagError("say what to write: --out model.onnx, --fbank-out, --torch-out or --engine")
+    if model and model.endswith(".onnx"):
+        if not engine:
+            raise MictagError(f"{model} is already exported: with an .onnx MODEL, only --engine applies")
+        from mictag.export.onnx import read_metadata
+        from mictag.export.tensorrt import EngineSpec, build_engine
+
+        meta = read_metadata(model)
+        written = build_engine(model, engine, meta, EngineSpec(*engine_batch, fp16=True))
+        click.echo(f"wrote {written} (TensorRT, metadata in {written}.json)")
+        return
     _need("torch", "mictag export")
     _need("onnx", "mictag export")
     from mictag.export.onnx import convert_precision, export_onnx, metadata
@@ -204,12 +224,30 @@ def export(model, out, fbank_out, ast, mapper, reduce, precision, opset) -> None
         raise MictagError("give a trained MODEL, or --ast CHECKPOINT to build the zero-training tagger")
     for variant, path in (("waveform", out), ("fbank", fbank_out)):
         if path:
+            t0 = time.perf_counter()
             meta = metadata(system, thresholds, {**extra, "precision": "fp32"}, variant)
             written = export_onnx(system, path, meta, variant, opset)
             if precision != "fp32":
                 written, deviation = convert_precision(written, meta, precision)
                 click.echo(f"{precision} deviation from fp32: max |dp| = {deviation:.2e} on random windows")
-            click.echo(f"wrote {written} ({variant} input, {written.stat().st_size / 1e6:.1f} MB)")
+            click.echo(f"wrote {written} ({variant} input, {written.stat().st_size / 1e6:.1f} MB, "
+                       f"{time.perf_counter() - t0:.1f} s)")
+    if torch_out:
+        from mictag.export.torch_artifact import save_torch_artifact
+
+        meta = metadata(system, thresholds, {**extra, "precision": "fp32"}, "waveform")
+        written = save_torch_artifact(system, torch_out, meta)
+        click.echo(f"wrote {written} (PyTorch artifact, {written.stat().st_size / 1e6:.1f} MB)")
+    if engine:
+        from mictag.export.tensorrt import EngineSpec, build_engine
+
+        # TensorRT builds from the fp32 graph and chooses fp16 kernels itself.
+        source = out if out and precision == "fp32" else str(Path(engine).with_suffix(".onnx"))
+        meta = metadata(system, thresholds, {**extra, "precision": "fp16"}, "waveform")
+        if source != out:
+            export_onnx(system, source, meta, "waveform", opset)
+        written = build_engine(source, engine, meta, EngineSpec(*engine_batch, fp16=True))
+        click.echo(f"wrote {written} (TensorRT, metadata in {written}.json)")
 
 
 def _need(module: str, what: str) -> None:

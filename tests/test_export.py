@@ -165,3 +165,65 @@ def test_export_refusals_are_one_line(args, needle, tmp_path):
     result = CliRunner().invoke(main, ["export", *args])
     assert result.exit_code == 2 and needle in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_torch_artifact_equals_onnx_and_runs_in_bf16(trained, tmp_path):
+    from mictag.export.onnx import read_metadata
+    from mictag.export.torch_artifact import load_torch_artifact
+
+    result = CliRunner().invoke(main, ["export", str(trained / "run" / "model.pt"), "--torch-out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 0, result.output
+    module, meta = load_torch_artifact(tmp_path / "m.pt")
+    assert meta == read_metadata(trained / "m.onnx")  # the same metadata as the ONNX export
+    fb = F.FbankConfig.from_dict(meta["features"])
+    w, valid = _windows(fb, 3, 7)
+    onnx_p = ort.InferenceSession(str(trained / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"windows": w, "valid_samples": valid})[0]
+    with torch.inference_mode():
+        p32 = module(torch.from_numpy(w), torch.from_numpy(valid))[0].numpy()
+        bf16, _ = load_torch_artifact(tmp_path / "m.pt", precision="bf16")
+        p16 = bf16(torch.from_numpy(w), torch.from_numpy(valid))[0].numpy()
+    assert np.abs(p32 - onnx_p).max() <= 1e-4
+    assert np.abs(p16 - onnx_p).max() <= 5e-2
+
+
+def test_tensorrt_without_tensorrt_is_one_clear_sentence(trained, tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+        if hasattr(tensorrt, "Builder"):
+            pytest.skip("TensorRT is installed here: the engine test covers it")
+    except Exception:
+        pass
+    result = CliRunner().invoke(main, ["export", str(trained / "m.onnx"), "--engine", str(tmp_path / "m.engine")])
+    assert result.exit_code == 2 and "needs TensorRT and an NVIDIA GPU" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_tensorrt_engine_equals_onnx_within_fp16(trained, tmp_path):
+    trt = pytest.importorskip("tensorrt")
+    if not hasattr(trt, "Builder") or not torch.cuda.is_available():
+        pytest.skip("needs TensorRT and a CUDA GPU")
+    from mictag.export.onnx import read_metadata
+    from mictag.export.tensorrt import metadata_path, run_engine
+
+    engine = tmp_path / "m.engine"
+    result = CliRunner().invoke(main, ["export", str(trained / "m.onnx"), "--engine", str(engine),
+                                       "--engine-batch", "1", "4", "8"])
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(trained / "m.onnx")
+    assert json_load(metadata_path(engine))["labels"] == meta["labels"]
+    fb = F.FbankConfig.from_dict(meta["features"])
+    w, valid = _windows(fb, 3, 9)
+    ref = ort.InferenceSession(str(trained / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["probabilities"], {"windows": w, "valid_samples": valid})[0]
+    got = run_engine(engine, {"windows": w, "valid_samples": valid})["probabilities"]
+    assert np.abs(got - ref).max() <= 2e-2
+
+
+def json_load(path):
+    import json
+
+    return json.loads(path.read_text())
