@@ -8,6 +8,7 @@ its own attention kernels, precision and torch.compile / CUDA-graph settings.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def save_torch_artifact(system: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.loads(json.dumps(meta))  # the same plain JSON values as the ONNX metadata
     payload = {"format": FORMAT, "format_version": 1, "meta": meta, "system": system.cfg.to_dict(),
                "state": {k: v.detach().cpu() for k, v in system.state_dict().items()}}
     tmp = path.with_name(path.name + ".tmp")
