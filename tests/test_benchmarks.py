@@ -1,0 +1,28 @@
+"""Smoke runs of the benchmarks: they work and report what they claim (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_engine_benchmark_smoke(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    import engine
+
+    out = tmp_path / "engine.json"
+    result = engine.main(["--tiny", "--batches", "1", "2", "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == result["rows"]
+    rows = {(r["backend"], r["batch"]): r for r in result["rows"]}
+    for backend in ("torch-eager-fp32", "ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8"):
+        for batch in (1, 2):
+            row = rows[(backend, batch)]
+            assert row["windows_per_s"] > 0 and row["x_realtime"] == pytest.approx(row["windows_per_s"] * 1.28)
+    assert rows[("ort-cpu-fp32", 2)]["max_abs_dev_vs_torch_fp32"] <= 1e-4
+    assert result["machine"]["cpu"] and result["model"]["gflops_per_window"] > 0
