@@ -6,4 +6,13 @@ command or API call needs them.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "Tagger"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import mictag` stays instant and free of onnxruntime until the API is used.
+    if name == "Tagger":
+        from mictag.runtime.tagger import Tagger
+
+        return Tagger
+    raise AttributeError(f"module 'mictag' has no attribute {name!r}")

@@ -1,12 +1,15 @@
 """Decoding any audio file to mono 16 kHz float32, in bounded-memory chunks.
 
 One definition shared by training and the runtime, so both see identical samples:
-- decode with libsndfile (soundfile): WAV/AIFF/FLAC/OGG-Vorbis/Opus/MP3, in-process;
-- downmix by the MEAN of the channels (identical channels give back the mono signal unchanged,
-  the level an AST trained on single-channel AudioSet expects; ffmpeg's (L+R)/sqrt(2) would
-  shift every log-mel value by ln 2);
-- resample with soxr's high-quality streaming resampler.
-:func:`load` is exactly the concatenation of :func:`stream`'s chunks.
+- decode in-process: libsndfile (soundfile) for WAV/AIFF/FLAC/OGG-Vorbis/Opus/MP3, which it
+  reads fastest; PyAV (FFmpeg's libraries, bundled in its wheel) for everything else
+  (M4A/AAC, WMA, ...). No subprocess per file;
+- downmix by the MEAN of the channels, ourselves, whatever the decoder (identical channels give
+  back the mono signal unchanged, the level an AST trained on single-channel AudioSet expects;
+  FFmpeg's own (L+R)/sqrt(2) would shift every log-mel value by ln 2);
+- resample with soxr's high-quality streaming resampler, ourselves, whatever the decoder.
+:func:`load` is exactly the concatenation of :class:`AudioStream`'s chunks. A file that breaks
+after some audio decoded keeps that audio; :attr:`AudioStream.partial` says why it stopped.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class AudioInfo:
     channels: int
     frames: int  # at the source rate; -1 if unknown
     format: str
+    decoder: str
 
     @property
     def duration(self) -> float:
@@ -63,41 +67,162 @@ class Resampler:
         return self._stream.resample_chunk(block, last=last)
 
 
-def _open(path: str | os.PathLike):
-    import soundfile as sf
+def _reason(exc: Exception, path: str | None = None) -> str:
+    """The decoder's complaint without the file name (the row already names the file)."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    text = text.strip()
+    if text.lower().startswith("error opening") and ":" in text:
+        text = text.split(":", 1)[-1].strip()
+    if path:
+        for quoted in (f"'{path}'", f'"{path}"', path):
+            text = text.replace(quoted, "").strip(" :")
+    return text.strip(" .'\"") or type(exc).__name__
 
+
+class _SoundFileSource:
+    name = "libsndfile"
+
+    def __init__(self, path: str):
+        import soundfile as sf
+
+        self._f = sf.SoundFile(path)
+        self.rate, self.channels, self.frames = self._f.samplerate, self._f.channels, self._f.frames
+        self.format = self._f.format
+
+    def blocks(self, frames: int) -> Iterator[np.ndarray]:
+        while True:
+            block = self._f.read(frames, dtype="float32", always_2d=True)
+            if block.shape[0]:
+                yield block
+            if block.shape[0] < frames:
+                return
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _PyAVSource:
+    name = "ffmpeg"
+
+    def __init__(self, path: str):
+        import av
+
+        self._container = av.open(path, metadata_errors="ignore")
+        streams = self._container.streams.audio
+        if not streams:
+            self._container.close()
+            raise AudioError(f"{path}: no audio stream")
+        self._stream = streams[0]
+        ctx = self._stream.codec_context
+        self.rate, self.channels = ctx.sample_rate, ctx.channels
+        if not self.rate or not self.channels:
+            self._container.close()
+            raise AudioError(f"{path}: the audio stream has no sample rate or channels")
+        duration = self._stream.duration
+        self.frames = int(duration * self._stream.time_base * self.rate) if duration else -1
+        self.format = self._container.format.name
+
+    def blocks(self, frames: int) -> Iterator[np.ndarray]:
+        pending, have = [], 0
+        for packet in self._container.demux(self._stream):
+            for frame in packet.decode():
+                array = frame.to_ndarray()
+                if frame.format.is_planar:
+                    block = array.T  # (channels, samples) -> (samples, channels)
+                else:
+                    block = array.reshape(-1, len(frame.layout.channels))
+                if block.dtype.kind == "i":
+                    block = block.astype(np.float32) / np.float32(-np.iinfo(block.dtype).min)
+                elif block.dtype.kind == "u":  # 8-bit unsigned PCM
+                    block = (block.astype(np.float32) - 128.0) / 128.0
+                pending.append(block.astype(np.float32, copy=False))
+                have += block.shape[0]
+                if have >= frames:
+                    yield np.concatenate(pending)
+                    pending, have = [], 0
+        if pending:
+            yield np.concatenate(pending)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def _open(path: str):
+    """The first decoder that opens ``path``: libsndfile, then FFmpeg (when PyAV is installed)."""
+    if os.path.isdir(path):
+        raise AudioError(f"{path}: is a directory")
     try:
-        return sf.SoundFile(os.fspath(path))
+        if os.path.getsize(path) == 0:
+            raise AudioError(f"{path}: the file is empty")
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read ({_reason(exc)})") from None
+    try:
+        return _SoundFileSource(path)
     except Exception as exc:
-        reason = str(exc).split(":", 1)[-1].strip() or type(exc).__name__
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            reason = "the file is empty"
-        raise AudioError(f"{os.fspath(path)}: cannot decode ({reason})") from exc
+        first = _reason(exc, path)
+        if isinstance(exc, OSError) and "ermission" in first:
+            raise AudioError(f"{path}: cannot read (permission denied)") from None
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        raise AudioError(f"{path}: cannot decode ({first}; install PyAV for more formats)") from None
+    try:
+        return _PyAVSource(path)
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(f"{path}: not a decodable audio file ({_reason(exc, path)})") from None
+
+
+class AudioStream:
+    """A file as mono 16 kHz float32 chunks (memory bounded by ``chunk_seconds``).
+
+    ``info`` is known once constructed; ``partial`` is set if decoding broke after some audio
+    (the chunks before the break are kept); an error before any audio raises :class:`AudioError`.
+    """
+
+    def __init__(self, path: str | os.PathLike, chunk_seconds: float = CHUNK_SECONDS):
+        self.path = os.fspath(path)
+        self.chunk_seconds = chunk_seconds
+        self._source = _open(self.path)
+        s = self._source
+        self.info = AudioInfo(self.path, s.rate, s.channels, s.frames, s.format, s.name)
+        self.partial: str | None = None
+        self.samples = 0  # 16 kHz samples yielded so far
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        source = self._source
+        resample = Resampler(source.rate)
+        block_frames = max(1, int(self.chunk_seconds * source.rate))
+        try:
+            for block in source.blocks(block_frames):
+                out = resample(downmix(block))
+                if out.size:
+                    self.samples += out.size
+                    yield out
+            tail = resample(np.zeros(0, np.float32), last=True)
+            if tail.size:
+                self.samples += tail.size
+                yield tail
+        except (GeneratorExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if self.samples == 0:
+                raise AudioError(f"{self.path}: decoding failed ({_reason(exc)})") from None
+            self.partial = f"decoding stopped at {self.samples / TARGET_RATE:.2f} s ({_reason(exc)})"
+        finally:
+            source.close()
 
 
 def info(path: str | os.PathLike) -> AudioInfo:
-    with _open(path) as f:
-        return AudioInfo(os.fspath(path), f.samplerate, f.channels, f.frames, f.format)
+    stream = AudioStream(path)
+    stream._source.close()
+    return stream.info
 
 
 def stream(path: str | os.PathLike, chunk_seconds: float = CHUNK_SECONDS) -> Iterator[np.ndarray]:
-    """Yield the file as mono 16 kHz float32 chunks (memory bounded by ``chunk_seconds``)."""
-    with _open(path) as f:
-        resample = Resampler(f.samplerate)
-        block_frames = max(1, int(chunk_seconds * f.samplerate))
-        try:
-            while True:
-                block = f.read(block_frames, dtype="float32", always_2d=True)
-                last = block.shape[0] < block_frames
-                out = resample(downmix(block), last=last)
-                if out.size:
-                    yield out
-                if last:
-                    break
-        except AudioError:
-            raise
-        except Exception as exc:
-            raise AudioError(f"{os.fspath(path)}: decoding failed ({exc})") from exc
+    """Yield the file as mono 16 kHz float32 chunks."""
+    yield from AudioStream(path, chunk_seconds)
 
 
 def load(path: str | os.PathLike) -> np.ndarray:

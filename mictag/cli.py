@@ -250,6 +250,108 @@ def export(model, out, fbank_out, torch_out, engine, engine_batch, ast, mapper, 
         click.echo(f"wrote {written} (TensorRT, metadata in {written}.json)")
 
 
+class _Progress:
+    """One self-rewriting status line on a terminal: files done/total, windows/s, ETA, errors."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.errors = 0
+
+    def __call__(self, p: dict) -> None:
+        if not self.enabled:
+            return
+        done, total, elapsed = p["files_done"], p["files_total"], max(p["elapsed"], 1e-9)
+        eta = (total - done) * elapsed / done if done else float("nan")
+        eta_text = f"{eta / 60:.1f} min" if eta == eta else "?"
+        line = (f"\r{done}/{total} files  {p['windows'] / elapsed:.2f} windows/s  ETA {eta_text}  "
+                f"errors {self.errors}")
+        click.echo(line.ljust(78), err=True, nl=False)
+
+    def close(self) -> None:
+        if self.enabled:
+            click.echo("", err=True)
+
+
+@main.command()
+@click.argument("library", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="tags.csv (or .jsonl / .parquet).")
+@click.option("--model", type=click.Path(), help="An exported model (.onnx, TensorRT .engine or torch .pt). "
+              "Default: the zero-training tagger (see `mictag models`).")
+@click.option("--ast", "ast", help="Without --model: build the zero-training tagger from this AudioSet AST.")
+@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch"]),
+              default="auto", show_default=True)
+@click.option("--batch-size", type=int, help="Windows per model call (default: the backend's choice).")
+@click.option("--hop", "hop", type=float, help="Seconds between window starts (default: the window, 10.24 s).")
+@click.option("--aggregate", type=click.Choice(["max", "mean"]), default="max", show_default=True)
+@click.option("--threshold", type=float, help="One tag threshold for every label, instead of the model's own.")
+@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option("--workers", type=int, default=None, help="Decode processes (default: CPU cores - 1, at least 1).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Default: from --out's suffix.")
+@click.option("--segments", type=click.Path(), help="Also write per-window scores (start/end s) as JSON lines here.")
+@click.option("--overwrite", is_flag=True, help="Start afresh instead of resuming.")
+@click.option("--retry-failed", is_flag=True, help="Resume, redoing only the files that failed before.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line or summary.")
+def scan(library, out, model, ast, backend, batch_size, hop, aggregate, threshold, include, exclude, workers, fmt,
+         segments, overwrite, retry_failed, quiet) -> None:
+    """Tag every audio file under LIBRARY: one row per file in --out.
+
+    Exit codes: 0 every file tagged; 1 some files failed (status "error" rows); 2 the scan could
+    not run (bad option, model or library)."""
+    import os
+
+    from mictag.runtime.models import default_model
+    from mictag.runtime.pipeline import ScanOptions
+    from mictag.runtime.scan import run_scan, summary_line
+
+    say = (lambda m: None) if quiet else _echo_err
+    if model is None:
+        model = str(default_model(ast, on_message=say))
+    workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise MictagError(f"--threshold must be between 0 and 1, not {threshold}")
+    options = ScanOptions(hop_seconds=hop, batch_size=batch_size, aggregate=aggregate, threshold=threshold,
+                          workers=workers)
+    progress = _Progress(not quiet and sys.stderr.isatty())
+    try:
+        summary = run_scan(library, out, model, backend, options, fmt, tuple(include), tuple(exclude), overwrite,
+                           retry_failed, segments, on_progress=progress, on_message=say)
+    except ValueError as exc:
+        raise MictagError(str(exc)) from None
+    finally:
+        progress.close()
+    say(summary_line(summary))
+    sys.exit(summary.exit_code)
+
+
+@main.group()
+def models() -> None:
+    """The model cache: what is there, and getting the default model."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Models found locally."""
+    from mictag.runtime.models import listing, models_dir
+
+    rows = listing()
+    if not rows:
+        click.echo(f"no models yet in {models_dir()} or the Hugging Face cache: run `mictag models pull`")
+    for what, where in rows:
+        click.echo(f"{what}: {where}")
+
+
+@models.command("pull")
+@click.argument("repo_id", required=False)
+def models_pull(repo_id) -> None:
+    """Download the AudioSet AST (~350 MB, into the Hugging Face cache; only when not cached),
+    verify its sha256 and build the zero-training tagger that `mictag scan` uses by default."""
+    from mictag.runtime.models import DEFAULT_HUB_ID, pull
+
+    path = pull(repo_id or DEFAULT_HUB_ID, on_message=_echo_err)
+    click.echo(f"default tagger ready: {path}")
+
+
 def _need(module: str, what: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise MictagError(f"{what} needs {module}: pip install 'mictag[train]'")

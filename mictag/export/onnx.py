@@ -21,10 +21,8 @@ import torch
 from torch import nn
 
 from mictag import __version__
-from mictag.errors import CheckpointError
+from mictag.metadata import METADATA_KEY, read_metadata  # noqa: F401  (re-exported for export users)
 from mictag.model.fbank import Fbank, FrameFinish
-
-METADATA_KEY = "mictag"
 VARIANTS = ("waveform", "fbank")
 
 
@@ -90,26 +88,6 @@ def export_onnx(system: nn.Module, path: str | os.PathLike, meta: dict, variant:
     _set_metadata(model, {**meta, "variant": variant})
     onnx.save(model, str(path))
     return path
-
-
-def read_metadata(path: str | os.PathLike) -> dict:
-    """The mictag metadata of an exported model, or a clear refusal. Needs only onnxruntime."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model {path} does not exist")
-    try:
-        props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-    except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable ONNX model: {exc}") from exc
-    if METADATA_KEY not in props:
-        raise CheckpointError(f"{path} has no mictag metadata (labels, thresholds, features): export it with `mictag export`")
-    meta = json.loads(props[METADATA_KEY])
-    missing = [k for k in ("labels", "thresholds", "sample_rate", "window_samples", "features") if k not in meta]
-    if missing:
-        raise CheckpointError(f"{path}: mictag metadata lacks {', '.join(missing)}")
-    return meta
 
 
 def _probe_feeds(meta: dict, items: int = 4) -> dict:

@@ -216,8 +216,9 @@ def load_hf_dir(path: str | os.PathLike, input_frames: int | None = None) -> AST
     return load_state_into(AST(cfg), state, str(found))
 
 
-def resolve_hub(repo_id: str, revision: str | None = None) -> Path:
-    """Directory of a hub model in the local Hugging Face cache, downloading it only when online.
+def resolve_hub(repo_id: str, revision: str | None = None, download: bool = True) -> Path:
+    """Directory of a hub model in the local Hugging Face cache, downloading it only when online
+    (and ``download`` is True).
 
     Honours HF_HOME / HF_HUB_CACHE and HF_HUB_OFFLINE like every Hugging Face tool.
     """
@@ -238,9 +239,9 @@ def resolve_hub(repo_id: str, revision: str | None = None) -> Path:
         pass
     offline = bool(hf_constants.HF_HUB_OFFLINE) or any(
         os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    if offline:
+    if offline or not download:
         raise ModelNotFoundError(
-            f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: download it once online "
+            f"{repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE is set or downloading is off: download it once online "
             f"(mictag models pull), or pass a local checkpoint ({ORIGINAL_FILENAME} or a model directory)"
         )
     try:

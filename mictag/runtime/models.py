@@ -1,0 +1,112 @@
+"""The default model and the model cache (``mictag models pull`` / ``list``).
+
+With no ``--model``, ``mictag scan`` uses the zero-training tagger (AudioSet AST + the fixed
+many-to-one map), built once from an AudioSet AST found locally and cached as
+``$MICTAG_HOME/models/zero-training-<sha12>.onnx``. ``mictag models pull`` downloads the AST
+(≈350 MB, ``MIT/ast-finetuned-audioset-10-10-0.4593``) into the Hugging Face cache, checks its
+sha256 and builds that tagger; building needs the ``[train]`` extra (torch), scanning does not.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mictag.errors import MictagError, ModelNotFoundError
+from mictag.paths import mictag_home
+
+DEFAULT_HUB_ID = "MIT/ast-finetuned-audioset-10-10-0.4593"
+HOW_TO_GET_ONE = (
+    "no model to scan with: run `mictag models pull` once online (downloads the ~350 MB AudioSet AST and "
+    "builds the zero-training tagger), or pass --ast PATH (audioset_10_10_0.4593.pth or a Hugging Face "
+    "model directory), or --model an exported .onnx / .engine / .pt")
+
+
+def models_dir() -> Path:
+    return mictag_home() / "models"
+
+
+def cached_taggers() -> list[Path]:
+    """Zero-training taggers already built, newest first."""
+    d = models_dir()
+    found = list(d.glob("zero-training-*.onnx")) if d.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def verify_hub_blob(weights: Path) -> str:
+    """sha256 of a hub-cache weights file, checked against its blob name (the hub stores large
+    files under their sha256): a torn or altered download is refused."""
+    from mictag.digest import file_digest
+
+    digest = file_digest(weights)
+    blob = Path(os.path.realpath(weights))
+    if blob.parent.name == "blobs" and len(blob.name) == 64 and blob.name != digest:
+        raise MictagError(f"{weights} is damaged: its sha256 {digest[:12]}... is not the {blob.name[:12]}... "
+                          f"the hub recorded; delete it and run `mictag models pull` again")
+    return digest
+
+
+def build_default_tagger(ast_source: str | os.PathLike, on_message=None) -> Path:
+    """The zero-training tagger for ``ast_source``, built once and cached by the AST's sha256."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MictagError("building the zero-training tagger needs torch: pip install 'mictag[train]' "
+                          "(or scan with --model an exported .onnx)") from None
+    from mictag.export.onnx import export_onnx, metadata
+    from mictag.export.zero_training import zero_training_tagger
+    from mictag.model.checkpoints import weights_file
+
+    digest = verify_hub_blob(weights_file(ast_source))
+    target = models_dir() / f"zero-training-{digest[:12]}.onnx"
+    if target.is_file():
+        return target
+    if on_message:
+        on_message(f"building the zero-training tagger from {ast_source} (once; cached as {target})")
+    system, extra = zero_training_tagger(ast_source)
+    meta = metadata(system, [0.5] * len(system.cfg.labels), {**extra, "precision": "fp32"}, "fbank")
+    tmp = target.with_name(target.name + ".partial.onnx")
+    export_onnx(system, tmp, meta, "fbank")
+    os.replace(tmp, target)
+    return target
+
+
+def default_model(ast: str | os.PathLike | None = None, on_message=None) -> Path:
+    """What ``mictag scan`` uses without ``--model``."""
+    if ast:
+        return build_default_tagger(ast, on_message)
+    built = cached_taggers()
+    if built:
+        return built[0]
+    try:
+        from mictag.model.checkpoints import resolve_hub
+
+        local = resolve_hub(DEFAULT_HUB_ID, download=False)  # the cache only; pulling is explicit
+    except (ImportError, ModelNotFoundError):
+        raise ModelNotFoundError(HOW_TO_GET_ONE) from None
+    return build_default_tagger(local, on_message)
+
+
+def pull(repo_id: str = DEFAULT_HUB_ID, on_message=None) -> Path:
+    """Download (or find in the cache) an AudioSet AST, verify it, build and cache its tagger."""
+    try:
+        from mictag.model.checkpoints import resolve_hub
+    except ImportError:
+        raise MictagError("`mictag models pull` needs the [train] extra: pip install 'mictag[train]'") from None
+    local = resolve_hub(repo_id)
+    return build_default_tagger(local, on_message)
+
+
+def listing() -> list[tuple[str, str]]:
+    """(what, where) for the models mictag can use here."""
+    rows = [(f"zero-training tagger ({p.stat().st_size / 1e6:.0f} MB)", str(p)) for p in cached_taggers()]
+    if models_dir().is_dir():
+        rows += [("exported model", str(p)) for p in sorted(models_dir().glob("*"))
+                 if p.suffix in (".onnx", ".engine", ".pt") and not p.name.startswith("zero-training-")]
+    try:
+        from mictag.model.checkpoints import resolve_hub
+
+        rows.append((f"AudioSet AST {DEFAULT_HUB_ID}", str(resolve_hub(DEFAULT_HUB_ID, download=False))))
+    except (ImportError, MictagError):
+        pass
+    return rows

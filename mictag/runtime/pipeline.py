@@ -1,0 +1,265 @@
+"""The scan pipeline: decode workers -> bounded queue -> batches across files -> backend ->
+per-file aggregation.
+
+Decoding runs in worker processes (spawned, so a crashing native decoder takes down only its
+worker: the file it held becomes an error row and a fresh worker takes its place). Workers
+stream each file in chunks, compute its log-mel frames once and cut windows from them (or raw
+sample windows for a waveform-input model), and put them on a bounded queue, so memory stays
+bounded however long a file is. The main process fills batches from windows of ANY files, runs
+the model once per batch and aggregates each file's windows when its last one is scored.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from mictag.audio import CHUNK_SECONDS, AudioError, AudioStream
+from mictag.features import FbankConfig, hop_frames
+from mictag.runtime.backends import Backend
+from mictag.runtime.discovery import FileEntry
+from mictag.runtime.results import FileResult
+from mictag.runtime.windows import frame_windows, sample_windows
+
+QUEUE_WINDOWS = 64  # windows in flight between decoders and the model (bounds memory)
+
+
+@dataclass
+class ScanOptions:
+    hop_seconds: float | None = None  # None: the window length (no overlap)
+    batch_size: int | None = None  # None: the backend's preference
+    aggregate: str = "max"
+    threshold: float | None = None  # overrides the model's per-class thresholds
+    workers: int = 1  # decode processes; 0 decodes in the calling process
+    segments: bool = False
+    chunk_seconds: float = CHUNK_SECONDS
+
+
+def _peak_tracked(stream: AudioStream, state: dict) -> Iterator[np.ndarray]:
+    for chunk in stream:
+        if chunk.size:
+            state["peak"] = max(state["peak"], float(np.abs(chunk).max()))
+        yield chunk
+
+
+def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, chunk_seconds: float) -> Iterator[tuple]:
+    """Messages for one file: ("win", fid, index, start_frame, data, valid, (t0, t1)) ... then
+    ("done", fid, duration_s, windows, status, note) or ("error", fid, reason)."""
+    try:
+        stream = AudioStream(path, chunk_seconds)
+        state = {"peak": 0.0}
+        cut = frame_windows if variant == "fbank" else sample_windows
+        n = 0
+        for w in cut(_peak_tracked(stream, state), cfg, hop):
+            if stream.samples == 0:
+                break  # nothing decoded: no window worth scoring
+            yield ("win", fid, w.index, w.start_frame, w.data, w.valid, w.seconds(cfg))
+            n += 1
+        duration = stream.samples / cfg.sample_rate
+        if stream.samples == 0:
+            yield ("done", fid, 0.0, 0, "error" if stream.partial else "empty",
+                   stream.partial or "no audio in the file")
+        elif stream.partial:
+            yield ("done", fid, duration, n, "partial", stream.partial)
+        elif state["peak"] == 0.0:
+            yield ("done", fid, duration, n, "ok", "digital silence")
+        else:
+            yield ("done", fid, duration, n, "ok", "")
+    except AudioError as exc:
+        yield ("error", fid, str(exc).split(": ", 1)[-1] if str(exc).startswith(path) else str(exc))
+    except MemoryError:
+        yield ("error", fid, "out of memory while decoding")
+    except Exception as exc:  # a decoder bug must not end the scan: report it on the file
+        yield ("error", fid, f"{type(exc).__name__}: {exc}")
+
+
+def _worker(jobs, out, cfg_dict: dict, variant: str, hop: int, chunk_seconds: float) -> None:
+    cfg = FbankConfig.from_dict(cfg_dict)
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        fid, path = job
+        out.put(("start", fid, os.getpid()))
+        for message in decode_file(fid, path, cfg, variant, hop, chunk_seconds):
+            out.put(message)
+
+
+@dataclass
+class _FileState:
+    entry: FileEntry
+    probs: dict
+    segments: list
+    done: tuple | None = None
+
+
+class Scanner:
+    """Scores files with a loaded backend. ``scan(entries)`` yields one FileResult per entry, in the
+    order files finish."""
+
+    def __init__(self, backend: Backend, options: ScanOptions | None = None):
+        self.backend = backend
+        self.options = options or ScanOptions()
+        meta = backend.meta
+        self.labels: list[str] = list(meta["labels"])
+        self.cfg = FbankConfig.from_dict(meta["features"])
+        self.variant = backend.variant
+        o = self.options
+        self.hop = hop_frames(o.hop_seconds, self.cfg) if o.hop_seconds else self.cfg.target_frames
+        self.thresholds = (np.full(len(self.labels), o.threshold) if o.threshold is not None
+                           else np.asarray(meta["thresholds"], np.float64))
+        if o.aggregate not in ("max", "mean"):
+            raise ValueError(f"aggregate must be max or mean, not {o.aggregate!r}")
+        self.batch_size = o.batch_size or backend.preferred_batch
+        self.windows_scored = 0
+
+    # -- results --------------------------------------------------------------------------
+    def _result(self, st: _FileState) -> FileResult:
+        e = st.entry
+        _, _, duration, n, status, note = st.done
+        res = FileResult(e.rel, e.size, e.mtime, duration, n, status, note)
+        if n:
+            probs = np.stack([st.probs[i] for i in range(n)])
+            res.scores = probs.max(axis=0) if self.options.aggregate == "max" else probs.mean(axis=0)
+            res.tags = [label for label, s, t in zip(self.labels, res.scores, self.thresholds) if s >= t]
+            if self.options.segments:
+                res.segments = [{"start": round(t0, 3), "end": round(t1, 3),
+                                 "scores": [round(float(v), 6) for v in st.probs[i]]}
+                                for i, (t0, t1) in sorted(st.segments)]
+        return res
+
+    # -- message sources ------------------------------------------------------------------
+    def _inline(self, entries: list[FileEntry]) -> Iterator[tuple]:
+        for fid, e in enumerate(entries):
+            yield ("start", fid, os.getpid())
+            yield from decode_file(fid, e.path, self.cfg, self.variant, self.hop, self.options.chunk_seconds)
+
+    def scan(self, entries: Iterable[FileEntry], on_progress: Callable[[dict], None] | None = None) -> Iterator[FileResult]:
+        entries = list(entries)
+        states = {fid: _FileState(e, {}, []) for fid, e in enumerate(entries)}
+        pending: list[tuple] = []
+        finished = 0
+
+        def flush() -> Iterator[FileResult]:
+            nonlocal pending
+            if not pending:
+                return
+            x = np.stack([p[4] for p in pending])
+            valid = np.asarray([p[5] for p in pending], np.int64)
+            probs = self.backend.run(x, valid)
+            for p, row in zip(pending, probs):
+                st = states.get(p[1])
+                if st is not None:
+                    st.probs[p[2]] = row
+                    st.segments.append((p[2], p[6]))
+            self.windows_scored += len(pending)
+            touched = {p[1] for p in pending}
+            pending = []
+            for fid in touched:
+                yield from complete(fid)
+
+        def complete(fid: int) -> Iterator[FileResult]:
+            nonlocal finished
+            st = states.get(fid)
+            if st is None or st.done is None or len(st.probs) < st.done[3]:
+                return
+            del states[fid]
+            finished += 1
+            yield self._result(st)
+
+        def handle(msg: tuple) -> Iterator[FileResult]:
+            nonlocal finished
+            kind, fid = msg[0], msg[1]
+            if kind == "win":
+                pending.append(msg)
+                if len(pending) >= self.batch_size:
+                    yield from flush()
+            elif kind == "done":
+                states[fid].done = msg
+                yield from complete(fid)
+            elif kind == "error":
+                st = states.pop(fid, None)
+                if st is not None:
+                    pending[:] = [p for p in pending if p[1] != fid]
+                    finished += 1
+                    e = st.entry
+                    yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", msg[2])
+
+        source = self._inline(entries) if self.options.workers <= 0 else None
+        t0 = time.perf_counter()
+        last_report = 0.0
+
+        def report(force: bool = False) -> None:
+            nonlocal last_report
+            now = time.perf_counter()
+            if on_progress and (force or now - last_report > 0.25):
+                last_report = now
+                on_progress({"files_done": finished, "files_total": len(entries), "windows": self.windows_scored,
+                             "elapsed": now - t0})
+
+        if source is not None:
+            for msg in source:
+                yield from handle(msg)
+                report()
+            yield from flush()
+        else:
+            yield from self._run_workers(entries, states, pending, handle, flush, report)
+        report(force=True)
+
+    def _run_workers(self, entries, states, pending, handle, flush, report) -> Iterator[FileResult]:
+        ctx = mp.get_context("spawn")
+        jobs = ctx.Queue()
+        out = ctx.Queue(maxsize=QUEUE_WINDOWS)
+        for fid, e in enumerate(entries):
+            jobs.put((fid, e.path))
+        n_workers = max(1, min(self.options.workers, len(entries) or 1))
+        args = (jobs, out, self.cfg.to_dict(), self.variant, self.hop, self.options.chunk_seconds)
+        workers = [ctx.Process(target=_worker, args=args, daemon=True) for _ in range(n_workers)]
+        for _ in workers:
+            jobs.put(None)
+        for w in workers:
+            w.start()
+        holding: dict[int, int] = {}  # worker pid -> file id it is decoding
+        try:
+            while states:
+                try:
+                    msg = out.get(timeout=0.2)
+                except queue.Empty:
+                    yield from flush()  # nothing arriving: do not let a partial batch wait
+                    for i, w in enumerate(workers):
+                        if not w.is_alive() and w.exitcode not in (0, None):
+                            fid = holding.pop(w.pid, None)
+                            code = w.exitcode
+                            why = f"signal {-code}" if code < 0 else f"exit code {code}"
+                            if fid is not None:
+                                yield from handle(("error", fid, f"the decoder crashed on this file ({why})"))
+                            workers[i] = ctx.Process(target=_worker, args=args, daemon=True)
+                            jobs.put(None)
+                            workers[i].start()
+                    if states and not any(w.is_alive() for w in workers) and out.empty():
+                        for fid in list(states):  # every worker gone: nothing can finish these
+                            yield from handle(("error", fid, "no decoder processed this file"))
+                    report()
+                    continue
+                if msg[0] == "start":
+                    holding[msg[2]] = msg[1]
+                    continue
+                if msg[0] in ("done", "error"):
+                    holding = {pid: f for pid, f in holding.items() if f != msg[1]}
+                yield from handle(msg)
+                report()
+            yield from flush()
+        finally:
+            for w in workers:
+                if w.is_alive():
+                    w.terminate()
+            for w in workers:
+                w.join(timeout=5)
+            jobs.cancel_join_thread()
+            out.cancel_join_thread()

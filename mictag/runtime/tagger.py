@@ -1,0 +1,102 @@
+"""The Python API for ingestion scripts::
+
+    from mictag import Tagger
+    tagger = Tagger("tagger.onnx")
+    result = tagger.tag("song.flac")            # FileResult: scores, tags, duration, status
+    result = tagger.tag_array(samples, 44100)   # any rate, mono or (samples, channels)
+    for r in tagger.tag_paths(paths, workers=4):  # results as files finish; bad files as error rows
+        ...
+
+The model is loaded once. Bad input raises typed errors (AudioError, ModelError) from ``tag`` and
+``tag_array``; ``tag_paths`` reports them on the file's row and goes on, like ``mictag scan``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from mictag.audio import AudioError, Resampler, downmix
+from mictag.runtime.backends import open_backend
+from mictag.runtime.discovery import FileEntry
+from mictag.runtime.pipeline import Scanner, ScanOptions, _FileState
+from mictag.runtime.results import FileResult
+from mictag.runtime.windows import frame_windows, sample_windows
+
+
+class Tagger:
+    def __init__(self, model: str | os.PathLike, backend: str = "auto", batch_size: int | None = None,
+                 hop_seconds: float | None = None, aggregate: str = "max", threshold: float | None = None,
+                 segments: bool = False):
+        self.backend = open_backend(model, backend)
+        self.options = ScanOptions(hop_seconds=hop_seconds, batch_size=batch_size, aggregate=aggregate,
+                                   threshold=threshold, workers=0, segments=segments)
+        self._scanner = Scanner(self.backend, self.options)
+
+    @property
+    def labels(self) -> list[str]:
+        return self._scanner.labels
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return self._scanner.thresholds
+
+    @staticmethod
+    def _entry(path: str | os.PathLike) -> FileEntry:
+        p = Path(path)
+        try:
+            st = p.stat()
+        except OSError as exc:
+            raise AudioError(f"{p}: cannot read ({exc.strerror or exc})") from None
+        return FileEntry(str(p), str(p), st.st_size, st.st_mtime)
+
+    def tag(self, path: str | os.PathLike) -> FileResult:
+        """Tag one file; raises AudioError if it cannot be decoded at all."""
+        result = next(self._scanner.scan([self._entry(path)]))
+        if result.status == "error":
+            raise AudioError(f"{path}: {result.error}")
+        return result
+
+    def tag_paths(self, paths: Iterable[str | os.PathLike], workers: int = 1) -> Iterator[FileResult]:
+        """Tag many files with ``workers`` decode processes, yielding results as files finish."""
+        entries = []
+        for p in paths:
+            try:
+                entries.append(self._entry(p))
+            except AudioError:
+                entries.append(FileEntry(str(p), str(p), -1, 0.0))
+        scanner = Scanner(self.backend, ScanOptions(**{**self.options.__dict__, "workers": workers}))
+        yield from scanner.scan(entries)
+
+    def tag_array(self, samples: np.ndarray, sample_rate: int, name: str = "<array>") -> FileResult:
+        """Tag audio already in memory: (samples,) or (samples, channels), any rate, float or int."""
+        a = np.asarray(samples)
+        if a.ndim not in (1, 2) or a.size == 0:
+            raise AudioError(f"{name}: expected a non-empty (samples,) or (samples, channels) array, got shape {a.shape}")
+        if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+            raise AudioError(f"{name}: sample_rate must be a positive integer, got {sample_rate!r}")
+        if a.dtype.kind == "i":
+            a = a.astype(np.float32) / np.float32(-np.iinfo(a.dtype).min)
+        elif a.dtype.kind != "f":
+            raise AudioError(f"{name}: unsupported sample type {a.dtype}")
+        mono = downmix(a.astype(np.float32, copy=False))
+        if not np.all(np.isfinite(mono)):
+            raise AudioError(f"{name}: the samples contain NaN or infinity")
+        resample = Resampler(int(sample_rate))
+        audio16k = np.concatenate([resample(mono), resample(np.zeros(0, np.float32), last=True)])
+        s = self._scanner
+        cut = frame_windows if s.variant == "fbank" else sample_windows
+        windows = list(cut([audio16k], s.cfg, s.hop))
+        entry = FileEntry(name, name, int(a.nbytes), 0.0)
+        state = _FileState(entry, {}, [])
+        for start in range(0, len(windows), s.batch_size):
+            batch = windows[start : start + s.batch_size]
+            probs = self.backend.run(np.stack([w.data for w in batch]), np.asarray([w.valid for w in batch]))
+            for w, row in zip(batch, probs):
+                state.probs[w.index] = row
+                state.segments.append((w.index, w.seconds(s.cfg)))
+        state.done = ("done", 0, audio16k.size / s.cfg.sample_rate, len(windows), "ok", "")
+        return s._result(state)

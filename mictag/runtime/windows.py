@@ -1,0 +1,96 @@
+"""Model windows cut from a decoding stream, with bounded memory.
+
+``frame_windows``: the file's log-mel frames are computed once, chunk by chunk as it decodes, and
+windows of ``target_frames`` are sliced from that frame stream every ``hop`` frames, so
+overlapping windows cost no extra front-end work (the fbank-input graph).
+``sample_windows``: the same windows as raw 16 kHz samples (the waveform-input graph).
+Both follow :func:`mictag.features.window_starts`: the last window may be partial and is padded in
+the fbank domain through its valid count; a file with no frames still yields one window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from mictag import features
+from mictag.features import FbankConfig
+
+
+@dataclass
+class Window:
+    index: int
+    start_frame: int
+    data: np.ndarray  # (target_frames, mel) raw log-mel, or (window_samples,) samples; zero-padded
+    valid: int  # valid frames (frame windows) or valid samples (sample windows)
+
+    def seconds(self, cfg: FbankConfig) -> tuple[float, float]:
+        """Start and end of the window's valid part, in seconds."""
+        shift = cfg.frame_shift / cfg.sample_rate
+        start = self.start_frame * shift
+        if self.data.ndim == 2:
+            return start, start + (self.valid * cfg.frame_shift + (cfg.frame_length - cfg.frame_shift if self.valid else 0)) / cfg.sample_rate
+        return start, start + self.valid / cfg.sample_rate
+
+
+def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> Iterator[Window]:
+    """Windows of raw log-mel frames from a stream of 16 kHz chunks."""
+    stream = features.FbankStream(cfg)
+    size = cfg.target_frames
+    buf = np.zeros((0, cfg.num_mel_bins), np.float32)
+    buf_start = 0  # frame index of buf[0]
+    index = 0
+
+    def cut(start: int, total: int | None) -> Window:
+        nonlocal index
+        rel = start - buf_start
+        piece = buf[rel : rel + size]
+        out = np.zeros((size, cfg.num_mel_bins), np.float32)
+        out[: piece.shape[0]] = piece
+        w = Window(index, start, out, piece.shape[0])
+        index += 1
+        return w
+
+    for chunk in chunks:
+        new = stream.push(chunk)
+        if new.shape[0]:
+            buf = np.concatenate([buf, new]) if buf.shape[0] else new
+        while buf_start + buf.shape[0] >= index * hop + size:  # a complete window is ready
+            yield cut(index * hop, None)
+            drop = min(index * hop - buf_start, buf.shape[0])
+            buf, buf_start = buf[drop:], buf_start + drop
+    total = stream.frames_emitted
+    for start in features.window_starts(total, hop, size)[index:]:
+        yield cut(start, total)
+
+
+def sample_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> Iterator[Window]:
+    """The same windows as :func:`frame_windows`, as zero-padded 16 kHz samples."""
+    size = cfg.window_samples
+    step = hop * cfg.frame_shift
+    buf = np.zeros(0, np.float32)
+    buf_start = 0  # sample index of buf[0]
+    index = 0
+    total = 0
+
+    def cut(start_sample: int) -> Window:
+        nonlocal index
+        rel = start_sample - buf_start
+        piece = buf[rel : rel + size]
+        out = np.zeros(size, np.float32)
+        out[: piece.shape[0]] = piece
+        w = Window(index, start_sample // cfg.frame_shift, out, piece.shape[0])
+        index += 1
+        return w
+
+    for chunk in chunks:
+        total += chunk.shape[0]
+        buf = np.concatenate([buf, chunk]) if buf.shape[0] else np.asarray(chunk, np.float32)
+        while buf_start + buf.shape[0] >= index * step + size:
+            yield cut(index * step)
+            drop = min(index * step - buf_start, buf.shape[0])
+            buf, buf_start = buf[drop:], buf_start + drop
+    for start in features.window_starts(features.frame_count(total, cfg), hop, cfg.target_frames)[index:]:
+        yield cut(start * cfg.frame_shift)
