@@ -81,6 +81,7 @@ def _reason(exc: Exception, path: str | None = None) -> str:
 
 class _SoundFileSource:
     name = "libsndfile"
+    PIECE_FRAMES = 16384  # frames per libsndfile read
 
     def __init__(self, path: str):
         import soundfile as sf
@@ -90,11 +91,28 @@ class _SoundFileSource:
         self.format = self._f.format
 
     def blocks(self, frames: int) -> Iterator[np.ndarray]:
+        # A read that ends in a decoder error raises and discards everything it read, so read in
+        # small pieces: when a file breaks mid-way (a truncated FLAC), the pieces before the break
+        # are yielded first and at most one piece is lost.
         while True:
-            block = self._f.read(frames, dtype="float32", always_2d=True)
-            if block.shape[0]:
-                yield block
-            if block.shape[0] < frames:
+            pieces, have, ended = [], 0, False
+            try:
+                while have < frames:
+                    want = min(self.PIECE_FRAMES, frames - have)
+                    piece = self._f.read(want, dtype="float32", always_2d=True)
+                    if piece.shape[0]:
+                        pieces.append(piece)
+                        have += piece.shape[0]
+                    if piece.shape[0] < want:
+                        ended = True
+                        break
+            except Exception:
+                if pieces:
+                    yield np.concatenate(pieces)
+                raise
+            if pieces:
+                yield pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+            if ended:
                 return
 
     def close(self) -> None:
