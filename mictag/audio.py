@@ -212,8 +212,10 @@ class AudioStream:
         source = self._source
         resample = Resampler(source.rate)
         block_frames = max(1, int(self.chunk_seconds * source.rate))
+        decoded = 0
         try:
             for block in source.blocks(block_frames):
+                decoded += block.shape[0]
                 out = resample(downmix(block))
                 if out.size:
                     self.samples += out.size
@@ -222,6 +224,12 @@ class AudioStream:
             if tail.size:
                 self.samples += tail.size
                 yield tail
+            # A decoder that silently stops early (a truncated MP3) is caught against the length
+            # the header promised; the slack covers headers that only estimate it.
+            promised = source.frames
+            if promised > 0 and decoded and promised - decoded > max(1.0 * source.rate, 0.02 * promised):
+                self.partial = (f"decoding ended at {decoded / source.rate:.2f} s of the "
+                                f"{promised / source.rate:.2f} s the header promises")
         except (GeneratorExit, KeyboardInterrupt):
             raise
         except Exception as exc:

@@ -255,7 +255,6 @@ class _Progress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.errors = 0
 
     def __call__(self, p: dict) -> None:
         if not self.enabled:
@@ -264,7 +263,7 @@ class _Progress:
         eta = (total - done) * elapsed / done if done else float("nan")
         eta_text = f"{eta / 60:.1f} min" if eta == eta else "?"
         line = (f"\r{done}/{total} files  {p['windows'] / elapsed:.2f} windows/s  ETA {eta_text}  "
-                f"errors {self.errors}")
+                f"errors {p.get('errors', 0)}")
         click.echo(line.ljust(78), err=True, nl=False)
 
     def close(self) -> None:

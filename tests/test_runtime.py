@@ -158,3 +158,17 @@ def test_a_damaged_hub_download_is_refused(offline_hub, tiny_ast_dir, tmp_path, 
             b.write_bytes(bytes(data))
     result = CliRunner().invoke(main, ["models", "pull"])
     assert result.exit_code == 2 and "is damaged" in result.output
+
+
+def test_a_silently_truncated_mp3_is_flagged_partial(tmp_path):
+    """libsndfile stops early on a cut MP3 without an error: the header's length catches it."""
+    from mictag.audio import AudioStream
+
+    x = (0.2 * np.random.default_rng(1).standard_normal(6 * 44100)).astype(np.float32)
+    sf.write(tmp_path / "full.mp3", x, 44100)
+    data = (tmp_path / "full.mp3").read_bytes()
+    (tmp_path / "half.mp3").write_bytes(data[: len(data) // 2])
+    full, half = AudioStream(tmp_path / "full.mp3"), AudioStream(tmp_path / "half.mp3")
+    assert sum(c.size for c in full) == pytest.approx(6 * 16000, abs=2000) and full.partial is None
+    kept = sum(c.size for c in half)
+    assert 0 < kept < 4 * 16000 and "the header promises" in half.partial

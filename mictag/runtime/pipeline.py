@@ -145,6 +145,7 @@ class Scanner:
         states = {fid: _FileState(e, {}, []) for fid, e in enumerate(entries)}
         pending: list[tuple] = []
         finished = 0
+        errors = 0
 
         def flush() -> Iterator[FileResult]:
             nonlocal pending
@@ -174,7 +175,7 @@ class Scanner:
             yield self._result(st)
 
         def handle(msg: tuple) -> Iterator[FileResult]:
-            nonlocal finished
+            nonlocal finished, errors
             kind, fid = msg[0], msg[1]
             if kind == "win":
                 pending.append(msg)
@@ -188,6 +189,7 @@ class Scanner:
                 if st is not None:
                     pending[:] = [p for p in pending if p[1] != fid]
                     finished += 1
+                    errors += 1
                     e = st.entry
                     yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", msg[2])
 
@@ -201,7 +203,7 @@ class Scanner:
             if on_progress and (force or now - last_report > 0.25):
                 last_report = now
                 on_progress({"files_done": finished, "files_total": len(entries), "windows": self.windows_scored,
-                             "elapsed": now - t0})
+                             "errors": errors, "elapsed": now - t0})
 
         if source is not None:
             for msg in source:
