@@ -75,10 +75,13 @@ def make_library(root: Path, clips: int, tracks: int, seed: int = 0) -> Path:
 
 def decode_ceiling(entries, meta: dict, workers: int) -> dict:
     """Decode + resample + fbank + windowing only, in ``workers`` processes."""
+    import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    from mictag.runtime.pipeline import _single_threaded_children
+
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with _single_threaded_children(), ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         counts = list(pool.map(_decode_count, [(e.path, meta) for e in entries]))
     seconds = time.perf_counter() - t0
     windows = sum(c[0] for c in counts)

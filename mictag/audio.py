@@ -48,7 +48,13 @@ def downmix(block: np.ndarray) -> np.ndarray:
     """(samples, channels) or (samples,) -> (samples,) float32, by the mean of the channels."""
     if block.ndim == 1:
         return block.astype(np.float32, copy=False)
-    return block.mean(axis=1, dtype=np.float32)
+    # Column by column: a strided reduce over a (n, 2) array is ~10x slower than two adds.
+    out = block[:, 0].astype(np.float32, copy=True)
+    for c in range(1, block.shape[1]):
+        out += block[:, c]
+    if block.shape[1] > 1:
+        out *= np.float32(1.0 / block.shape[1])
+    return out
 
 
 class Resampler:

@@ -79,6 +79,25 @@ def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, c
         yield ("error", fid, f"{type(exc).__name__}: {exc}")
 
 
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class _single_threaded_children:
+    """Start decode workers with one BLAS thread each: parallelism comes from the processes, and
+    per-process thread pools would only fight over the same cores."""
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+        os.environ.update({k: "1" for k in _THREAD_VARS})
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _worker(jobs, out, cfg_dict: dict, variant: str, hop: int, chunk_seconds: float) -> None:
     cfg = FbankConfig.from_dict(cfg_dict)
     while True:
@@ -225,8 +244,9 @@ class Scanner:
         workers = [ctx.Process(target=_worker, args=args, daemon=True) for _ in range(n_workers)]
         for _ in workers:
             jobs.put(None)
-        for w in workers:
-            w.start()
+        with _single_threaded_children():
+            for w in workers:
+                w.start()
         holding: dict[int, int] = {}  # worker pid -> file id it is decoding
         try:
             while states:
@@ -243,7 +263,8 @@ class Scanner:
                                 yield from handle(("error", fid, f"the decoder crashed on this file ({why})"))
                             workers[i] = ctx.Process(target=_worker, args=args, daemon=True)
                             jobs.put(None)
-                            workers[i].start()
+                            with _single_threaded_children():
+                                workers[i].start()
                     if states and not any(w.is_alive() for w in workers) and out.empty():
                         for fid in list(states):  # every worker gone: nothing can finish these
                             yield from handle(("error", fid, "no decoder processed this file"))
