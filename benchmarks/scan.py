@@ -49,17 +49,22 @@ def _write(path: Path, audio: np.ndarray, rate: int = 44100) -> None:
 
         with av.open(str(path), "w") as out:
             stream = out.add_stream("aac", rate=rate, layout="stereo")
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio.T), format="fltp", layout="stereo")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
+            for start in range(0, audio.shape[0], 4096):  # one huge frame crashes the encoder
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[start : start + 4096].T),
+                                                   format="fltp", layout="stereo")
+                frame.sample_rate = rate
+                for packet in stream.encode(frame):
+                    out.mux(packet)
             for packet in stream.encode(None):
                 out.mux(packet)
         return
     import soundfile as sf
 
     kind = {".mp3": ("MP3", "MPEG_LAYER_III"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}[path.suffix]
-    sf.write(path, audio, rate, format=kind[0], subtype=kind[1])
+    # In blocks: one multi-minute write crashes libsndfile's Vorbis encoder.
+    with sf.SoundFile(path, "w", rate, audio.shape[1], format=kind[0], subtype=kind[1]) as f:
+        for start in range(0, audio.shape[0], 65536):
+            f.write(audio[start : start + 65536])
 
 
 def make_library(root: Path, clips: int, tracks: int, seed: int = 0) -> Path:
