@@ -172,3 +172,23 @@ def test_a_silently_truncated_mp3_is_flagged_partial(tmp_path):
     assert sum(c.size for c in full) == pytest.approx(6 * 16000, abs=2000) and full.partial is None
     kept = sum(c.size for c in half)
     assert 0 < kept < 4 * 16000 and "the header promises" in half.partial
+
+
+def test_scanning_with_an_onnx_model_never_imports_torch(tagger_models, tmp_path):
+    import subprocess
+    import sys
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    sf.write(lib / "a.wav", 0.2 * np.random.default_rng(0).standard_normal(30000), 16000)
+    code = (
+        "import sys\n"
+        "from mictag.cli import main\n"
+        f"args = ['scan', {str(lib)!r}, '--out', {str(tmp_path / 't.csv')!r}, '--model', {str(tagger_models / 'f.onnx')!r}, '--workers', '1', '-q']\n"
+        "try:\n    main(args)\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert "a.wav" in (tmp_path / "t.csv").read_text()
