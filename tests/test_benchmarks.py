@@ -26,3 +26,24 @@ def test_engine_benchmark_smoke(tmp_path):
             assert row["windows_per_s"] > 0 and row["x_realtime"] == pytest.approx(row["windows_per_s"] * 1.28)
     assert rows[("ort-cpu-fp32", 2)]["max_abs_dev_vs_torch_fp32"] <= 1e-4
     assert result["machine"]["cpu"] and result["model"]["gflops_per_window"] > 0
+
+
+def test_scan_benchmark_smoke(tmp_path):
+    pytest.importorskip("torch")
+    import scan
+
+    result = scan.main(["--tiny", "--clips", "4", "--tracks", "0", "--workers", "1", "--out", str(tmp_path / "s.json")])
+    (row,) = result["rows"]
+    assert result["files"] == 4 and row["bound_by"] in ("decode", "engine")
+    assert row["scan"]["windows_per_s"] > 0 and row["decode_ceiling"]["windows_per_s"] > 0
+    assert row["scan"]["files_per_s"] > 0
+
+
+def test_frontend_benchmark_smoke(tmp_path):
+    import frontend
+
+    result = frontend.main(["--seconds", "2", "--windows", "1", "--out", str(tmp_path / "f.json")])
+    assert set(result["decode"]) == {"mp3", "flac", "ogg", "m4a", "wav"}
+    assert all(v["x_realtime"] > 0 for v in result["decode"].values())
+    assert result["decode"]["m4a"]["decoder"] == "ffmpeg" and result["decode"]["flac"]["decoder"] == "libsndfile"
+    assert result["fbank_seconds_per_window"]["numpy"] > 0
