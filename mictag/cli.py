@@ -291,8 +291,10 @@ class _Progress:
 @click.option("--overwrite", is_flag=True, help="Start afresh instead of resuming.")
 @click.option("--retry-failed", is_flag=True, help="Resume, redoing only the files that failed before.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line or summary.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run as a Ray Data pipeline: join the cluster at ADDRESS, or start a local Ray without one.")
 def scan(library, out, model, ast, backend, batch_size, hop, aggregate, threshold, include, exclude, workers, fmt,
-         segments, overwrite, retry_failed, quiet) -> None:
+         segments, overwrite, retry_failed, quiet, ray_address) -> None:
     """Tag every audio file under LIBRARY: one row per file in --out.
 
     Exit codes: 0 every file tagged; 1 some files failed (status "error" rows); 2 the scan could
@@ -314,7 +316,10 @@ def scan(library, out, model, ast, backend, batch_size, hop, aggregate, threshol
     progress = _Progress(not quiet and sys.stderr.isatty())
     try:
         summary = run_scan(library, out, model, backend, options, fmt, tuple(include), tuple(exclude), overwrite,
-                           retry_failed, segments, on_progress=progress, on_message=say)
+                           retry_failed, segments, on_progress=progress, on_message=say,
+                           use_ray=ray_address is not None,
+                           ray_address=None if ray_address in (None, "local") else ray_address,
+                           ray_workers=workers + 1 if ray_address == "local" else None)
     except ValueError as exc:
         raise MictagError(str(exc)) from None
     finally:

@@ -154,3 +154,27 @@ def open_backend(model: str | os.PathLike, backend: str = "auto", threads: int |
     if backend == "tensorrt":
         return TensorRTBackend(path)
     return OrtBackend(path, backend, threads)
+
+
+def model_metadata(model: str | os.PathLike) -> dict:
+    """A model's mictag metadata without loading it for inference (e.g. on a Ray driver)."""
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(f"model {path} does not exist")
+    kind = model_kind(path)
+    try:
+        if kind == "onnx":
+            from mictag.metadata import read_metadata
+
+            return read_metadata(path)
+        if kind == "engine":
+            from mictag.export.tensorrt import metadata_path
+
+            return json.loads(metadata_path(path).read_text("utf-8"))
+        import torch
+
+        return torch.load(str(path), map_location="cpu", weights_only=True)["meta"]
+    except MictagError as exc:
+        raise ModelError(str(exc)) from None
+    except Exception as exc:
+        raise ModelError(f"cannot read the metadata of {path}: {exc}") from None

@@ -118,28 +118,24 @@ class _FileState:
     done: tuple | None = None
 
 
-class Scanner:
-    """Scores files with a loaded backend. ``scan(entries)`` yields one FileResult per entry, in the
-    order files finish."""
+class Scoring:
+    """What turns window probabilities into a file's row, from a model's metadata and the scan
+    options: labels, window geometry and hop, thresholds, aggregation. Shared by the local
+    pipeline and the Ray one."""
 
-    def __init__(self, backend: Backend, options: ScanOptions | None = None):
-        self.backend = backend
-        self.options = options or ScanOptions()
-        meta = backend.meta
+    def __init__(self, meta: dict, options: ScanOptions):
+        self.options = options
         self.labels: list[str] = list(meta["labels"])
         self.cfg = FbankConfig.from_dict(meta["features"])
-        self.variant = backend.variant
-        o = self.options
+        self.variant = meta.get("variant", "waveform")
+        o = options
         self.hop = hop_frames(o.hop_seconds, self.cfg) if o.hop_seconds else self.cfg.target_frames
         self.thresholds = (np.full(len(self.labels), o.threshold) if o.threshold is not None
                            else np.asarray(meta["thresholds"], np.float64))
         if o.aggregate not in ("max", "mean"):
             raise ValueError(f"aggregate must be max or mean, not {o.aggregate!r}")
-        self.batch_size = o.batch_size or backend.preferred_batch
-        self.windows_scored = 0
 
-    # -- results --------------------------------------------------------------------------
-    def _result(self, st: _FileState) -> FileResult:
+    def result(self, st: "_FileState") -> FileResult:
         e = st.entry
         _, _, duration, n, status, note = st.done
         res = FileResult(e.rel, e.size, e.mtime, duration, n, status, note)
@@ -152,6 +148,24 @@ class Scanner:
                                  "scores": [round(float(v), 6) for v in st.probs[i]]}
                                 for i, (t0, t1) in sorted(st.segments)]
         return res
+
+
+class Scanner:
+    """Scores files with a loaded backend. ``scan(entries)`` yields one FileResult per entry, in the
+    order files finish."""
+
+    def __init__(self, backend: Backend, options: ScanOptions | None = None):
+        self.backend = backend
+        self.options = options or ScanOptions()
+        self.scoring = Scoring(backend.meta, self.options)
+        sc = self.scoring
+        self.labels, self.cfg, self.variant, self.hop, self.thresholds = sc.labels, sc.cfg, sc.variant, sc.hop, sc.thresholds
+        self.batch_size = self.options.batch_size or backend.preferred_batch
+        self.windows_scored = 0
+        self.backend_name = backend.name
+
+    def _result(self, st: _FileState) -> FileResult:
+        return self.scoring.result(st)
 
     # -- message sources ------------------------------------------------------------------
     def _inline(self, entries: list[FileEntry]) -> Iterator[tuple]:

@@ -54,7 +54,11 @@ def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os
              exclude: tuple[str, ...] = (), overwrite: bool = False, retry_failed: bool = False,
              segments: str | os.PathLike | None = None,
              on_progress: Callable[[dict], None] | None = None,
-             on_message: Callable[[str], None] | None = None) -> ScanSummary:
+             on_message: Callable[[str], None] | None = None,
+             use_ray: bool = False, ray_address: str | None = None, ray_workers: int | None = None) -> ScanSummary:
+    """Scan ``library`` into ``out``; locally, or as a Ray Data pipeline with ``use_ray`` (joining
+    the cluster at ``ray_address``, else starting a local Ray). Both write the same rows through
+    the same resume journal."""
     say = on_message or (lambda m: None)
     library, out = Path(library), Path(out)
     if not library.exists():
@@ -64,10 +68,17 @@ def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os
         raise MictagError(f"unknown output format {fmt!r}; choose {', '.join(FORMATS)}")
     options = options or ScanOptions()
     options.segments = segments is not None
-    engine = open_backend(model, backend)
-    scanner = Scanner(engine, options)
-    labels = scanner.labels
-    fingerprint = {"model_sha256": file_digest(model), "hop_frames": scanner.hop, "aggregate": options.aggregate,
+    if use_ray:
+        from mictag.runtime.distributed import RayExecutor
+
+        executor = RayExecutor(model, backend, options, ray_address, ray_workers, say)
+        scoring = executor.scoring
+    else:
+        engine = open_backend(model, backend)
+        executor = Scanner(engine, options)
+        scoring = executor.scoring
+    labels = scoring.labels
+    fingerprint = {"model_sha256": file_digest(model), "hop_frames": scoring.hop, "aggregate": options.aggregate,
                    "threshold": options.threshold, "labels": labels}
     journal = out.with_name(out.name + ".jsonl-journal") if fmt == "parquet" else out
     row_fmt = "jsonl" if fmt == "parquet" else fmt
@@ -112,7 +123,7 @@ def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os
     statuses = Counter(r.get("status", "ok") for r in kept)
     t0 = time.perf_counter()
     try:
-        for result in scanner.scan(entries, on_progress):
+        for result in executor.scan(entries, on_progress):
             writer.write(result)  # the row first: a timeline without its row would be redone anyway
             if seg_writer:
                 seg_writer.write(result)
@@ -124,7 +135,7 @@ def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os
     if fmt == "parquet":
         write_parquet(journal, out, labels)
     return ScanSummary(files=len(entries) + len(kept), skipped=len(kept), statuses=dict(statuses),
-                       windows=scanner.windows_scored, seconds=time.perf_counter() - t0, backend=engine.name,
+                       windows=executor.windows_scored, seconds=time.perf_counter() - t0, backend=executor.backend_name,
                        out=str(out))
 
 

@@ -1,0 +1,202 @@
+"""``mictag scan --ray``: the scan as a Ray Data pipeline, past one machine.
+
+Stages:
+1. listing, on the driver: discovery and the resume journal, exactly as the local scan
+   (:func:`mictag.runtime.scan.run_scan` does this before handing the files here);
+2. decode + window: ``map_batches`` over Ray tasks, one file per task, reusing the runtime's
+   :func:`~mictag.runtime.pipeline.decode_file` (decode, resample, fbank, windows); a generator, so
+   a long file streams out in blocks of windows instead of one huge block;
+3. model: ``map_batches`` on an actor pool (one actor per GPU with ``num_gpus=1``, CPU actors
+   otherwise), each loading the model once; windows are batched for the backend and the heavy
+   window arrays are dropped after it, so only scores travel on;
+4. per-file aggregation: on the driver, as the stream arrives, with the same
+   :class:`~mictag.runtime.pipeline.Scoring` as the local scan; rows are written and flushed as
+   files complete, so the resume journal works unchanged. (A Ray ``groupby`` would be an
+   all-to-all barrier that holds every row back until the whole library is done.)
+
+Failures: Ray retries decode tasks whose worker died, and Ray Data restarts dead model actors and
+retries their batches (its actor pools default to unlimited ``max_restarts``/``max_task_retries``). A file whose blocks still fail is not lost: the scan tolerates
+failed blocks and gives each file that produced no row an error row, so every file appears once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from mictag.errors import MictagError
+from mictag.features import FbankConfig
+from mictag.runtime.backends import model_metadata, open_backend
+from mictag.runtime.discovery import FileEntry
+from mictag.runtime.pipeline import ScanOptions, Scoring, _FileState, decode_file
+from mictag.runtime.results import FileResult
+
+NEEDS_RAY = "--ray needs Ray Data, which is not installed: pip install 'mictag[dist]'"
+WINDOWS_PER_BLOCK = 16
+
+
+def _import_ray():
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ retry chatter is not for users
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise MictagError(NEEDS_RAY) from None
+    return ray
+
+
+def decode_stage(batch: dict, cfg: dict, variant: str, hop: int, chunk_seconds: float) -> Iterator[dict]:
+    """Ray task body: one file in, blocks of window rows out, then one closing row."""
+    fb = FbankConfig.from_dict(cfg)
+    shape = (fb.target_frames, fb.num_mel_bins) if variant == "fbank" else (fb.window_samples,)
+    fid, path = int(batch["fid"][0]), str(batch["path"][0])
+    rows: list[tuple] = []
+
+    def block(items: list[tuple]) -> dict:
+        n = len(items)
+        out = {"kind": np.array([m[0] for m in items]), "fid": np.full(n, fid, np.int64),
+               "index": np.zeros(n, np.int64), "valid": np.zeros(n, np.int64), "t0": np.zeros(n), "t1": np.zeros(n),
+               "data": np.zeros((n, *shape), np.float32), "duration": np.zeros(n), "n_windows": np.zeros(n, np.int64),
+               "status": np.array([""] * n, dtype=object), "note": np.array([""] * n, dtype=object)}
+        for i, m in enumerate(items):
+            if m[0] == "win":
+                out["index"][i], out["data"][i], out["valid"][i] = m[2], m[4], m[5]
+                out["t0"][i], out["t1"][i] = m[6]
+            elif m[0] == "done":
+                out["duration"][i], out["n_windows"][i], out["status"][i], out["note"][i] = m[2], m[3], m[4], m[5]
+            else:
+                out["status"][i], out["note"][i] = "error", m[2]
+        return out
+
+    for message in decode_file(fid, path, fb, variant, hop, chunk_seconds):
+        rows.append(message)
+        if len(rows) >= WINDOWS_PER_BLOCK:
+            yield block(rows)
+            rows = []
+    if rows:
+        yield block(rows)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nobody answers at (ray.init would wait for minutes)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise MictagError(f"Ray address {address!r} must look like HOST:PORT (or ray://HOST:PORT)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise MictagError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); "
+                          f"check the address, or run --ray without one for a local Ray") from None
+
+
+class ModelStage:
+    """Ray actor: loads the model once, scores the window rows of each batch."""
+
+    def __init__(self, model: str, backend: str):
+        self.backend = open_backend(model, backend)
+
+    def __call__(self, batch: dict) -> dict:
+        kinds = batch["kind"]
+        wins = np.flatnonzero(kinds == "win")
+        k = len(self.backend.meta["labels"])
+        probs = np.zeros((len(kinds), k), np.float32)
+        if wins.size:
+            probs[wins] = self.backend.run(batch["data"][wins], batch["valid"][wins])
+        out = {key: value for key, value in batch.items() if key != "data"}  # scores travel on, windows don't
+        out["probs"] = probs
+        return out
+
+
+class RayExecutor:
+    """Runs the decode and model stages on Ray; aggregates on the driver."""
+
+    def __init__(self, model: str | os.PathLike, backend: str, options: ScanOptions, address: str | None,
+                 cpus: int | None, say: Callable[[str], None]):
+        self.ray = _import_ray()
+        self.model = str(Path(model).resolve())
+        self.backend = backend
+        self.options = options
+        self.meta = model_metadata(model)
+        self.scoring = Scoring(self.meta, options)
+        self.windows_scored = 0
+        self.backend_name = f"ray ({backend})"
+        self._connect(address, cpus, say)
+
+    def _connect(self, address: str | None, cpus: int | None, say) -> None:
+        ray = self.ray
+        if address and address != "auto":
+            _check_reachable(address)
+        if ray.is_initialized():
+            return
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            else:
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        except Exception as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise MictagError(f"cannot start or reach {where} ({reason})") from None
+        say(f"Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs, {ray.cluster_resources().get('GPU', 0):.0f} GPUs")
+
+    def scan(self, entries: list[FileEntry], on_progress: Callable[[dict], None] | None = None) -> Iterator[FileResult]:
+        ray = self.ray
+        entries = list(entries)
+        if not entries:
+            return
+        sc, o = self.scoring, self.options
+        ctx = ray.data.DataContext.get_current()
+        ctx.max_errored_blocks = -1  # a file that keeps failing becomes an error row, not a failed scan
+        ctx.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        items = [{"fid": i, "path": e.path} for i, e in enumerate(entries)]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        # Ray retries a decode task whose worker died (its default for tasks).
+        ds = ds.map_batches(decode_stage, batch_size=1, batch_format="numpy",
+                            fn_kwargs={"cfg": sc.cfg.to_dict(), "variant": sc.variant, "hop": sc.hop,
+                                       "chunk_seconds": o.chunk_seconds})
+        pool = max(1, gpus) if gpus else max(1, cpus // 4)
+        ds = ds.map_batches(ModelStage, fn_constructor_args=(self.model, self.backend),
+                            batch_size=o.batch_size or (64 if gpus else 4), batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=pool), num_gpus=1 if gpus else 0)
+        states = {i: _FileState(e, {}, []) for i, e in enumerate(entries)}
+        finished = 0
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for r in range(len(batch["kind"])):
+                fid, kind = int(batch["fid"][r]), batch["kind"][r]
+                st = states.get(fid)
+                if st is None:
+                    continue  # a retried block delivering a file twice: the first copy counted
+                if kind == "win":
+                    st.probs[int(batch["index"][r])] = batch["probs"][r]
+                    st.segments.append((int(batch["index"][r]), (float(batch["t0"][r]), float(batch["t1"][r]))))
+                    self.windows_scored += 1
+                elif kind == "error":
+                    del states[fid]
+                    finished += 1
+                    e = st.entry
+                    yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", str(batch["note"][r]))
+                    continue
+                else:
+                    st.done = ("done", fid, float(batch["duration"][r]), int(batch["n_windows"][r]),
+                               str(batch["status"][r]), str(batch["note"][r]))
+                if st.done is not None and len(st.probs) >= st.done[3]:
+                    del states[fid]
+                    finished += 1
+                    yield sc.result(st)
+            if on_progress:
+                on_progress({"files_done": finished, "files_total": len(entries), "windows": self.windows_scored,
+                             "errors": 0, "elapsed": 0.0})
+        for st in states.values():  # blocks Ray gave up on after its retries
+            e = st.entry
+            yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", "the distributed scan lost this file after retries")

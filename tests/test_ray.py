@@ -1,0 +1,165 @@
+"""`mictag scan --ray`: a local Ray instance (2 CPUs, no GPU) gives the same rows as the local scan."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from mictag.cli import main
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def models(tiny_ast_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ray-model")
+    result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--fbank-out", str(out / "f.onnx")])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)), "a file appears twice"
+    return {r["path"]: r for r in rows}
+
+
+def _assert_same(a: dict[str, dict], b: dict[str, dict], labels) -> None:
+    assert a.keys() == b.keys()
+    for p in a:
+        assert a[p]["status"] == b[p]["status"], p
+        assert a[p]["windows"] == b[p]["windows"], p
+        for label in labels:
+            if a[p][label] or b[p][label]:
+                assert abs(float(a[p][label]) - float(b[p][label])) <= 1e-5, (p, label)
+
+
+def test_ray_scan_equals_local_scan_on_the_mixed_library(models, local_ray, tmp_path):
+    from library import make_library
+
+    from mictag.labels import OPENMIC_LABELS
+
+    lib = tmp_path / "lib"
+    expected = make_library(lib)
+    model = str(models / "f.onnx")
+    local = CliRunner().invoke(main, ["scan", str(lib), "--out", str(tmp_path / "local.csv"), "--model", model,
+                                      "--workers", "1", "-q"])
+    distributed = CliRunner().invoke(main, ["scan", str(lib), "--out", str(tmp_path / "ray.csv"), "--model", model,
+                                            "--ray", "-q"])
+    assert local.exit_code == distributed.exit_code == 1  # the library holds broken files
+    a, b = _rows(tmp_path / "local.csv"), _rows(tmp_path / "ray.csv")
+    assert set(a) == set(expected)
+    _assert_same(a, b, OPENMIC_LABELS)
+    assert any(r["status"] == "error" for r in b.values()) and any(r["status"] == "ok" for r in b.values())
+
+
+def test_interrupted_ray_scan_resumes_with_every_file_once(models, local_ray, tmp_path, monkeypatch):
+    from mictag.labels import OPENMIC_LABELS
+    from mictag.runtime import distributed
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        sf.write(lib / f"f{i}.flac", (0.2 * rng.standard_normal(3 * 16000)).astype(np.float32), 16000)
+    model = str(models / "f.onnx")
+    real_scan = distributed.RayExecutor.scan
+
+    def interrupted(self, entries, on_progress=None):
+        for n, result in enumerate(real_scan(self, entries, on_progress)):
+            if n == 3:
+                raise KeyboardInterrupt  # the driver dies midway
+            yield result
+
+    monkeypatch.setattr(distributed.RayExecutor, "scan", interrupted)
+    args = ["scan", str(lib), "--out", str(tmp_path / "ray.csv"), "--model", model, "--ray", "-q"]
+    assert CliRunner().invoke(main, args).exit_code != 0
+    assert len(_rows(tmp_path / "ray.csv")) == 3
+    monkeypatch.setattr(distributed.RayExecutor, "scan", real_scan)
+    assert CliRunner().invoke(main, args).exit_code == 0
+    rows = _rows(tmp_path / "ray.csv")
+    assert len(rows) == 8
+    assert CliRunner().invoke(main, ["scan", str(lib), "--out", str(tmp_path / "local.csv"), "--model", model,
+                                     "--workers", "0", "-q"]).exit_code == 0
+    _assert_same(rows, _rows(tmp_path / "local.csv"), OPENMIC_LABELS)
+
+
+def test_kill_9_of_a_ray_scan_then_rerun(models, tmp_path):
+    """The driver (and the Ray it started) killed with SIGKILL; the rerun finishes every file once."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        sf.write(lib / f"f{i:02d}.wav", (0.2 * rng.standard_normal(8 * 16000)).astype(np.float32), 16000)
+    out = tmp_path / "ray.csv"
+    cmd = [sys.executable, "-m", "mictag", "scan", str(lib), "--out", str(out), "--model", str(models / "f.onnx"),
+           "--ray", "--batch-size", "1", "-q"]
+    env = {**os.environ, "RAY_BACKEND_LOG_LEVEL": "fatal"}
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and out.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the scan ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert out.read_text().count("\n") < 13  # killed midway: not every row was written
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=60)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = _rows(out)
+    assert sorted(rows) == [f"f{i:02d}.wav" for i in range(12)]
+    assert all(r["status"] == "ok" for r in rows.values())
+
+
+def test_ray_without_the_extra_is_one_sentence(models, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    (tmp_path / "lib").mkdir()
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "lib"), "--out", str(tmp_path / "t.csv"),
+                                       "--model", str(models / "f.onnx"), "--ray"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "mictag: error: --ray needs Ray Data, which is not installed: pip install 'mictag[dist]'"
+
+
+def test_unreachable_ray_address_is_one_sentence(models, tmp_path):
+    (tmp_path / "lib").mkdir()
+    t0 = time.time()
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "lib"), "--out", str(tmp_path / "t.csv"),
+                                       "--model", str(models / "f.onnx"), "--ray", "127.0.0.1:1"])
+    assert result.exit_code == 2 and time.time() - t0 < 30
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_the_local_scan_never_imports_ray(models, tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    sf.write(lib / "a.wav", np.zeros(20000, np.float32), 16000)
+    code = ("import sys\nfrom mictag.runtime.scan import run_scan\nfrom mictag.runtime.pipeline import ScanOptions\n"
+            f"run_scan({str(lib)!r}, {str(tmp_path / 't.csv')!r}, {str(models / 'f.onnx')!r}, options=ScanOptions(workers=0))\n"
+            "print('ray' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
