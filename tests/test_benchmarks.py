@@ -47,3 +47,14 @@ def test_frontend_benchmark_smoke(tmp_path):
     assert all(v["x_realtime"] > 0 for v in result["decode"].values())
     assert result["decode"]["m4a"]["decoder"] == "ffmpeg" and result["decode"]["flac"]["decoder"] == "libsndfile"
     assert result["fbank_seconds_per_window"]["numpy"] > 0
+
+
+def test_ray_benchmark_smoke(tmp_path):
+    pytest.importorskip("ray")
+    pytest.importorskip("torch")
+    import ray_scan
+
+    result = ray_scan.main(["--tiny", "--clips", "2", "--tracks", "0", "--cpus", "1", "--out", str(tmp_path / "r.json")])
+    modes = {r["mode"]: r for r in result["rows"]}
+    assert set(modes) == {"local", "ray"} and all(r["files_per_s"] > 0 for r in modes.values())
+    assert modes["ray"]["ray_startup_seconds"] > 0
