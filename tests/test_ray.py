@@ -125,9 +125,9 @@ def test_kill_9_of_a_ray_scan_then_rerun(models, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert out.read_text().count("\n") < 13  # killed midway: not every row was written
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=60)
+    # No `ray stop`: it would take down every Ray on the machine, this test process's own too. The
+    # killed driver's local Ray shares its fate and exits by itself.
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _rows(out)
     assert sorted(rows) == [f"f{i:02d}.wav" for i in range(12)]
