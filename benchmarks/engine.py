@@ -55,6 +55,17 @@ def machine() -> dict:
     return info
 
 
+def save_result(name: str, result: dict, out: Path | None = None) -> dict:
+    """Stamp a benchmark's result with its name, time and machine, write it as JSON (default:
+    results/<name>-<time>.json) and return it."""
+    result = {"benchmark": name.split("-")[0], "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), **result}
+    out = out or RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return result
+
+
 def timeit(fn, repeats: int, min_seconds: float) -> float:
     fn()  # warm-up
     best, spent, n = float("inf"), 0.0, 0
@@ -163,14 +174,9 @@ def main(argv=None) -> dict:
     for r in rows:
         if "windows_per_s" in r and r["batch"] in base:
             r["speedup_vs_torch_fp32"] = r["windows_per_s"] / base[r["batch"]]
-    result = {"benchmark": "engine", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
-              "model": {"ast": ast_cfg.to_dict(), "reprogrammer": args.reprogrammer, "gflops_per_window": flops / 1e9},
-              "peak_tflops": peak, "export_seconds": export_times, "onnx_bytes": sizes, "rows": rows}
-    out = args.out or RESULTS / f"engine-{'tiny' if args.tiny else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
-    return result
+    return save_result(f"engine-{'tiny' if args.tiny else 'full'}", {
+        "model": {"ast": ast_cfg.to_dict(), "reprogrammer": args.reprogrammer, "gflops_per_window": flops / 1e9},
+        "peak_tflops": peak, "export_seconds": export_times, "onnx_bytes": sizes, "rows": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Results go to benchmarks/results/frontend-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,13 +20,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine import machine  # noqa: E402
+from engine import save_result  # noqa: E402
 from scan import FORMATS, _music, _write  # noqa: E402
 
 from mictag import features  # noqa: E402
 from mictag.audio import AudioStream  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -86,13 +83,8 @@ def main(argv=None) -> dict:
         pass
     for k, v in fbank.items():
         print(f"fbank {k:10s} {v * 1e3:7.2f} ms per window", flush=True)
-    result = {"benchmark": "frontend", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
-              "seconds_of_audio": args.seconds, "decode": decode, "fbank_seconds_per_window": fbank}
-    out = args.out or RESULTS / f"frontend-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
-    return result
+    return save_result("frontend", {"seconds_of_audio": args.seconds, "decode": decode,
+                                    "fbank_seconds_per_window": fbank}, args.out)
 
 
 if __name__ == "__main__":

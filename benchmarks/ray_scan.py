@@ -10,7 +10,6 @@ workers. Ray start-up is reported apart from the scan. Results: benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -19,13 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine import machine  # noqa: E402
+from engine import save_result  # noqa: E402
 from scan import _tiny_model, make_library  # noqa: E402
 
 from mictag.runtime.pipeline import ScanOptions  # noqa: E402
 from mictag.runtime.scan import run_scan  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> dict:
@@ -63,13 +60,7 @@ def main(argv=None) -> dict:
         local, dist = rows[-2], rows[-1]
         print(f"{n} CPU: local {local['files_per_s']:.2f} files/s | ray {dist['files_per_s']:.2f} files/s "
               f"(+{startup:.1f} s start-up) | ray/local {dist['files_per_s'] / local['files_per_s']:.2f}", flush=True)
-    result = {"benchmark": "ray-scan", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
-              "files": s.files, "windows": s.windows, "rows": rows}
-    out = args.out or RESULTS / f"ray-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
-    return result
+    return save_result("ray", {"files": s.files, "windows": s.windows, "rows": rows}, args.out)
 
 
 if __name__ == "__main__":

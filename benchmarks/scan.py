@@ -13,7 +13,6 @@ tracks. Results go to benchmarks/results/scan-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,14 +23,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine import machine  # noqa: E402
+from engine import save_result  # noqa: E402
 
 from mictag.runtime.backends import open_backend  # noqa: E402
 from mictag.runtime.discovery import discover  # noqa: E402
-from mictag.runtime.pipeline import Scanner, ScanOptions, decode_file  # noqa: E402
+from mictag.runtime.pipeline import ScanOptions, decode_file  # noqa: E402
 from mictag.runtime.scan import run_scan  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FORMATS = ("mp3", "flac", "ogg", "m4a")
 
 
@@ -159,13 +157,9 @@ def main(argv=None) -> dict:
         print(f"workers {w}: scan {scan['files_per_s']:.2f} files/s {scan['windows_per_s']:.2f} win/s | decode "
               f"{decode['windows_per_s']:.2f} win/s | engine {engine['windows_per_s']:.2f} win/s | bound by "
               f"{rows[-1]['bound_by']} | scan/ceiling {rows[-1]['scan_vs_ceiling']:.2f}", flush=True)
-    result = {"benchmark": "scan", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
-              "model": str(model), "backend": backend.name, "files": len(entries), "rows": rows}
-    out = args.out or RESULTS / f"scan-{'tiny' if model.parent == work else 'model'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
-    return result
+    name = f"scan-{'tiny' if model.parent == work else 'model'}"
+    return save_result(name, {"model": str(model), "backend": backend.name, "files": len(entries), "rows": rows},
+                       args.out)
 
 
 def _tiny_model(work: Path) -> Path:

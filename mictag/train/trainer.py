@@ -200,7 +200,7 @@ class Trainer:
 
     # -- training -------------------------------------------------------------------------
     def run(self) -> dict:
-        spec, recipe = self.spec, self.spec.recipe
+        recipe = self.spec.recipe
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress(f"{self.cfg.system_name}: {self.model.num_trainable():,} trainable parameters, "
                       f"device {self.device}")
