@@ -192,3 +192,16 @@ def test_scanning_with_an_onnx_model_never_imports_torch(tagger_models, tmp_path
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
     assert "a.wav" in (tmp_path / "t.csv").read_text()
+
+
+def test_torch_backend_scores_like_onnx_runtime(tiny_ast_dir, tmp_path):
+    from mictag import Tagger
+
+    result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--out", str(tmp_path / "m.onnx"),
+                                       "--torch-out", str(tmp_path / "m.pt")])
+    assert result.exit_code == 0, result.output
+    x = (0.2 * np.random.default_rng(3).standard_normal(50000)).astype(np.float32)
+    torch_tagger = Tagger(tmp_path / "m.pt")
+    assert torch_tagger.backend.name == "torch"
+    np.testing.assert_allclose(torch_tagger.tag_array(x, 16000).scores,
+                               Tagger(tmp_path / "m.onnx").tag_array(x, 16000).scores, atol=1e-4)
