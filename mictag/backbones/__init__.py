@@ -1,0 +1,1 @@
+"""Frozen backbones other than the AST (musicnn) and what reading their weights needs."""
