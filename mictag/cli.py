@@ -347,9 +347,22 @@ def models_list() -> None:
 
 @models.command("pull")
 @click.argument("repo_id", required=False)
-def models_pull(repo_id) -> None:
+@click.option("--wheel", type=click.Path(exists=True), help="musicnn only: convert this musicnn-0.1.0 wheel "
+              "instead of downloading it.")
+def models_pull(repo_id, wheel) -> None:
     """Download the AudioSet AST (~350 MB, into the Hugging Face cache; only when not cached),
-    verify its sha256 and build the zero-training tagger that `mictag scan` uses by default."""
+    verify its sha256 and build the zero-training tagger that `mictag scan` uses by default.
+
+    `mictag models pull musicnn` instead fetches the musicnn 0.1.0 wheel with pip and converts its
+    TensorFlow checkpoints to safetensors (TensorFlow is never needed)."""
+    if repo_id == "musicnn":
+        from mictag.backbones.musicnn_weights import LICENCE_NOTE, cache_dir, pull as pull_musicnn
+
+        manifest = pull_musicnn(wheel)
+        for model, entry in manifest.items():
+            click.echo(f"{model}: {entry['tensors']} tensors, sha256 {entry['sha256'][:12]}...")
+        click.echo(f"musicnn weights in {cache_dir()} ({LICENCE_NOTE})")
+        return
     from mictag.runtime.models import DEFAULT_HUB_ID, pull
 
     path = pull(repo_id or DEFAULT_HUB_ID, on_message=_echo_err)

@@ -93,3 +93,56 @@ def test_reads_the_real_musicnn_checkpoint(tmp_path):
     assert len(index) == 150 and len(weights) == 64  # two thirds of the entries are Adam state
     assert weights["conv2d/kernel"].shape == (7, 38, 1, 204)
     assert all(np.all(v > 0) for k, v in weights.items() if k.endswith("moving_variance"))
+
+
+def _fake_musicnn_wheel(path, tensors):
+    """A wheel laid out like musicnn-0.1.0's, holding small checkpoints in the same format."""
+    import json
+
+    from mictag.backbones.musicnn_weights import MODELS
+
+    work = path.parent / "build"
+    with zipfile.ZipFile(path, "w") as z:
+        for model in MODELS:
+            folder = work / model
+            folder.mkdir(parents=True)
+            write_bundle(str(folder) + "/", tensors)
+            for f in folder.iterdir():
+                z.write(f, f"musicnn/{model}/{f.name}")
+            z.writestr(f"musicnn/{model}/config.json", json.dumps({"n_mels": 96, "model_number": 11}))
+    return path
+
+
+def test_models_pull_musicnn_converts_a_wheel_and_verifies_it(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mictag.backbones import musicnn_weights
+    from mictag.cli import main
+
+    monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
+    tensors = _tensors()
+    wheel = _fake_musicnn_wheel(tmp_path / "musicnn-0.1.0-py3-none-any.whl", tensors)
+    monkeypatch.setattr(musicnn_weights, "download_wheel", lambda dest: wheel)  # the registry, offline
+    result = CliRunner().invoke(main, ["models", "pull", "musicnn"])
+    assert result.exit_code == 0, result.output
+    assert "CC BY-NC-SA" in result.output and "MTT_musicnn: 10 tensors" in result.output
+    weights = musicnn_weights.load_weights("MTT_musicnn")
+    for name, array in tensors.items():
+        if "Adam" in name or name in ("beta1_power", "global_step"):
+            assert name not in weights
+        else:
+            np.testing.assert_array_equal(weights[name], array)
+    assert "tensorflow" not in sys.modules
+    target = musicnn_weights.weights_path("MTT_musicnn")
+    target.write_bytes(target.read_bytes()[:-1] + b"\0")  # damaged on disk
+    with pytest.raises(Exception, match="recorded sha256"):
+        musicnn_weights.load_weights("MTT_musicnn")
+
+
+def test_missing_musicnn_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    from mictag.backbones import musicnn_weights
+    from mictag.errors import ModelNotFoundError
+
+    monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "empty"))
+    with pytest.raises(ModelNotFoundError, match="mictag models pull musicnn"):
+        musicnn_weights.load_weights()
