@@ -1,4 +1,5 @@
-"""The TensorFlow checkpoint (tensor bundle) reader: exact round trips, clear errors, the real file."""
+"""musicnn: the TensorFlow checkpoint reader (exact round trips, the real file), the offline weight
+install, and the PyTorch port against the original network."""
 
 from __future__ import annotations
 
@@ -146,3 +147,30 @@ def test_missing_musicnn_weights_say_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "empty"))
     with pytest.raises(ModelNotFoundError, match="mictag models pull musicnn"):
         musicnn_weights.load_weights()
+
+
+@pytest.mark.slow
+def test_pytorch_musicnn_reproduces_the_original_tensorflow_network(tmp_path, monkeypatch):
+    """Golden outputs of the original musicnn graph (TensorFlow, its own models.py, the real
+    MTT_musicnn checkpoint; see experiments/musicnn_tf_golden.py) vs our port on the same
+    weights, converted without TensorFlow. Downloads the 29 MB wheel."""
+    from pathlib import Path
+
+    import torch
+
+    from mictag.backbones import musicnn_weights
+    from mictag.backbones.musicnn import load_musicnn
+
+    monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
+    try:
+        musicnn_weights.pull()
+    except Exception as exc:  # offline
+        pytest.skip(f"cannot fetch musicnn: {exc}")
+    model = load_musicnn(musicnn_weights.load_weights("MTT_musicnn"))
+    golden = np.load(Path(__file__).parent / "data" / "musicnn_mtt_golden.npz")
+    with torch.no_grad():
+        x = torch.from_numpy(golden["x"])
+        logits, penultimate = model(x).numpy(), model.forward_features(x).numpy()
+    np.testing.assert_allclose(logits, golden["logits"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(penultimate, golden["penultimate"], atol=1e-4, rtol=0)
+    assert np.abs(golden["logits"]).max() > 1  # not a degenerate output

@@ -1,0 +1,147 @@
+"""musicnn (Pons & Serra, 2019) in PyTorch: the MTT/MSD ``musicnn`` architecture, loading the
+original TensorFlow weights converted by :mod:`mictag.backbones.musicnn_weights`.
+
+Input: (B, 187 frames, 96 mel bands) of log10(10000 mel + 1), 3 s at 16 kHz with hop 256.
+Porting notes (each checked against the TensorFlow graph):
+- TF's batch-norm epsilon is 1e-3, not torch's 1e-5;
+- "same" padding of the even temporal kernels (128, 64, 32) is asymmetric in TF: (k-1)//2 before,
+  the rest after;
+- TF kernels are HWIO (time, frequency, in, out); dense kernels are (in, out);
+- the back end concatenates max- and mean-pooled features on a new last axis before flattening,
+  so the 1,506 pooled features interleave max and mean per channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from mictag.errors import CheckpointError
+
+TF_BN_EPS = 1e-3
+
+
+@dataclass(frozen=True)
+class MusicnnConfig:
+    n_mels: int = 96
+    frames: int = 187
+    num_filt_midend: int = 64
+    units_backend: int = 200
+    num_classes: int = 50
+
+    @property
+    def frontend_channels(self) -> int:
+        return 2 * 204 + 3 * 51
+
+    @property
+    def pooled_features(self) -> int:
+        return 2 * (self.frontend_channels + 3 * self.num_filt_midend)
+
+
+def _bn2d(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=TF_BN_EPS)
+
+
+def _bn1d(c: int) -> nn.BatchNorm1d:
+    return nn.BatchNorm1d(c, eps=TF_BN_EPS)
+
+
+class Musicnn(nn.Module):
+    """(B, frames, n_mels) -> logits (B, num_classes); ``forward_features`` gives the 200-d
+    penultimate layer."""
+
+    def __init__(self, cfg: MusicnnConfig = MusicnnConfig()):
+        super().__init__()
+        self.cfg = cfg
+        m = cfg.n_mels
+        self.bn_input = _bn2d(1)
+        self.timbral = nn.ModuleList([nn.Conv2d(1, 204, (7, int(0.4 * m))), nn.Conv2d(1, 204, (7, int(0.7 * m)))])
+        self.timbral_bn = nn.ModuleList([_bn2d(204), _bn2d(204)])
+        self.temporal_kernels = (128, 64, 32)
+        self.temporal = nn.ModuleList([nn.Conv2d(1, 51, (k, 1)) for k in self.temporal_kernels])
+        self.temporal_bn = nn.ModuleList([_bn2d(51) for _ in self.temporal_kernels])
+        f, c = cfg.num_filt_midend, cfg.frontend_channels
+        self.midend = nn.ModuleList([nn.Conv1d(c, f, 7), nn.Conv1d(f, f, 7), nn.Conv1d(f, f, 7)])
+        self.midend_bn = nn.ModuleList([_bn1d(f) for _ in range(3)])
+        self.bn_pool = _bn1d(cfg.pooled_features)
+        self.dense = nn.Linear(cfg.pooled_features, cfg.units_backend)
+        self.bn_dense = _bn1d(cfg.units_backend)
+        self.out = nn.Linear(cfg.units_backend, cfg.num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn_input(x.unsqueeze(1))  # (B, 1, T, F)
+        padded = nn.functional.pad(x, (0, 0, 3, 3))
+        front = [bn(torch.relu(conv(padded))).amax(dim=3).squeeze(-1) for conv, bn in zip(self.timbral, self.timbral_bn)]
+        for k, conv, bn in zip(self.temporal_kernels, self.temporal, self.temporal_bn):
+            same = nn.functional.pad(x, (0, 0, (k - 1) // 2, k - 1 - (k - 1) // 2))  # TF "same"
+            front.append(bn(torch.relu(conv(same))).amax(dim=3))
+        front = torch.cat(front, dim=1)  # (B, 561, T)
+        feats, h = [front], front
+        for i, (conv, bn) in enumerate(zip(self.midend, self.midend_bn)):
+            y = bn(torch.relu(conv(nn.functional.pad(h, (3, 3)))))
+            h = y if i == 0 else y + h
+            feats.append(h)
+        mid = torch.cat(feats, dim=1)  # (B, 753, T)
+        pooled = torch.stack([mid.amax(dim=2), mid.mean(dim=2)], dim=2).flatten(1)  # max/mean interleaved
+        return self.bn_dense(torch.relu(self.dense(self.bn_pool(pooled))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.forward_features(x))
+
+
+def _bn_state(prefix: str, tf_name: str, w: dict) -> dict:
+    return {f"{prefix}.weight": w[f"{tf_name}/gamma"], f"{prefix}.bias": w[f"{tf_name}/beta"],
+            f"{prefix}.running_mean": w[f"{tf_name}/moving_mean"], f"{prefix}.running_var": w[f"{tf_name}/moving_variance"]}
+
+
+def state_from_tf(weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Map the TF checkpoint's tensors (names as ``tf.compat.v1.layers`` created them, in build
+    order) onto :class:`Musicnn`'s parameters."""
+    w = weights
+    s: dict[str, np.ndarray] = {}
+    try:
+        s.update(_bn_state("bn_input", "batch_normalization", w))
+        for i, j in enumerate((0, 1)):  # timbral 7x38, 7x67
+            s[f"timbral.{i}.weight"] = w[f"{_conv(j)}/kernel"].transpose(3, 2, 0, 1)
+            s[f"timbral.{i}.bias"] = w[f"{_conv(j)}/bias"]
+            s.update(_bn_state(f"timbral_bn.{i}", _bn(j + 1), w))
+        for i, j in enumerate((2, 3, 4)):  # temporal 128, 64, 32
+            s[f"temporal.{i}.weight"] = w[f"{_conv(j)}/kernel"].transpose(3, 2, 0, 1)
+            s[f"temporal.{i}.bias"] = w[f"{_conv(j)}/bias"]
+            s.update(_bn_state(f"temporal_bn.{i}", _bn(j + 1), w))
+        for i, j in enumerate((5, 6, 7)):  # mid-end: (7, width, 1, out) -> Conv1d (out, width, 7)
+            s[f"midend.{i}.weight"] = w[f"{_conv(j)}/kernel"][:, :, 0, :].transpose(2, 1, 0)
+            s[f"midend.{i}.bias"] = w[f"{_conv(j)}/bias"]
+            s.update(_bn_state(f"midend_bn.{i}", _bn(j + 1), w))
+        s.update(_bn_state("bn_pool", "batch_normalization_9", w))
+        s["dense.weight"], s["dense.bias"] = w["dense/kernel"].T, w["dense/bias"]
+        s.update(_bn_state("bn_dense", "batch_normalization_10", w))
+        s["out.weight"], s["out.bias"] = w["dense_1/kernel"].T, w["dense_1/bias"]
+    except KeyError as exc:
+        raise CheckpointError(f"the musicnn checkpoint lacks {exc.args[0]}: is it a musicnn (not vgg) model?") from None
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in s.items()}
+
+
+def _conv(i: int) -> str:
+    return "conv2d" if i == 0 else f"conv2d_{i}"
+
+
+def _bn(i: int) -> str:
+    return "batch_normalization" if i == 0 else f"batch_normalization_{i}"
+
+
+def load_musicnn(weights: dict[str, np.ndarray], cfg: MusicnnConfig = MusicnnConfig()) -> Musicnn:
+    """A frozen, eval-mode musicnn with the given (converted TF) weights."""
+    model = Musicnn(cfg)
+    state = state_from_tf(weights)
+    expected = model.state_dict()
+    missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
+    wrong = sorted(f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                   for k in state if k in expected and state[k].shape != expected[k].shape)
+    if missing or wrong:
+        raise CheckpointError(f"musicnn weights do not fit: missing {missing}, shape mismatches {wrong}")
+    model.load_state_dict(state, strict=False)
+    return model.eval().requires_grad_(False)
