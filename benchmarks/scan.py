@@ -94,10 +94,10 @@ def decode_ceiling(entries, meta: dict, workers: int) -> dict:
 
 
 def _decode_count(job) -> tuple[int, float]:
-    from mictag.features import FbankConfig
+    from mictag.features import frontend_from_dict
 
     path, meta = job
-    cfg = FbankConfig.from_dict(meta["features"])
+    cfg = frontend_from_dict(meta["features"])
     n, duration = 0, 0.0
     for msg in decode_file(0, path, cfg, meta.get("variant", "waveform"), cfg.target_frames, 30.0):
         if msg[0] == "win":
@@ -108,9 +108,9 @@ def _decode_count(job) -> tuple[int, float]:
 
 
 def engine_ceiling(backend, batch: int, seconds: float = 3.0) -> dict:
-    from mictag.features import FbankConfig
+    from mictag.features import frontend_from_dict
 
-    cfg = FbankConfig.from_dict(backend.meta["features"])
+    cfg = frontend_from_dict(backend.meta["features"])
     shape = (batch, cfg.target_frames, cfg.num_mel_bins) if backend.variant == "fbank" else (batch, cfg.window_samples)
     x = np.random.default_rng(0).uniform(-10, 2, shape).astype(np.float32)
     valid = np.full(batch, shape[1], np.int64)

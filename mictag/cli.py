@@ -67,15 +67,22 @@ def info() -> None:
     click.echo(f"Hugging Face cache: {hf_hub_cache()}  (HF_HOME / HF_HUB_CACHE)")
 
 
+_BACKBONE = click.option("--backbone", type=click.Choice(["ast", "musicnn"]), default="ast", show_default=True,
+                         help="The frozen backbone: the AudioSet AST, or musicnn (MTT; `mictag models pull musicnn`).")
+_MUSICNN = click.option("--musicnn", "musicnn", default="MTT_musicnn", show_default=True,
+                        help="With --backbone musicnn: the musicnn model in the cache, or a converted .safetensors file.")
+
+
 @main.command()
 @click.option("--mapper", type=click.Choice(["head", "fc"]), default="head", show_default=True,
               help="Output mapper of the reprogrammed systems (head: the authors' code; fc: the paper's text).")
-def params(mapper: str) -> None:
-    """Trainable parameters of each system, as in the paper's Table 1 (full-size AST)."""
+@_BACKBONE
+def params(mapper: str, backbone: str) -> None:
+    """Trainable parameters of each system, as in the paper's Table 1 (full-size backbone)."""
     _need("torch", "mictag params")
     from mictag.model.system import parameter_table
 
-    rows = parameter_table(mapper=mapper)
+    rows = parameter_table(mapper=mapper, backbone=backbone)
     width = max(len(name) for name, _ in rows)
     click.echo(f"{'system'.ljust(width)}  {'trainable':>12}  {'(M)':>8}")
     for name, count in rows:
@@ -106,7 +113,9 @@ def _options(pairs: tuple[str, ...], what: str) -> dict:
 @click.argument("data", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["auto", "openmic", "folder"]), default="auto", show_default=True,
               help="Data layout: OpenMIC-2018, or a folder with labels.csv.")
+@_BACKBONE
 @click.option("--ast", "ast", help="Frozen AST: audioset_10_10_0.4593.pth, a Hugging Face model directory or a hub id.")
+@_MUSICNN
 @click.option("--reprogrammer", type=click.Choice(["none", "noise", "cnn", "unet"]), default="unet", show_default=True)
 @click.option("--reprogrammer-option", "rp_opts", multiple=True, metavar="KEY=VALUE",
               help="E.g. init=zeros (noise), activation=relu (cnn), trainable=false (unet).")
@@ -126,9 +135,9 @@ def _options(pairs: tuple[str, ...], what: str) -> dict:
 @click.option("--cache-dir", type=click.Path(), help="Feature cache (default: the mictag cache).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Output directory (model.pt, metrics.json).")
-def train(data, fmt, ast, reprogrammer, rp_opts, mapper, map_opts, baseline, recipe, epochs, batch_size, lr, seed,
-          recipe_opts, raw_fbank, runs, val_fraction, cache_dir, device, out) -> None:
-    """Train a reprogrammer and mapper against the frozen AST on DATA."""
+def train(data, fmt, backbone, ast, musicnn, reprogrammer, rp_opts, mapper, map_opts, baseline, recipe, epochs,
+          batch_size, lr, seed, recipe_opts, raw_fbank, runs, val_fraction, cache_dir, device, out) -> None:
+    """Train a reprogrammer and mapper against the frozen backbone (AST or musicnn) on DATA."""
     _need("torch", "mictag train")
     from mictag.train.recipes import get_recipe
     from mictag.train.trainer import TrainSpec
@@ -137,7 +146,8 @@ def train(data, fmt, ast, reprogrammer, rp_opts, mapper, map_opts, baseline, rec
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, **_options(recipe_opts, "recipe")}
     if "betas" in overrides:
         overrides["betas"] = tuple(overrides["betas"])
-    spec = TrainSpec(data=data, ast=ast, out=out, recipe=get_recipe(recipe, **overrides), fmt=fmt,
+    spec = TrainSpec(data=data, source=ast if backbone == "ast" else musicnn, backbone=backbone, out=out,
+                     recipe=get_recipe(recipe, **overrides), fmt=fmt,
                      reprogrammer=reprogrammer, reprogrammer_options=_options(rp_opts, "reprogrammer"),
                      mapper=mapper, mapper_options=_options(map_opts, "mapper"), baseline=baseline,
                      normalize_input=not raw_fbank, val_fraction=val_fraction, cache_dir=cache_dir, device=device)
@@ -154,7 +164,7 @@ def train(data, fmt, ast, reprogrammer, rp_opts, mapper, map_opts, baseline, rec
 @click.option("--data", required=True, type=click.Path(), help="Data set to evaluate on.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "openmic", "folder"]), default="auto", show_default=True)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--ast", "ast", help="Where the frozen AST is, if not where the model says.")
+@click.option("--ast", "ast", help="Where the frozen AST (or musicnn weights) is, if not where the model says.")
 @click.option("--cache-dir", type=click.Path())
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split (as in training).")
 def evaluate(model, data, fmt, split, ast, cache_dir, seed) -> None:
@@ -179,17 +189,21 @@ def evaluate(model, data, fmt, split, ast, cache_dir, seed) -> None:
               metavar="MIN OPT MAX", help="The engine's optimisation profile over the batch axis.")
 @click.option("--ast", "ast", help="Frozen AST (.pth, model directory or hub id): where MODEL's backbone is, or, "
               "without MODEL, the AudioSet checkpoint to build the zero-training tagger from.")
+@_BACKBONE
+@_MUSICNN
 @click.option("--mapper", type=click.Choice(["many-to-one"]), default="many-to-one", show_default=True,
-              help="Without MODEL: the fixed AudioSet -> OpenMIC map.")
+              help="Without MODEL: the fixed map from the backbone's classes (AudioSet or MagnaTagATune) to OpenMIC.")
 @click.option("--reduce", type=click.Choice(["max", "mean"]), default="max", show_default=True,
-              help="Without MODEL: how a label reduces its AudioSet classes.")
+              help="Without MODEL: how a label reduces its source classes.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
               help="ONNX precision: fp16 (GPU; fbank, LayerNorm and Softmax stay fp32) or int8 (dynamic, CPU); the "
               "deviation from fp32 is measured and printed.")
 @click.option("--opset", type=int, default=17, show_default=True)
-def export(model, out, fbank_out, torch_out, engine, engine_batch, ast, mapper, reduce, precision, opset) -> None:
-    """Fuse a trained MODEL (fbank + reprogrammer + AST + mapper + sigmoid) into one ONNX graph, or,
-    with --ast and no MODEL, build the zero-training instrument tagger from an AudioSet AST."""
+def export(model, out, fbank_out, torch_out, engine, engine_batch, ast, backbone, musicnn, mapper, reduce, precision,
+           opset) -> None:
+    """Fuse a trained MODEL (front end + reprogrammer + backbone + mapper + sigmoid) into one ONNX
+    graph, or, with no MODEL, build the zero-training instrument tagger: from an AudioSet AST
+    (--ast) or from musicnn (--backbone musicnn)."""
     import time
     from pathlib import Path
 
@@ -212,16 +226,18 @@ def export(model, out, fbank_out, torch_out, engine, engine_batch, ast, mapper, 
     if model:
         from mictag.train.checkpoint import load_model
 
-        system, payload = load_model(model, ast)
+        system, payload = load_model(model, ast or (musicnn if backbone == "musicnn" else None))
         thresholds = payload["thresholds"]
         extra = {"backbone": payload.get("backbone"), "recipe": payload.get("recipe"), "metrics": payload.get("metrics")}
-    elif ast:
+    elif ast or backbone == "musicnn":
         from mictag.export.zero_training import zero_training_tagger
 
-        system, extra = zero_training_tagger(ast, reduce=reduce)
+        source = musicnn if backbone == "musicnn" else ast
+        system, extra = zero_training_tagger(source, reduce=reduce, backbone=backbone)
         thresholds = [0.5] * len(system.cfg.labels)
     else:
-        raise MictagError("give a trained MODEL, or --ast CHECKPOINT to build the zero-training tagger")
+        raise MictagError("give a trained MODEL, or --ast CHECKPOINT (or --backbone musicnn) to build the "
+                          "zero-training tagger")
     for variant, path in (("waveform", out), ("fbank", fbank_out)):
         if path:
             t0 = time.perf_counter()
@@ -277,10 +293,13 @@ class _Progress:
 @click.option("--model", type=click.Path(), help="An exported model (.onnx, TensorRT .engine or torch .pt). "
               "Default: the zero-training tagger (see `mictag models`).")
 @click.option("--ast", "ast", help="Without --model: build the zero-training tagger from this AudioSet AST.")
+@click.option("--backbone", type=click.Choice(["ast", "musicnn"]), default="ast", show_default=True,
+              help="Without --model: whose zero-training tagger (musicnn: 3-s windows, 8 of the 20 labels).")
 @click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch"]),
               default="auto", show_default=True)
 @click.option("--batch-size", type=int, help="Windows per model call (default: the backend's choice).")
-@click.option("--hop", "hop", type=float, help="Seconds between window starts (default: the window, 10.24 s).")
+@click.option("--hop", "hop", type=float, help="Seconds between window starts (default: the model's window; "
+              "10.24 s for the AST, 2.992 s for musicnn).")
 @click.option("--aggregate", type=click.Choice(["max", "mean"]), default="max", show_default=True)
 @click.option("--threshold", type=float, help="One tag threshold for every label, instead of the model's own.")
 @click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
@@ -293,7 +312,7 @@ class _Progress:
 @click.option("--quiet", "-q", is_flag=True, help="No progress line or summary.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run as a Ray Data pipeline: join the cluster at ADDRESS, or start a local Ray without one.")
-def scan(library, out, model, ast, backend, batch_size, hop, aggregate, threshold, include, exclude, workers, fmt,
+def scan(library, out, model, ast, backbone, backend, batch_size, hop, aggregate, threshold, include, exclude, workers, fmt,
          segments, overwrite, retry_failed, quiet, ray_address) -> None:
     """Tag every audio file under LIBRARY: one row per file in --out.
 
@@ -307,7 +326,7 @@ def scan(library, out, model, ast, backend, batch_size, hop, aggregate, threshol
 
     say = (lambda m: None) if quiet else _echo_err
     if model is None:
-        model = str(default_model(ast, on_message=say))
+        model = str(default_model(ast, on_message=say, backbone=backbone))
     workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise MictagError(f"--threshold must be between 0 and 1, not {threshold}")
@@ -362,6 +381,11 @@ def models_pull(repo_id, wheel) -> None:
         for model, entry in manifest.items():
             click.echo(f"{model}: {entry['tensors']} tensors, sha256 {entry['sha256'][:12]}...")
         click.echo(f"musicnn weights in {cache_dir()} ({LICENCE_NOTE})")
+        if importlib.util.find_spec("torch") is not None:
+            from mictag.runtime.models import build_default_tagger
+
+            path = build_default_tagger("MTT_musicnn", _echo_err, backbone="musicnn")
+            click.echo(f"musicnn tagger ready: {path} (`mictag scan --backbone musicnn`)")
         return
     from mictag.runtime.models import DEFAULT_HUB_ID, pull
 

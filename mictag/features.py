@@ -42,6 +42,7 @@ def kaldi_mel(freq_hz: np.ndarray | float) -> np.ndarray:
 class FbankConfig:
     """The log-mel front end of an AST-family model. The defaults are AudioSet AST's."""
 
+    kind = "kaldi-fbank"
     sample_rate: int = 16000
     frame_length: int = 400  # 25 ms
     frame_shift: int = 160  # 10 ms
@@ -61,6 +62,11 @@ class FbankConfig:
             raise ValueError("frame_shift, target_frames and num_mel_bins must be positive")
 
     @property
+    def edge_pad(self) -> int:
+        """Samples padded at each end of a file before framing: none (Kaldi's snip_edges)."""
+        return 0
+
+    @property
     def num_bins(self) -> int:
         """Number of one-sided DFT bins (257 for a 512-point DFT)."""
         return self.n_fft // 2 + 1
@@ -75,7 +81,7 @@ class FbankConfig:
         return self.target_frames * self.frame_shift / self.sample_rate
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"kind": self.kind, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FbankConfig":
@@ -129,8 +135,25 @@ class FbankConfig:
     def mel_matrix_f32(self) -> np.ndarray:
         return self.mel_matrix.astype(np.float32)
 
+    def compress(self, mel: np.ndarray) -> np.ndarray:
+        """Mel energies -> natural log, floored at float32 epsilon (Kaldi)."""
+        return np.log(np.maximum(mel, np.float32(LOG_FLOOR)))
+
 
 AST_FBANK = FbankConfig()
+
+
+def frontend_from_dict(d: dict):
+    """The front-end config a model's metadata describes: the Kaldi fbank (AST; also when no
+    ``kind`` is recorded) or musicnn's librosa-style mel."""
+    kind = d.get("kind", FbankConfig.kind)
+    if kind == FbankConfig.kind:
+        return FbankConfig.from_dict(d)
+    from mictag.musicnn_features import MusicnnMelConfig
+
+    if kind == MusicnnMelConfig.kind:
+        return MusicnnMelConfig.from_dict(d)
+    raise ValueError(f"unknown front end {kind!r}")
 
 
 def frame_count(num_samples: int | np.ndarray, cfg: FbankConfig = AST_FBANK):
@@ -170,9 +193,11 @@ def window_starts(total_frames: int, hop: int, window: int) -> list[int]:
 
 
 def log_mel(waveform: np.ndarray, cfg: FbankConfig = AST_FBANK) -> np.ndarray:
-    """Raw (un-normalised) Kaldi log-mel frames of a 16 kHz mono waveform: (frames, mel_bins).
+    """Raw (un-normalised) log-mel frames of a mono waveform, snip-edges framing (a centred front
+    end's edge padding is the caller's: see :class:`EdgePadder`): (frames, mel_bins).
 
-    Accepts (samples,) or (batch, samples); computes in float32.
+    Accepts (samples,) or (batch, samples); computes in float32. ``cfg`` is any front-end config
+    (the Kaldi fbank or musicnn's mel).
     """
     w = np.asarray(waveform, dtype=np.float32)
     if w.ndim not in (1, 2):
@@ -185,8 +210,7 @@ def log_mel(waveform: np.ndarray, cfg: FbankConfig = AST_FBANK) -> np.ndarray:
     frames = frames[..., : (count - 1) * cfg.frame_shift + 1 : cfg.frame_shift, :]
     spec = frames @ cfg.frame_matrix_f32
     power = np.square(spec[..., : cfg.num_bins]) + np.square(spec[..., cfg.num_bins :])
-    mel = power @ cfg.mel_matrix_f32
-    return np.log(np.maximum(mel, np.float32(LOG_FLOOR)))
+    return cfg.compress(power @ cfg.mel_matrix_f32)
 
 
 def pad_frames(frames: np.ndarray, cfg: FbankConfig = AST_FBANK) -> tuple[np.ndarray, int]:
@@ -206,13 +230,54 @@ def normalize(frames: np.ndarray, cfg: FbankConfig = AST_FBANK) -> np.ndarray:
 
 
 def model_input(waveform: np.ndarray, cfg: FbankConfig = AST_FBANK) -> np.ndarray:
-    """The normalised (target_frames, mel_bins) AST input of one clip, exactly as in training."""
-    padded, _ = pad_frames(log_mel(waveform, cfg), cfg)
+    """The normalised (target_frames, mel_bins) model input of one clip, exactly as in training."""
+    padded, _ = pad_frames(log_mel(edge_padded(waveform, cfg), cfg), cfg)
     return normalize(padded, cfg)
 
 
+def edge_padded(waveform: np.ndarray, cfg: FbankConfig = AST_FBANK) -> np.ndarray:
+    """A whole waveform with its front end's edge padding (none for Kaldi)."""
+    padder = EdgePadder(cfg.edge_pad)
+    return np.concatenate([padder.push(waveform), padder.finish()])
+
+
+class EdgePadder:
+    """Streams a waveform with ``pad`` samples reflected at each end (numpy's ``reflect``, as
+    librosa's centred frames); a waveform shorter than ``pad + 1`` samples is zero-padded."""
+
+    def __init__(self, pad: int):
+        self.pad = pad
+        self._head = np.zeros(0, np.float32)  # held until the first reflection is possible
+        self._tail = np.zeros(0, np.float32)  # the last pad + 1 samples seen
+        self._started = pad == 0
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+        if self.pad == 0:
+            return chunk
+        if not self._started:
+            self._head = np.concatenate([self._head, chunk])
+            if self._head.size <= self.pad:
+                return np.zeros(0, np.float32)
+            chunk, self._started = self._head, True
+            self._tail = chunk[-(self.pad + 1):].copy()
+            return np.concatenate([chunk[self.pad : 0 : -1], chunk])
+        self._tail = np.concatenate([self._tail, chunk])[-(self.pad + 1):]
+        return chunk
+
+    def finish(self) -> np.ndarray:
+        """The samples that end the padded stream."""
+        if self.pad == 0:
+            return np.zeros(0, np.float32)
+        if not self._started:  # too short to reflect
+            if self._head.size == 0:
+                return self._head
+            return np.pad(self._head, self.pad).astype(np.float32)
+        return self._tail[-2::-1].copy()
+
+
 class FbankStream:
-    """Log-mel frames of an arbitrarily long waveform fed in chunks of any size.
+    """Log-mel frames of an arbitrarily long waveform fed in chunks of any size, then ``finish``.
 
     The frames are those of the whole waveform computed in one shot: the samples a frame
     shares with the next chunk are carried over, so nothing is computed twice.
@@ -220,6 +285,7 @@ class FbankStream:
 
     def __init__(self, cfg: FbankConfig = AST_FBANK):
         self.cfg = cfg
+        self._padder = EdgePadder(cfg.edge_pad)
         self._carry = np.zeros(0, dtype=np.float32)
         self.frames_emitted = 0
         self.samples_seen = 0
@@ -228,6 +294,13 @@ class FbankStream:
         """Add samples; return the frames completed by them, (k, mel_bins)."""
         chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
         self.samples_seen += chunk.shape[0]
+        return self._frames(self._padder.push(chunk))
+
+    def finish(self) -> np.ndarray:
+        """The last frames, which a centred front end's end padding completes (none for Kaldi)."""
+        return self._frames(self._padder.finish())
+
+    def _frames(self, chunk: np.ndarray) -> np.ndarray:
         buf = np.concatenate([self._carry, chunk]) if self._carry.size else chunk
         frames = log_mel(buf, self.cfg)
         consumed = frames.shape[0] * self.cfg.frame_shift

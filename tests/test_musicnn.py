@@ -12,6 +12,7 @@ import pytest
 
 from mictag.backbones.tf_bundle import read_bundle, read_index, write_bundle
 from mictag.errors import CheckpointError
+from musicnn_fixtures import fake_musicnn_tf
 
 
 def _tensors() -> dict[str, np.ndarray]:
@@ -121,12 +122,13 @@ def test_models_pull_musicnn_converts_a_wheel_and_verifies_it(tmp_path, monkeypa
     from mictag.cli import main
 
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
-    tensors = _tensors()
+    tensors = fake_musicnn_tf()
     wheel = _fake_musicnn_wheel(tmp_path / "musicnn-0.1.0-py3-none-any.whl", tensors)
     monkeypatch.setattr(musicnn_weights, "download_wheel", lambda dest: wheel)  # the registry, offline
     result = CliRunner().invoke(main, ["models", "pull", "musicnn"])
     assert result.exit_code == 0, result.output
-    assert "CC BY-NC-SA" in result.output and "MTT_musicnn: 10 tensors" in result.output
+    assert "CC BY-NC-SA" in result.output and "MTT_musicnn: 64 tensors" in result.output
+    assert "musicnn tagger ready" in result.output
     weights = musicnn_weights.load_weights("MTT_musicnn")
     for name, array in tensors.items():
         if "Adam" in name or name in ("beta1_power", "global_step"):

@@ -45,9 +45,9 @@ def test_frozen_backbone_stays_frozen_and_trainables_move(reprogrammer, mapper):
     torch.manual_seed(0)
     model = build_system(tiny(reprogrammer=reprogrammer, mapper=mapper))
     model.train()
-    assert not model.ast.training  # frozen AST never enters training mode
-    frozen = {n: p.detach().clone() for n, p in model.ast.named_parameters()}
-    assert all(not p.requires_grad for p in model.ast.parameters())
+    assert not model.backbone.training  # frozen AST never enters training mode
+    frozen = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
+    assert all(not p.requires_grad for p in model.backbone.parameters())
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     if mapper == "many-to-one" and reprogrammer == "none":
         assert not trainable  # the zero-training tagger has nothing to train
@@ -56,10 +56,10 @@ def test_frozen_backbone_stays_frozen_and_trainables_move(reprogrammer, mapper):
     opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), torch.rand(4, 20))
     loss.backward()
-    for name, p in model.ast.named_parameters():
+    for name, p in model.backbone.named_parameters():
         assert p.grad is None, f"frozen {name} received a gradient"
     opt.step()
-    for name, p in model.ast.named_parameters():
+    for name, p in model.backbone.named_parameters():
         assert torch.equal(p, frozen[name]), f"frozen {name} changed"
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])]
     assert moved, "no trainable parameter moved"
@@ -68,8 +68,8 @@ def test_frozen_backbone_stays_frozen_and_trainables_move(reprogrammer, mapper):
 def test_finetune_baseline_trains_the_backbone():
     model = build_system(tiny(baseline="finetune"))
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert "ast.blocks.0.attn.qkv.weight" in names and "ast.patch_embed.weight" in names
-    assert "ast.head.weight" not in names  # not on the path with the head mapper
+    assert "backbone.blocks.0.attn.qkv.weight" in names and "backbone.patch_embed.weight" in names
+    assert "backbone.head.weight" not in names  # not on the path with the head mapper
 
 
 def test_cnn_baseline_has_no_backbone_and_gives_logits():

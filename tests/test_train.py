@@ -180,7 +180,7 @@ def test_train_then_evaluate_ast_bs(tiny_openmic, tiny_ast_dir, tmp_path):
     # the model file is small and self-describing
     payload = read_model(out / "model.pt")
     assert (out / "model.pt").stat().st_size < 200_000
-    assert not any(k.startswith("ast.") for k in payload["weights"])
+    assert not any(k.startswith("backbone.") for k in payload["weights"])
     assert len(payload["thresholds"]) == 20 and payload["backbone"]["sha256"]
     assert payload["recipe"]["name"] == "paper" and payload["labels"][0] == "accordion"
 
@@ -233,7 +233,7 @@ def test_loading_with_another_backbone_is_refused(tiny_openmic, tiny_ast_dir, tm
             "--cache-dir", tmp_path / "cache"])
     other = write_tiny_hf_ast(tmp_path / "other-ast", seed=1)
     with pytest.raises(CheckpointError, match="trained on the frozen AST"):
-        load_model(out / "model.pt", ast=other)
+        load_model(out / "model.pt", source=other)
 
 
 def test_output_cache_is_reused(tiny_openmic, tiny_ast_dir, tmp_path):

@@ -13,7 +13,7 @@ Porting notes (each checked against the TensorFlow graph):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -31,6 +31,13 @@ class MusicnnConfig:
     num_filt_midend: int = 64
     units_backend: int = 200
     num_classes: int = 50
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MusicnnConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     @property
     def frontend_channels(self) -> int:
@@ -87,6 +94,20 @@ class Musicnn(nn.Module):
         mid = torch.cat(feats, dim=1)  # (B, 753, T)
         pooled = torch.stack([mid.amax(dim=2), mid.mean(dim=2)], dim=2).flatten(1)  # max/mean interleaved
         return self.bn_dense(torch.relu(self.dense(self.bn_pool(pooled))))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(features)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.units_backend
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.forward_features(x))

@@ -17,7 +17,6 @@ from torch import nn
 
 from mictag.errors import CheckpointError
 from mictag.export.onnx import ExportGraph
-from mictag.model.ast import AST
 from mictag.model.system import SystemConfig, build_system
 
 FORMAT = "mictag-torch"
@@ -69,7 +68,7 @@ def load_torch_artifact(path: str | os.PathLike, device: str | torch.device = "c
     if precision not in DTYPES:
         raise CheckpointError(f"unknown precision {precision!r}; choose {', '.join(DTYPES)}")
     cfg = SystemConfig.from_dict(payload["system"])
-    system = build_system(cfg, ast=None if cfg.baseline == "cnn-bs" else AST(cfg.ast))
+    system = build_system(cfg)
     system.load_state_dict(payload["state"])
     module = TorchTagger(system.eval(), variant, DTYPES[precision]).to(device).eval()
     if compile:

@@ -146,6 +146,17 @@ class AST(nn.Module):
     def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_norm(pooled))
 
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.hidden_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.head_norm, self.head]
+
     def forward(self, fbank: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(fbank))
 

@@ -1,5 +1,6 @@
-"""The Kaldi fbank as torch modules, built from :mod:`mictag.features`' matrices (batched,
-differentiable, exportable to ONNX: a strided Conv1d, squares, two matmuls and a log)."""
+"""The front ends as torch modules, built from the same matrices as the numpy paths (the AST's
+Kaldi fbank, :mod:`mictag.features`; musicnn's mel, :mod:`mictag.musicnn_features`): batched,
+differentiable and exportable to ONNX (a strided Conv1d, squares, two matmuls and a log)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from mictag.features import AST_FBANK, LOG_FLOOR, FbankConfig
+from mictag.musicnn_features import MusicnnMelConfig
 
 
 class FrameFinish(nn.Module):
@@ -35,8 +37,16 @@ class FrameFinish(nn.Module):
         return frames
 
 
+def compress(mel: torch.Tensor, cfg: FbankConfig | MusicnnMelConfig) -> torch.Tensor:
+    """Mel energies -> the front end's log (each config's ``compress``, in torch)."""
+    if isinstance(cfg, MusicnnMelConfig):
+        return torch.log10(10000.0 * mel + 1.0)
+    return torch.clamp(mel, min=LOG_FLOOR).log()
+
+
 class Fbank(nn.Module):
-    """(B, samples) 16 kHz waveforms [+ valid sample counts] -> (B, target_frames, mel_bins)."""
+    """(B, samples) 16 kHz waveforms [+ valid sample counts] -> (B, target_frames, mel_bins).
+    A centred front end takes its windows from the edge-padded stream, as the runtime cuts them."""
 
     def __init__(self, cfg: FbankConfig = AST_FBANK, normalize: bool = True):
         super().__init__()
@@ -54,7 +64,7 @@ class Fbank(nn.Module):
         spec = nn.functional.conv1d(waveform.unsqueeze(1), self.frame_weight, stride=cfg.frame_shift)
         re, im = spec[:, : cfg.num_bins], spec[:, cfg.num_bins :]
         power = (re * re + im * im).transpose(1, 2)
-        return torch.clamp(power @ self.mel, min=LOG_FLOOR).log()
+        return compress(power @ self.mel, cfg)
 
     def valid_frames(self, valid_samples: torch.Tensor) -> torch.Tensor:
         """Kaldi snip_edges frame count of each item's valid samples."""

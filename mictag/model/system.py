@@ -1,8 +1,10 @@
-"""One composed model: [fbank ->] reprogrammer -> frozen AST -> mapper, which knows what it trains.
+"""One composed model: [front end ->] reprogrammer -> frozen backbone -> mapper, which knows what
+it trains. The backbone is the AudioSet AST or musicnn (:mod:`mictag.backbones.frozen`).
 
 :class:`SystemConfig` is plain data (saved in checkpoints and export metadata); :func:`build_system`
 turns it into a module. Systems of Table 1: ``AST-BS`` (none + head), ``AST-NRP`` (noise + head),
-``AST-CNNRP`` (cnn + head), ``AST-URP`` (unet + head), ``AST-TL`` (fine-tuning) and ``CNN-BS``.
+``AST-CNNRP`` (cnn + head), ``AST-URP`` (unet + head), ``AST-TL`` (fine-tuning) and ``CNN-BS``;
+the same with musicnn in place of the AST.
 """
 
 from __future__ import annotations
@@ -12,23 +14,27 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mictag.features import AST_FBANK, FbankConfig
-from mictag.labels import AUDIOSET_NUM_CLASSES, OPENMIC_LABELS, openmic_audioset_map
+from mictag.backbones.frozen import check_kind, frontend_for, openmic_source_map
+from mictag.backbones.musicnn import Musicnn, MusicnnConfig
+from mictag.features import FbankConfig, frontend_from_dict
+from mictag.labels import OPENMIC_LABELS
 from mictag.model.ast import AST, ASTConfig
 from mictag.model.baselines import CNNBaseline
 from mictag.model.fbank import Fbank
 from mictag.model.mappers import Mapper, build_mapper
 from mictag.model.reprogram import Reprogrammer, build_reprogrammer
+from mictag.musicnn_features import MusicnnMelConfig
 
 BASELINES = ("cnn-bs", "finetune")
 
 
 @dataclass
 class SystemConfig:
-    """Everything needed to rebuild a system (weights aside)."""
+    """Everything needed to rebuild a system (weights aside). ``fbank`` is the backbone's front end
+    (derived from the backbone's config when not given)."""
 
     ast: ASTConfig = field(default_factory=ASTConfig)
-    fbank: FbankConfig = AST_FBANK
+    fbank: FbankConfig | MusicnnMelConfig | None = None
     reprogrammer: str = "none"
     reprogrammer_options: dict = field(default_factory=dict)
     mapper: str = "head"
@@ -37,21 +43,33 @@ class SystemConfig:
     # AudioSet normalisation of the fbank (what the AST was trained on). The authors' code fed the
     # raw fbank; we normalise by default so that the frozen AST sees its training distribution.
     normalize_input: bool = True
-    baseline: str | None = None  # "cnn-bs" (no AST) or "finetune" (AST trainable)
+    baseline: str | None = None  # "cnn-bs" (no backbone) or "finetune" (backbone trainable)
+    backbone: str = "ast"  # "ast" or "musicnn"
+    musicnn: MusicnnConfig = field(default_factory=MusicnnConfig)
 
     def __post_init__(self) -> None:
+        check_kind(self.backbone)
         if self.baseline not in (None, *BASELINES):
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
-        if (self.fbank.target_frames, self.fbank.num_mel_bins) != (self.ast.input_frames, self.ast.num_mel_bins):
-            raise ValueError(
-                f"fbank gives {self.fbank.target_frames}x{self.fbank.num_mel_bins} frames but the AST takes "
-                f"{self.ast.input_frames}x{self.ast.num_mel_bins}"
-            )
+        if self.fbank is None:
+            self.fbank = frontend_for(self.backbone, self.backbone_config)
+        expected = frontend_for(self.backbone, self.backbone_config)
+        if type(self.fbank) is not type(expected):
+            raise ValueError(f"the {self.backbone} backbone takes the {expected.kind} front end, not {self.fbank.kind}")
+        shape = (self.fbank.target_frames, self.fbank.num_mel_bins)
+        if shape != (expected.target_frames, expected.num_mel_bins):
+            raise ValueError(f"the front end gives {shape[0]}x{shape[1]} frames but the {self.backbone} backbone takes "
+                             f"{expected.target_frames}x{expected.num_mel_bins}")
         self.labels = tuple(self.labels)
+
+    @property
+    def backbone_config(self) -> ASTConfig | MusicnnConfig:
+        return self.musicnn if self.backbone == "musicnn" else self.ast
 
     def to_dict(self) -> dict:
         return {
-            "ast": self.ast.to_dict(), "fbank": self.fbank.to_dict(), "reprogrammer": self.reprogrammer,
+            "backbone": self.backbone, "ast": self.ast.to_dict(), "musicnn": self.musicnn.to_dict(),
+            "fbank": self.fbank.to_dict(), "reprogrammer": self.reprogrammer,
             "reprogrammer_options": dict(self.reprogrammer_options), "mapper": self.mapper,
             "mapper_options": dict(self.mapper_options), "labels": list(self.labels),
             "normalize_input": self.normalize_input, "baseline": self.baseline,
@@ -61,68 +79,77 @@ class SystemConfig:
     def from_dict(cls, d: dict) -> "SystemConfig":
         d = dict(d)
         d["ast"] = ASTConfig.from_dict(d["ast"])
-        d["fbank"] = FbankConfig.from_dict(d["fbank"])
+        d["musicnn"] = MusicnnConfig.from_dict(d.get("musicnn", {}))
+        d["fbank"] = frontend_from_dict(d["fbank"])
         d["labels"] = tuple(d["labels"])
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     @property
     def system_name(self) -> str:
+        prefix = "musicnn" if self.backbone == "musicnn" else "AST"
         if self.baseline == "cnn-bs":
             return "CNN-BS"
         if self.baseline == "finetune":
-            return "AST-TL"
-        return {"none": "AST-BS", "noise": "AST-NRP", "cnn": "AST-CNNRP", "unet": "AST-URP"}.get(
-            self.reprogrammer, f"AST-{self.reprogrammer}")
+            return f"{prefix}-TL"
+        suffix = {"none": "BS", "noise": "NRP", "cnn": "CNNRP", "unet": "URP"}.get(self.reprogrammer, self.reprogrammer)
+        return f"{prefix}-{suffix}"
 
 
 def default_source_map(cfg: SystemConfig) -> dict[str, tuple[int, ...]] | None:
-    """The packaged OpenMIC <- AudioSet map, where it applies to this system's labels and AST."""
-    if cfg.ast.num_classes != AUDIOSET_NUM_CLASSES:
+    """The packaged OpenMIC <- source-class map of the backbone, where it applies to this system's
+    labels and the backbone's outputs."""
+    native = 50 if cfg.backbone == "musicnn" else 527
+    if cfg.backbone_config.num_classes != native:
         return None
-    table = openmic_audioset_map()
+    table = openmic_source_map(cfg.backbone)
     return table if all(label in table for label in cfg.labels) else None
 
 
-class ReprogrammedAST(nn.Module):
-    """The composed model. Takes normalised fbank (B, frames, mel_bins), or 16 kHz waveforms
+def new_backbone(cfg: SystemConfig) -> nn.Module:
+    """A randomly initialised backbone of the system's kind and shape."""
+    return Musicnn(cfg.musicnn) if cfg.backbone == "musicnn" else AST(cfg.ast)
+
+
+class ReprogrammedModel(nn.Module):
+    """The composed model. Takes the backbone's input (B, frames, mel_bins), or 16 kHz waveforms
     (B, samples) plus optional valid-sample counts when built ``with_fbank``; returns logits."""
 
-    def __init__(self, cfg: SystemConfig, ast: AST | None = None, with_fbank: bool = False,
+    def __init__(self, cfg: SystemConfig, backbone: nn.Module | None = None, with_fbank: bool = False,
                  source_map: dict[str, tuple[int, ...]] | None = None):
         super().__init__()
         self.cfg = cfg
         self.fbank = Fbank(cfg.fbank, normalize=cfg.normalize_input) if with_fbank else None
-        if ast is not None and ast.cfg != cfg.ast:
-            raise ValueError(f"the AST given has config {ast.cfg}, the system expects {cfg.ast}")
+        if backbone is not None and backbone.cfg != cfg.backbone_config:
+            raise ValueError(f"the backbone given has config {backbone.cfg}, the system expects {cfg.backbone_config}")
         self.reprogrammer: Reprogrammer = build_reprogrammer(
             cfg.reprogrammer, cfg.fbank.target_frames, cfg.fbank.num_mel_bins, **cfg.reprogrammer_options)
-        self.ast = ast if ast is not None else AST(cfg.ast)
+        self.backbone = backbone if backbone is not None else new_backbone(cfg)
         self.mapper: Mapper = build_mapper(
-            cfg.mapper, cfg.ast.hidden_size, cfg.ast.num_classes, cfg.labels,
+            cfg.mapper, self.backbone.hidden_size, self.backbone.num_classes, cfg.labels,
             source_map=source_map if source_map is not None else default_source_map(cfg),
             **cfg.mapper_options)
         self.finetune = cfg.baseline == "finetune"
-        self.ast.requires_grad_(self.finetune)
+        self.backbone.requires_grad_(self.finetune)
         if self.mapper.source == "pooled":
-            # The AudioSet head is not on the path: never count or train it.
-            self.ast.head_norm.requires_grad_(False)
-            self.ast.head.requires_grad_(False)
+            # The backbone's own classifier is not on the path: never count or train it.
+            for module in self.backbone.head_modules():
+                module.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "ReprogrammedAST":
+    def train(self, mode: bool = True) -> "ReprogrammedModel":
         super().train(mode)
         if not self.finetune:
-            self.ast.eval()  # frozen: never in training mode
+            self.backbone.eval()  # frozen: never in training mode
         return self
 
     def forward_outputs(self, inputs: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """``logits`` (B, labels) and the AST's ``embedding`` (B, hidden)."""
+        """``logits`` (B, labels) and the backbone's ``embedding`` (B, hidden)."""
         x = self.fbank(inputs, valid) if self.fbank is not None else inputs
         x = self.reprogrammer(x)
-        pooled = self.ast.forward_features(x)
+        pooled = self.backbone.forward_features(x)
         if self.mapper.source == "pooled":
             logits = self.mapper(pooled)
         else:
-            logits = self.mapper(self.ast.forward_head(pooled))
+            logits = self.mapper(self.backbone.forward_head(pooled))
         return {"logits": logits, "embedding": pooled}
 
     def forward(self, inputs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,7 +163,7 @@ class ReprogrammedAST(nn.Module):
 
 
 class CNNBaselineSystem(nn.Module):
-    """CNN-BS wrapped with the same inputs and outputs as :class:`ReprogrammedAST`."""
+    """CNN-BS wrapped with the same inputs and outputs as :class:`ReprogrammedModel`."""
 
     def __init__(self, cfg: SystemConfig, with_fbank: bool = False):
         super().__init__()
@@ -158,11 +185,11 @@ class CNNBaselineSystem(nn.Module):
         return sum(p.numel() for p in self.trainable_parameters())
 
 
-def build_system(cfg: SystemConfig, ast: AST | None = None, with_fbank: bool = False) -> nn.Module:
-    """The module for ``cfg``; ``ast`` supplies pretrained backbone weights (else random)."""
+def build_system(cfg: SystemConfig, backbone: nn.Module | None = None, with_fbank: bool = False) -> nn.Module:
+    """The module for ``cfg``; ``backbone`` supplies the pretrained weights (else random)."""
     if cfg.baseline == "cnn-bs":
         return CNNBaselineSystem(cfg, with_fbank)
-    return ReprogrammedAST(cfg, ast, with_fbank)
+    return ReprogrammedModel(cfg, backbone, with_fbank)
 
 
 # The paper's systems, as reprogrammer settings (Table 1, authors'-code architecture).
@@ -176,14 +203,14 @@ PAPER_SYSTEMS: dict[str, dict] = {
 }
 
 
-def parameter_table(ast_cfg: ASTConfig | None = None, mapper: str = "head") -> list[tuple[str, int]]:
-    """Trainable-parameter counts of the paper's systems (built on the meta device: no memory)."""
+def parameter_table(ast_cfg: ASTConfig | None = None, mapper: str = "head",
+                    backbone: str = "ast") -> list[tuple[str, int]]:
+    """Trainable-parameter counts of the paper's systems on ``backbone`` (built on the meta device:
+    no memory), named as in Table 1 with the backbone's prefix."""
     ast_cfg = ast_cfg or ASTConfig()
-    fbank = FbankConfig.from_dict({**AST_FBANK.to_dict(), "target_frames": ast_cfg.input_frames,
-                                   "num_mel_bins": ast_cfg.num_mel_bins})
     rows = []
     with torch.device("meta"):
-        for name, settings in PAPER_SYSTEMS.items():
-            cfg = SystemConfig(ast=ast_cfg, fbank=fbank, mapper=mapper, **settings)
-            rows.append((name, build_system(cfg).num_trainable()))
+        for settings in PAPER_SYSTEMS.values():
+            cfg = SystemConfig(ast=ast_cfg, backbone=backbone, mapper=mapper, **settings)
+            rows.append((cfg.system_name, build_system(cfg).num_trainable()))
     return rows

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mictag.errors import MictagError
-from mictag.features import FbankConfig
+from mictag.features import frontend_from_dict
 from mictag.runtime.backends import model_metadata, open_backend
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.pipeline import ScanOptions, Scoring, _FileState, decode_file
@@ -51,7 +51,7 @@ def _import_ray():
 
 def decode_stage(batch: dict, cfg: dict, variant: str, hop: int, chunk_seconds: float) -> Iterator[dict]:
     """Ray task body: one file in, blocks of window rows out, then one closing row."""
-    fb = FbankConfig.from_dict(cfg)
+    fb = frontend_from_dict(cfg)
     shape = (fb.target_frames, fb.num_mel_bins) if variant == "fbank" else (fb.window_samples,)
     fid, path = int(batch["fid"][0]), str(batch["path"][0])
     rows: list[tuple] = []

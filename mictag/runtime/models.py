@@ -5,6 +5,10 @@ many-to-one map), built once from an AudioSet AST found locally and cached as
 ``$MICTAG_HOME/models/zero-training-<sha12>.onnx``. ``mictag models pull`` downloads the AST
 (≈350 MB, ``MIT/ast-finetuned-audioset-10-10-0.4593``) into the Hugging Face cache, checks its
 sha256 and builds that tagger; building needs the ``[train]`` extra (torch), scanning does not.
+
+``--backbone musicnn`` does the same with musicnn (MTT) and its MagnaTagATune -> OpenMIC map
+(8 of the 20 labels): ``mictag models pull musicnn`` converts its weights and builds
+``musicnn-zero-training-<sha12>.onnx``.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ def models_dir() -> Path:
     return mictag_home() / "models"
 
 
-def cached_taggers() -> list[Path]:
-    """Zero-training taggers already built, newest first."""
+def _tagger_prefix(backbone: str) -> str:
+    return "zero-training-" if backbone == "ast" else f"{backbone}-zero-training-"
+
+
+def cached_taggers(backbone: str = "ast") -> list[Path]:
+    """Zero-training taggers of ``backbone`` already built, newest first."""
     d = models_dir()
-    found = list(d.glob("zero-training-*.onnx")) if d.is_dir() else []
+    found = list(d.glob(f"{_tagger_prefix(backbone)}*.onnx")) if d.is_dir() else []
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -46,24 +54,24 @@ def verify_hub_blob(weights: Path) -> str:
     return digest
 
 
-def build_default_tagger(ast_source: str | os.PathLike, on_message=None) -> Path:
-    """The zero-training tagger for ``ast_source``, built once and cached by the AST's sha256."""
+def build_default_tagger(source: str | os.PathLike, on_message=None, backbone: str = "ast") -> Path:
+    """The zero-training tagger for a backbone ``source``, built once and cached by its sha256."""
     try:
         import torch  # noqa: F401
     except ImportError:
         raise MictagError("building the zero-training tagger needs torch: pip install 'mictag[train]' "
                           "(or scan with --model an exported .onnx)") from None
+    from mictag.backbones.frozen import weights_file
     from mictag.export.onnx import export_onnx, metadata
     from mictag.export.zero_training import zero_training_tagger
-    from mictag.model.checkpoints import weights_file
 
-    digest = verify_hub_blob(weights_file(ast_source))
-    target = models_dir() / f"zero-training-{digest[:12]}.onnx"
+    digest = verify_hub_blob(weights_file(backbone, source))
+    target = models_dir() / f"{_tagger_prefix(backbone)}{digest[:12]}.onnx"
     if target.is_file():
         return target
     if on_message:
-        on_message(f"building the zero-training tagger from {ast_source} (once; cached as {target})")
-    system, extra = zero_training_tagger(ast_source)
+        on_message(f"building the zero-training tagger from {source} (once; cached as {target})")
+    system, extra = zero_training_tagger(source, backbone=backbone)
     meta = metadata(system, [0.5] * len(system.cfg.labels), {**extra, "precision": "fp32"}, "fbank")
     tmp = target.with_name(target.name + ".partial.onnx")
     export_onnx(system, tmp, meta, "fbank")
@@ -71,8 +79,10 @@ def build_default_tagger(ast_source: str | os.PathLike, on_message=None) -> Path
     return target
 
 
-def default_model(ast: str | os.PathLike | None = None, on_message=None) -> Path:
-    """What ``mictag scan`` uses without ``--model``."""
+def default_model(ast: str | os.PathLike | None = None, on_message=None, backbone: str = "ast") -> Path:
+    """What ``mictag scan`` uses without ``--model``: the zero-training tagger of ``backbone``."""
+    if backbone == "musicnn":
+        return default_musicnn_model(on_message)
     if ast:
         return build_default_tagger(ast, on_message)
     built = cached_taggers()
@@ -85,6 +95,23 @@ def default_model(ast: str | os.PathLike | None = None, on_message=None) -> Path
     except (ImportError, ModelNotFoundError):
         raise ModelNotFoundError(HOW_TO_GET_ONE) from None
     return build_default_tagger(local, on_message)
+
+
+def default_musicnn_model(on_message=None) -> Path:
+    """The musicnn zero-training tagger: cached, or built from weights `mictag models pull musicnn`
+    converted; with neither, the error says how to get them."""
+    built = cached_taggers("musicnn")
+    if built:
+        return built[0]
+    from mictag.backbones.musicnn_weights import weights_path
+
+    weights = weights_path()
+    if not weights.is_file():
+        raise ModelNotFoundError(
+            f"no musicnn weights in {weights.parent}: run `mictag models pull musicnn` once online (pip downloads the "
+            f"29 MB musicnn 0.1.0 wheel from the package registry; no TensorFlow needed), or "
+            f"`mictag models pull musicnn --wheel musicnn-0.1.0-py3-none-any.whl` with a wheel you copied here")
+    return build_default_tagger("MTT_musicnn", on_message, backbone="musicnn")
 
 
 def pull(repo_id: str = DEFAULT_HUB_ID, on_message=None) -> Path:
@@ -100,9 +127,11 @@ def pull(repo_id: str = DEFAULT_HUB_ID, on_message=None) -> Path:
 def listing() -> list[tuple[str, str]]:
     """(what, where) for the models mictag can use here."""
     rows = [(f"zero-training tagger ({p.stat().st_size / 1e6:.0f} MB)", str(p)) for p in cached_taggers()]
+    rows += [(f"musicnn zero-training tagger ({p.stat().st_size / 1e6:.1f} MB)", str(p)) for p in cached_taggers("musicnn")]
     if models_dir().is_dir():
         rows += [("exported model", str(p)) for p in sorted(models_dir().glob("*"))
-                 if p.suffix in (".onnx", ".engine", ".pt") and not p.name.startswith("zero-training-")]
+                 if p.suffix in (".onnx", ".engine", ".pt") and "zero-training-" not in p.name]
+        rows += [(f"musicnn weights {p.stem}", str(p)) for p in sorted((models_dir() / "musicnn").glob("*.safetensors"))]
     try:
         from mictag.model.checkpoints import resolve_hub
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mictag.audio import CHUNK_SECONDS, AudioError, AudioStream
-from mictag.features import FbankConfig, hop_frames
+from mictag.features import FbankConfig, frontend_from_dict, hop_frames
 from mictag.runtime.backends import Backend
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.results import FileResult
@@ -99,7 +99,7 @@ class _single_threaded_children:
 
 
 def _worker(jobs, out, cfg_dict: dict, variant: str, hop: int, chunk_seconds: float) -> None:
-    cfg = FbankConfig.from_dict(cfg_dict)
+    cfg = frontend_from_dict(cfg_dict)
     while True:
         job = jobs.get()
         if job is None:
@@ -126,7 +126,7 @@ class Scoring:
     def __init__(self, meta: dict, options: ScanOptions):
         self.options = options
         self.labels: list[str] = list(meta["labels"])
-        self.cfg = FbankConfig.from_dict(meta["features"])
+        self.cfg = frontend_from_dict(meta["features"])
         self.variant = meta.get("variant", "waveform")
         o = options
         self.hop = hop_frames(o.hop_seconds, self.cfg) if o.hop_seconds else self.cfg.target_frames

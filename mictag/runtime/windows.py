@@ -5,7 +5,8 @@ windows of ``target_frames`` are sliced from that frame stream every ``hop`` fra
 overlapping windows cost no extra front-end work (the fbank-input graph).
 ``sample_windows``: the same windows as raw 16 kHz samples (the waveform-input graph).
 Both follow :func:`mictag.features.window_starts`: the last window may be partial and is padded in
-the fbank domain through its valid count; a file with no frames still yields one window.
+the fbank domain through its valid count; a file with no frames still yields one window. A centred
+front end (musicnn's) frames the stream with its edge padding, so sample windows carry it too.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ class Window:
     valid: int  # valid frames (frame windows) or valid samples (sample windows)
 
     def seconds(self, cfg: FbankConfig) -> tuple[float, float]:
-        """Start and end of the window's valid part, in seconds."""
-        shift = cfg.frame_shift / cfg.sample_rate
-        start = self.start_frame * shift
+        """Start and end of the audio the window's valid part covers, in seconds of the file."""
+        first = self.start_frame * cfg.frame_shift  # in the (edge-padded) stream
         if self.data.ndim == 2:
-            return start, start + (self.valid * cfg.frame_shift + (cfg.frame_length - cfg.frame_shift if self.valid else 0)) / cfg.sample_rate
-        return start, start + self.valid / cfg.sample_rate
+            span = self.valid * cfg.frame_shift + (cfg.frame_length - cfg.frame_shift if self.valid else 0)
+        else:
+            span = self.valid
+        start = max(0, first - cfg.edge_pad)
+        end = max(start, first + span - cfg.edge_pad)
+        return start / cfg.sample_rate, end / cfg.sample_rate
 
 
 def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> Iterator[Window]:
@@ -61,6 +65,9 @@ def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> I
             yield cut(index * hop, None)
             drop = min(index * hop - buf_start, buf.shape[0])
             buf, buf_start = buf[drop:], buf_start + drop
+    last = stream.finish()
+    if last.shape[0]:
+        buf = np.concatenate([buf, last]) if buf.shape[0] else last
     total = stream.frames_emitted
     for start in features.window_starts(total, hop, size)[index:]:
         yield cut(start, total)
@@ -85,7 +92,14 @@ def sample_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> 
         index += 1
         return w
 
-    for chunk in chunks:
+    padder = features.EdgePadder(cfg.edge_pad)
+
+    def padded() -> Iterator[np.ndarray]:
+        for chunk in chunks:
+            yield padder.push(chunk)
+        yield padder.finish()
+
+    for chunk in padded():
         total += chunk.shape[0]
         buf = np.concatenate([buf, chunk]) if buf.shape[0] else np.asarray(chunk, np.float32)
         while buf_start + buf.shape[0] >= index * step + size:

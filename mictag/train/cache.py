@@ -30,6 +30,8 @@ def window_frames(path: str | os.PathLike, cfg: FbankConfig) -> tuple[np.ndarray
         got.append(stream.push(chunk))
         if stream.frames_emitted >= cfg.target_frames:
             break
+    else:
+        got.append(stream.finish())
     frames = np.concatenate(got) if got else np.zeros((0, cfg.num_mel_bins), np.float32)
     return features.pad_frames(frames, cfg)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from mictag import __version__
+from mictag.backbones.frozen import load_backbone, weights_file
 from mictag.digest import file_digest
 from mictag.errors import CheckpointError
-from mictag.model.checkpoints import load_ast, weights_file
 from mictag.model.system import SystemConfig, build_system
 
 FORMAT = "mictag-model"
@@ -23,13 +23,7 @@ def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights and buffers training can change: everything but a frozen backbone."""
     finetune = getattr(model, "finetune", False)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-            if finetune or not k.startswith("ast.")}
-
-
-def backbone_reference(source: str | os.PathLike) -> dict:
-    """Where the frozen AST came from and the sha256 of its weights file."""
-    path = weights_file(source)
-    return {"source": str(source), "file": path.name, "sha256": file_digest(path)}
+            if finetune or not k.startswith("backbone.")}
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, cfg: SystemConfig, backbone: dict | None,
@@ -65,26 +59,28 @@ def read_model(path: str | os.PathLike) -> dict:
     return payload
 
 
-def load_model(path: str | os.PathLike, ast: str | os.PathLike | None = None,
+def load_model(path: str | os.PathLike, source: str | os.PathLike | None = None,
                verify_backbone: bool = True) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a trained system. ``ast`` overrides where the frozen backbone is read from; its
+    """Rebuild a trained system. ``source`` overrides where the frozen backbone is read from; its
     sha256 must equal the one the model was trained against."""
     payload = read_model(path)
     cfg = SystemConfig.from_dict(payload["system"])
     backbone = None
     if cfg.baseline != "cnn-bs":
         ref = payload.get("backbone") or {}
-        source = ast or ref.get("source")
+        source = source or ref.get("source")
+        option = "--ast" if cfg.backbone == "ast" else "--musicnn"
         if not source:
-            raise CheckpointError(f"{path} does not say which AST it was trained on: pass --ast")
+            raise CheckpointError(f"{path} does not say which {cfg.backbone} backbone it was trained on: pass {option}")
         if verify_backbone and ref.get("sha256"):
-            actual = file_digest(weights_file(source))
+            actual = file_digest(weights_file(cfg.backbone, source))
             if actual != ref["sha256"]:
                 raise CheckpointError(
-                    f"{path} was trained on the frozen AST {ref.get('file')} (sha256 {ref['sha256'][:12]}...), "
-                    f"but {source} has sha256 {actual[:12]}...: pass the original backbone with --ast")
-        backbone = load_ast(source, input_frames=cfg.ast.input_frames)
-    model = build_system(cfg, ast=backbone)
+                    f"{path} was trained on the frozen {cfg.backbone.replace('ast', 'AST')} {ref.get('file')} (sha256 {ref['sha256'][:12]}...), "
+                    f"but {source} has sha256 {actual[:12]}...: pass the original backbone with {option}")
+        frames = cfg.backbone_config.frames if cfg.backbone == "musicnn" else cfg.ast.input_frames
+        backbone = load_backbone(cfg.backbone, source, input_frames=frames)
+    model = build_system(cfg, backbone=backbone)
     expected = trained_state(model)
     weights = payload["weights"]
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))

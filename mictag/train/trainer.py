@@ -16,13 +16,12 @@ import torch
 
 from mictag.digest import file_digest
 from mictag.errors import ConfigError
-from mictag.features import FbankConfig
-from mictag.model.checkpoints import load_ast
 from mictag.model.fbank import FrameFinish
 from mictag.model.system import SystemConfig, build_system
 from mictag.paths import mictag_home
 from mictag.train.cache import FbankCache, OutputCache
-from mictag.train.checkpoint import backbone_reference, save_model, trained_state
+from mictag.backbones.frozen import backbone_reference, load_backbone
+from mictag.train.checkpoint import save_model, trained_state
 from mictag.train.data import Example, Splits, open_dataset
 from mictag.train.loss import masked_bce
 from mictag.train.metrics import Report, evaluate, tune_thresholds
@@ -33,10 +32,11 @@ Progress = Callable[[str], None]
 
 @dataclass
 class TrainSpec:
-    """What to train. ``ast`` is the frozen backbone's source (file, directory or hub id)."""
+    """What to train. ``source`` is the frozen backbone's: an AST checkpoint (file, directory or
+    hub id), or a musicnn model name or converted weights file."""
 
     data: str
-    ast: str | None
+    source: str | None
     out: str
     recipe: Recipe
     fmt: str = "auto"
@@ -49,6 +49,7 @@ class TrainSpec:
     val_fraction: float = 0.15
     cache_dir: str | None = None
     device: str = "auto"
+    backbone: str = "ast"
 
 
 @dataclass
@@ -120,28 +121,25 @@ class Trainer:
         self.device = pick_device(spec.device)
         self.out = Path(spec.out)
         self.backbone = None
-        ast_model = None
+        frozen = None
+        shape = {}
         if spec.baseline != "cnn-bs":
-            if not spec.ast:
+            if not spec.source:
                 raise ConfigError("training on the AST needs its checkpoint: pass --ast (a .pth, a model directory or a hub id)")
-            ast_model = load_ast(spec.ast)
-            self.backbone = backbone_reference(spec.ast)
-            ast_cfg = ast_model.cfg
-        else:
-            from mictag.model.ast import ASTConfig
-
-            ast_cfg = ASTConfig()
-        fbank = FbankConfig(target_frames=ast_cfg.input_frames, num_mel_bins=ast_cfg.num_mel_bins)
-        self.cfg = SystemConfig(
-            ast=ast_cfg, fbank=fbank, reprogrammer=spec.reprogrammer,
-            reprogrammer_options=spec.reprogrammer_options, mapper=spec.mapper,
-            mapper_options=spec.mapper_options, labels=splits.labels,
-            normalize_input=spec.normalize_input, baseline=spec.baseline)
-        torch.manual_seed(spec.recipe.seed)
+            frozen = load_backbone(spec.backbone, spec.source)
+            self.backbone = backbone_reference(spec.backbone, spec.source)
+            shape = {spec.backbone: frozen.cfg}
         try:
-            self.model = build_system(self.cfg, ast=ast_model).to(self.device)
+            self.cfg = SystemConfig(
+                backbone=spec.backbone, **shape, reprogrammer=spec.reprogrammer,
+                reprogrammer_options=spec.reprogrammer_options, mapper=spec.mapper,
+                mapper_options=spec.mapper_options, labels=splits.labels,
+                normalize_input=spec.normalize_input, baseline=spec.baseline)
+            torch.manual_seed(spec.recipe.seed)
+            self.model = build_system(self.cfg, backbone=frozen).to(self.device)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        fbank = self.cfg.fbank
         self.finish = FrameFinish(fbank, normalize=spec.normalize_input).to(self.device)
         cache_root = Path(spec.cache_dir) if spec.cache_dir else mictag_home() / "cache"
         self.cache_root = cache_root
@@ -155,7 +153,7 @@ class Trainer:
         return self.finish(frames.to(self.device), valid.to(self.device))
 
     def _backbone_outputs(self, data: Tensors) -> dict[str, np.ndarray]:
-        """Pooled embeddings and AST logits of every item, through the output cache."""
+        """Pooled embeddings and source-class logits of every item, through the output cache."""
         key = {"backbone": self.backbone, "features": self.cfg.fbank.to_dict(),
                "normalize": self.spec.normalize_input}
         cache = OutputCache(self.cache_root, key)
@@ -167,13 +165,13 @@ class Trainer:
                 todo.append(i)
             else:
                 emb[i], logits[i] = hit["embedding"], hit["logits"]
-        ast = self.model.ast
+        backbone = self.model.backbone
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
             for start in range(0, len(todo), 16):
                 idx = np.asarray(todo[start : start + 16])
                 frames, valid, _, _ = data.batch(idx)
-                pooled = ast.forward_features(self._inputs(frames, valid))
-                out = ast.forward_head(pooled)
+                pooled = backbone.forward_features(self._inputs(frames, valid))
+                out = backbone.forward_head(pooled)
                 for j, i in enumerate(idx):
                     emb[i], logits[i] = pooled[j].float().cpu().numpy(), out[j].float().cpu().numpy()
                     cache.save(data.digests[i], {"embedding": emb[i], "logits": logits[i]})
@@ -310,12 +308,12 @@ def train(spec: TrainSpec, runs: int = 1, progress: Progress | None = None) -> d
     return {"results": results, "summary": summary}
 
 
-def evaluate_model(model_path: str, data: str, fmt: str = "auto", split: str = "test", ast: str | None = None,
+def evaluate_model(model_path: str, data: str, fmt: str = "auto", split: str = "test", source: str | None = None,
                    cache_dir: str | None = None, val_fraction: float = 0.15, seed: int = 0) -> tuple[Report, Report]:
     """Reports (threshold 0.5: the OpenMIC protocol; the model's tuned thresholds) on a split."""
     from mictag.train.checkpoint import load_model
 
-    model, payload = load_model(model_path, ast)
+    model, payload = load_model(model_path, source)
     cfg = model.cfg
     splits = open_dataset(data, fmt, val_fraction, seed)
     if tuple(splits.labels) != tuple(cfg.labels):

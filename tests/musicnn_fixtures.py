@@ -1,0 +1,37 @@
+"""A musicnn checkpoint with random weights, named and shaped as the TensorFlow original's (HWIO
+kernels, ``tf.compat.v1.layers`` names in build order), for tests that cannot download the real one."""
+
+from __future__ import annotations
+
+import numpy as np
+
+BN_WIDTHS = (1, 204, 204, 51, 51, 51, 64, 64, 64, 1506, 200)  # batch_normalization, _1 ... _10
+CONV_KERNELS = ((7, 38, 1, 204), (7, 67, 1, 204), (128, 1, 1, 51), (64, 1, 1, 51), (32, 1, 1, 51),
+                (7, 561, 1, 64), (7, 64, 1, 64), (7, 64, 1, 64))
+
+
+def fake_musicnn_tf(seed: int = 0, adam: bool = True) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+
+    def dense(shape: tuple[int, ...], fan_in: int) -> np.ndarray:
+        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    for i, width in enumerate(BN_WIDTHS):
+        name = "batch_normalization" if i == 0 else f"batch_normalization_{i}"
+        out[f"{name}/gamma"] = rng.uniform(0.5, 1.5, width).astype(np.float32)
+        out[f"{name}/beta"] = (0.1 * rng.standard_normal(width)).astype(np.float32)
+        out[f"{name}/moving_mean"] = (0.1 * rng.standard_normal(width)).astype(np.float32)
+        out[f"{name}/moving_variance"] = rng.uniform(0.5, 1.5, width).astype(np.float32)
+    for i, shape in enumerate(CONV_KERNELS):
+        name = "conv2d" if i == 0 else f"conv2d_{i}"
+        out[f"{name}/kernel"] = dense(shape, shape[0] * shape[1] * shape[2])
+        out[f"{name}/bias"] = (0.1 * rng.standard_normal(shape[3])).astype(np.float32)
+    out["dense/kernel"], out["dense/bias"] = dense((1506, 200), 1506), np.zeros(200, np.float32)
+    out["dense_1/kernel"], out["dense_1/bias"] = dense((200, 50), 200), np.zeros(50, np.float32)
+    if adam:  # what a TF1 checkpoint also holds, and the converter must drop
+        out["dense/kernel/Adam"] = np.ones((1506, 200), np.float32)
+        out["dense/kernel/Adam_1"] = np.ones((1506, 200), np.float32)
+        out["beta1_power"] = np.array(0.9, np.float32)
+        out["global_step"] = np.array(1000, np.int64)
+    return out
