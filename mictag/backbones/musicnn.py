@@ -81,7 +81,7 @@ class Musicnn(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn_input(x.unsqueeze(1))  # (B, 1, T, F)
         padded = nn.functional.pad(x, (0, 0, 3, 3))
-        front = [bn(torch.relu(conv(padded))).amax(dim=3).squeeze(-1) for conv, bn in zip(self.timbral, self.timbral_bn)]
+        front = [bn(torch.relu(conv(padded))).amax(dim=3) for conv, bn in zip(self.timbral, self.timbral_bn)]
         for k, conv, bn in zip(self.temporal_kernels, self.temporal, self.temporal_bn):
             same = nn.functional.pad(x, (0, 0, (k - 1) // 2, k - 1 - (k - 1) // 2))  # TF "same"
             front.append(bn(torch.relu(conv(same))).amax(dim=3))

@@ -28,15 +28,19 @@ class Window:
     valid: int  # valid frames (frame windows) or valid samples (sample windows)
 
     def seconds(self, cfg: FbankConfig) -> tuple[float, float]:
-        """Start and end of the audio the window's valid part covers, in seconds of the file."""
-        first = self.start_frame * cfg.frame_shift  # in the (edge-padded) stream
+        """Start and end of the audio the window's valid part covers, in seconds of the file.
+
+        Kaldi frames (snip edges) cover their samples; centred frames (musicnn) stand for one hop
+        each around their centre, so consecutive windows tile the file and the last may end up
+        to one hop past it."""
+        rate, shift = cfg.sample_rate, cfg.frame_shift
+        start = self.start_frame * shift
+        if cfg.edge_pad:
+            frames = self.valid if self.data.ndim == 2 else features.frame_count(self.valid, cfg)
+            return start / rate, (start + frames * shift) / rate
         if self.data.ndim == 2:
-            span = self.valid * cfg.frame_shift + (cfg.frame_length - cfg.frame_shift if self.valid else 0)
-        else:
-            span = self.valid
-        start = max(0, first - cfg.edge_pad)
-        end = max(start, first + span - cfg.edge_pad)
-        return start / cfg.sample_rate, end / cfg.sample_rate
+            return start / rate, (start + self.valid * shift + (cfg.frame_length - shift if self.valid else 0)) / rate
+        return start / rate, (start + self.valid) / rate
 
 
 def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> Iterator[Window]:
