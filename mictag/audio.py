@@ -138,6 +138,10 @@ class _PyAVSource:
             raise AudioError(f"{path}: no audio stream")
         self._stream = streams[0]
         ctx = self._stream.codec_context
+        if ctx is None:  # e.g. a WAV header around a codec FFmpeg cannot decode in WAV
+            self._container.close()
+            raise AudioError(f"{path}: its audio codec is not supported (the container is "
+                             f"{self._container.format.name})")
         self.rate, self.channels = ctx.sample_rate, ctx.channels
         if not self.rate or not self.channels:
             self._container.close()

@@ -205,3 +205,20 @@ def test_torch_backend_scores_like_onnx_runtime(tiny_ast_dir, tmp_path):
     assert torch_tagger.backend.name == "torch"
     np.testing.assert_allclose(torch_tagger.tag_array(x, 16000).scores,
                                Tagger(tmp_path / "m.onnx").tag_array(x, 16000).scores, atol=1e-4)
+
+
+def test_wav_with_a_codec_ffmpeg_cannot_decode_is_a_clear_error(tmp_path):
+    """A RIFF/WAVE header around an unsupported codec (as some LMMS samples ship): one clear error
+    naming the file, not an internal AttributeError."""
+    import struct
+
+    from mictag import audio
+
+    pytest.importorskip("av")
+    data = bytes(2000)
+    fmt = struct.pack("<HHIIHH", 0x6750, 1, 44100, 88200, 2, 16)  # an Ogg-in-WAV format tag
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    path = tmp_path / "odd.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(AudioError, match=r"odd\.wav.*codec is not supported"):
+        list(audio.stream(path))
