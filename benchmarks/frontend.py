@@ -1,5 +1,6 @@
-"""Front-end benchmark: decode + downmix + resample per format (× realtime, one core), and the
-fbank per window in numpy (the runtime's streaming path) vs torch vs inside the ONNX graph.
+"""Front-end benchmark: decode + downmix + resample per format (× realtime, one core), and each
+backbone's front end (the AST's Kaldi fbank, musicnn's mel) per window in numpy (the runtime's
+streaming path) vs torch vs inside the ONNX graph.
 
     python benchmarks/frontend.py              # 60-s files, 44.1 kHz stereo
     python benchmarks/frontend.py --seconds 5  # smoke run
@@ -25,6 +26,7 @@ from scan import FORMATS, _music, _write  # noqa: E402
 
 from mictag import features  # noqa: E402
 from mictag.audio import AudioStream  # noqa: E402
+from mictag.musicnn_features import MUSICNN_MEL  # noqa: E402
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -58,33 +60,40 @@ def main(argv=None) -> dict:
                        "decoder": AudioStream(path).info.decoder}
         print(f"decode {fmt:5s} {args.seconds / seconds:8.0f}x realtime ({decode[fmt]['decoder']})", flush=True)
 
-    cfg = features.AST_FBANK
+    fronts = {"ast": features.AST_FBANK, "musicnn": MUSICNN_MEL}
+    fbank = {name: frontend_per_window(cfg, args.windows, work) for name, cfg in fronts.items()}
+    for name, timings in fbank.items():
+        window_s = fronts[name].window_seconds
+        for k, v in timings.items():
+            print(f"{name:7s} front end {k:10s} {v * 1e3:7.2f} ms per {window_s:.2f}-s window "
+                  f"({window_s / v:6.0f}x realtime)", flush=True)
+    return save_result("frontend", {"seconds_of_audio": args.seconds, "decode": decode,
+                                    "fbank_seconds_per_window": fbank["ast"],
+                                    "frontend_seconds_per_window": fbank}, args.out)
+
+
+def frontend_per_window(cfg, n: int, work: Path) -> dict[str, float]:
+    """Seconds per window of one front end: numpy (the streaming path), torch, in an ONNX graph."""
     rng = np.random.default_rng(1)
-    n = args.windows
     wave = (0.2 * rng.standard_normal((n, cfg.window_samples))).astype(np.float32)
-    fbank = {"numpy": best_of(lambda: [features.log_mel(w) for w in wave]) / n}
+    timings = {"numpy": best_of(lambda: [features.log_mel(w, cfg) for w in wave]) / n}
     try:
+        import onnxruntime as ort
         import torch
 
         from mictag.model.fbank import Fbank
-
-        module = Fbank(cfg)
-        x = torch.from_numpy(wave)
-        with torch.inference_mode():
-            fbank["torch"] = best_of(lambda: module(x)) / n
-        import onnxruntime as ort
-
-        path = work / "fbank.onnx"
-        torch.onnx.export(module, (x[:1],), str(path), input_names=["w"], output_names=["f"],
-                          dynamic_axes={"w": {0: "b"}, "f": {0: "b"}}, opset_version=17, dynamo=False)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        fbank["onnx-graph"] = best_of(lambda: session.run(None, {"w": wave})) / n
     except ImportError:
-        pass
-    for k, v in fbank.items():
-        print(f"fbank {k:10s} {v * 1e3:7.2f} ms per window", flush=True)
-    return save_result("frontend", {"seconds_of_audio": args.seconds, "decode": decode,
-                                    "fbank_seconds_per_window": fbank}, args.out)
+        return timings
+    module = Fbank(cfg, normalize=False)
+    x = torch.from_numpy(wave)
+    with torch.inference_mode():
+        timings["torch"] = best_of(lambda: module(x)) / n
+    path = work / f"{cfg.kind}.onnx"
+    torch.onnx.export(module, (x[:1],), str(path), input_names=["w"], output_names=["f"],
+                      dynamic_axes={"w": {0: "b"}, "f": {0: "b"}}, opset_version=17, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    timings["onnx-graph"] = best_of(lambda: session.run(None, {"w": wave})) / n
+    return timings
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def test_frontend_benchmark_smoke(tmp_path):
     assert all(v["x_realtime"] > 0 for v in result["decode"].values())
     assert result["decode"]["m4a"]["decoder"] == "ffmpeg" and result["decode"]["flac"]["decoder"] == "libsndfile"
     assert result["fbank_seconds_per_window"]["numpy"] > 0
+    assert result["frontend_seconds_per_window"]["musicnn"]["onnx-graph"] > 0
 
 
 def test_ray_benchmark_smoke(tmp_path):
