@@ -35,3 +35,22 @@ def fake_musicnn_tf(seed: int = 0, adam: bool = True) -> dict[str, np.ndarray]:
         out["beta1_power"] = np.array(0.9, np.float32)
         out["global_step"] = np.array(1000, np.int64)
     return out
+
+
+def fake_vgg_tf(seed: int = 0, filters: int = 128) -> dict[str, np.ndarray]:
+    """The same for the package's vgg (layers 1CNN ... 5CNN, batch_normalization ... _5, dense)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for i, width in enumerate((1,) + (filters,) * 5):
+        name = "batch_normalization" if i == 0 else f"batch_normalization_{i}"
+        out[f"{name}/gamma"] = rng.uniform(0.5, 1.5, width).astype(np.float32)
+        out[f"{name}/beta"] = (0.1 * rng.standard_normal(width)).astype(np.float32)
+        out[f"{name}/moving_mean"] = (0.1 * rng.standard_normal(width)).astype(np.float32)
+        out[f"{name}/moving_variance"] = rng.uniform(0.5, 1.5, width).astype(np.float32)
+    for i in range(5):
+        cin = 1 if i == 0 else filters
+        out[f"{i + 1}CNN/kernel"] = (rng.standard_normal((3, 3, cin, filters)) / np.sqrt(9 * cin)).astype(np.float32)
+        out[f"{i + 1}CNN/bias"] = (0.1 * rng.standard_normal(filters)).astype(np.float32)
+    out["dense/kernel"] = (rng.standard_normal((2 * filters, 50)) / np.sqrt(2 * filters)).astype(np.float32)
+    out["dense/bias"] = np.zeros(50, np.float32)
+    return out

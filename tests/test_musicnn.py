@@ -176,3 +176,30 @@ def test_pytorch_musicnn_reproduces_the_original_tensorflow_network(tmp_path, mo
     np.testing.assert_allclose(logits, golden["logits"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(penultimate, golden["penultimate"], atol=1e-4, rtol=0)
     assert np.abs(golden["logits"]).max() > 1  # not a degenerate output
+
+
+@pytest.mark.slow
+def test_pytorch_vgg_reproduces_the_original_tensorflow_network(tmp_path, monkeypatch):
+    """The same for the package's MTT_vgg (golden logits and flattened last pooled map)."""
+    from pathlib import Path
+
+    import torch
+
+    from mictag.backbones import musicnn_weights
+    from mictag.backbones.musicnn import MusicnnVGG, load_musicnn
+
+    monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
+    try:
+        musicnn_weights.pull()
+    except Exception as exc:  # offline
+        pytest.skip(f"cannot fetch musicnn: {exc}")
+    model = load_musicnn(musicnn_weights.load_weights("MTT_vgg"))
+    assert isinstance(model, MusicnnVGG) and model.hidden_size == 256
+    data = Path(__file__).parent / "data"
+    x = np.load(data / "musicnn_mtt_golden.npz")["x"]
+    golden = np.load(data / "musicnn_mtt_vgg_golden.npz")
+    with torch.no_grad():
+        logits, features = model(torch.from_numpy(x)).numpy(), model.forward_features(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(logits, golden["logits"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(features, golden["features"], atol=1e-4, rtol=0)
+    assert np.abs(golden["logits"]).max() > 1

@@ -189,3 +189,29 @@ def test_train_musicnn_every_reprogrammer_then_export(weights, tmp_path):
         ["logits"], {"windows": y, "valid_samples": valid})[0]
     np.testing.assert_allclose(got, ref, atol=1e-4)
     assert meta["labels"] == ["drums", "guitar", "piano"] and meta["system"]["reprogrammer"] == "unet"
+
+
+def test_vgg_variant_is_a_backbone_too(tmp_path):
+    """musicnn's VGG (MTT_vgg) loads by its layer names, tags with the same MTT map, and exports."""
+    from safetensors.numpy import save_file
+
+    from mictag.export.onnx import read_metadata
+    from mictag.export.zero_training import zero_training_tagger
+    from mictag.model.fbank import Fbank
+    from musicnn_fixtures import fake_vgg_tf
+
+    save_file(fake_vgg_tf(), str(tmp_path / "vgg.safetensors"))
+    result = _run(["export", "--backbone", "musicnn", "--musicnn", str(tmp_path / "vgg.safetensors"),
+                   "--out", str(tmp_path / "v.onnx")])
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(tmp_path / "v.onnx")
+    assert meta["system"]["musicnn"]["architecture"] == "vgg" and meta["labels"] == EXPRESSIBLE
+    system, _ = zero_training_tagger(str(tmp_path / "vgg.safetensors"), backbone="musicnn")
+    assert system.backbone.hidden_size == 256
+    y = (0.1 * np.random.default_rng(4).standard_normal((2, MUSICNN_MEL.window_samples))).astype(np.float32)
+    valid = np.full(2, MUSICNN_MEL.window_samples, np.int64)
+    with torch.no_grad():
+        ref = system(Fbank(MUSICNN_MEL, normalize=False)(torch.from_numpy(y), torch.from_numpy(valid))).numpy()
+    got = ort.InferenceSession(str(tmp_path / "v.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"windows": y, "valid_samples": valid})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4)

@@ -1,5 +1,6 @@
-"""musicnn (Pons & Serra, 2019) in PyTorch: the MTT/MSD ``musicnn`` architecture, loading the
-original TensorFlow weights converted by :mod:`mictag.backbones.musicnn_weights`.
+"""musicnn (Pons & Serra, 2019) in PyTorch: the MTT/MSD ``musicnn`` architecture and the package's
+``vgg`` baseline, loading the original TensorFlow weights converted by
+:mod:`mictag.backbones.musicnn_weights`.
 
 Input: (B, 187 frames, 96 mel bands) of log10(10000 mel + 1), 3 s at 16 kHz with hop 256.
 Porting notes (each checked against the TensorFlow graph):
@@ -8,12 +9,15 @@ Porting notes (each checked against the TensorFlow graph):
   the rest after;
 - TF kernels are HWIO (time, frequency, in, out); dense kernels are (in, out);
 - the back end concatenates max- and mean-pooled features on a new last axis before flattening,
-  so the 1,506 pooled features interleave max and mean per channel.
+  so the 1,506 pooled features interleave max and mean per channel;
+- vgg: five 3x3 "same" convolutions (128 filters; ReLU then batch norm), "valid" max pooling with
+  TF's (pool, stride) pairs, then a dense layer on the NHWC-flattened (time, frequency, channel)
+  map, so its features depend on the 187-frame patch length.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -24,6 +28,10 @@ from mictag.errors import CheckpointError
 TF_BN_EPS = 1e-3
 
 
+ARCHITECTURES = ("musicnn", "vgg")
+VGG_POOLS = (((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((4, 4), (4, 4)))
+
+
 @dataclass(frozen=True)
 class MusicnnConfig:
     n_mels: int = 96
@@ -31,6 +39,12 @@ class MusicnnConfig:
     num_filt_midend: int = 64
     units_backend: int = 200
     num_classes: int = 50
+    architecture: str = "musicnn"  # or "vgg" (MTT_vgg, MSD_vgg)
+    vgg_filters: int = 128
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown musicnn architecture {self.architecture!r}; choose {', '.join(ARCHITECTURES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +61,22 @@ class MusicnnConfig:
     def pooled_features(self) -> int:
         return 2 * (self.frontend_channels + 3 * self.num_filt_midend)
 
+    @property
+    def vgg_grid(self) -> tuple[int, int]:
+        """(time, frequency) size of the vgg's last pooled map: (2, 1) for 187 x 96."""
+        h, w = self.frames, self.n_mels
+        for (ph, pw), (sh, sw) in VGG_POOLS:
+            h, w = (h - ph) // sh + 1, (w - pw) // sw + 1
+        return h, w
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the features the mappers read (the layer before the output)."""
+        if self.architecture == "vgg":
+            h, w = self.vgg_grid
+            return h * w * self.vgg_filters
+        return self.units_backend
+
 
 def _bn2d(c: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, eps=TF_BN_EPS)
@@ -56,7 +86,34 @@ def _bn1d(c: int) -> nn.BatchNorm1d:
     return nn.BatchNorm1d(c, eps=TF_BN_EPS)
 
 
-class Musicnn(nn.Module):
+class MusicnnBackbone(nn.Module):
+    """What both networks share: an output layer ``out`` on ``forward_features``."""
+
+    cfg: MusicnnConfig
+    out: nn.Linear
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(features)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.hidden_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.out]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.forward_features(x))
+
+
+class Musicnn(MusicnnBackbone):
     """(B, frames, n_mels) -> logits (B, num_classes); ``forward_features`` gives the 200-d
     penultimate layer."""
 
@@ -95,27 +152,57 @@ class Musicnn(nn.Module):
         pooled = torch.stack([mid.amax(dim=2), mid.mean(dim=2)], dim=2).flatten(1)  # max/mean interleaved
         return self.bn_dense(torch.relu(self.dense(self.bn_pool(pooled))))
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.out(features)
 
-    @property
-    def hidden_size(self) -> int:
-        return self.cfg.units_backend
 
-    @property
-    def num_classes(self) -> int:
-        return self.cfg.num_classes
+class MusicnnVGG(MusicnnBackbone):
+    """musicnn's VGG baseline: (B, frames, n_mels) -> logits; ``forward_features`` gives the
+    flattened last pooled map (256 features for 187 x 96)."""
 
-    def head_modules(self) -> list[nn.Module]:
-        return [self.out]
+    def __init__(self, cfg: MusicnnConfig):
+        super().__init__()
+        self.cfg = cfg
+        f = cfg.vgg_filters
+        self.bn_input = _bn2d(1)
+        self.convs = nn.ModuleList([nn.Conv2d(1 if i == 0 else f, f, 3, padding=1) for i in range(5)])
+        self.bns = nn.ModuleList([_bn2d(f) for _ in range(5)])
+        self.pools = nn.ModuleList([nn.MaxPool2d(pool, stride) for pool, stride in VGG_POOLS])
+        self.out = nn.Linear(cfg.hidden_size, cfg.num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.forward_features(x))
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn_input(x.unsqueeze(1))  # (B, 1, T, F)
+        for conv, bn, pool in zip(self.convs, self.bns, self.pools):
+            x = pool(bn(torch.relu(conv(x))))
+        return x.permute(0, 2, 3, 1).flatten(1)  # TF's NHWC flatten order
+
+
+def build_musicnn(cfg: MusicnnConfig = MusicnnConfig()) -> MusicnnBackbone:
+    """A randomly initialised network of ``cfg.architecture``."""
+    return MusicnnVGG(cfg) if cfg.architecture == "vgg" else Musicnn(cfg)
 
 
 def _bn_state(prefix: str, tf_name: str, w: dict) -> dict:
     return {f"{prefix}.weight": w[f"{tf_name}/gamma"], f"{prefix}.bias": w[f"{tf_name}/beta"],
             f"{prefix}.running_mean": w[f"{tf_name}/moving_mean"], f"{prefix}.running_var": w[f"{tf_name}/moving_variance"]}
+
+
+def architecture_of(weights: dict[str, np.ndarray]) -> str:
+    """Which network a converted checkpoint holds: the vgg's layers are named 1CNN ... 5CNN."""
+    return "vgg" if "1CNN/kernel" in weights else "musicnn"
+
+
+def vgg_state_from_tf(weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Map a TF vgg checkpoint's tensors onto :class:`MusicnnVGG`'s parameters."""
+    w, s = weights, {}
+    try:
+        s.update(_bn_state("bn_input", "batch_normalization", w))
+        for i in range(5):
+            s[f"convs.{i}.weight"] = w[f"{i + 1}CNN/kernel"].transpose(3, 2, 0, 1)
+            s[f"convs.{i}.bias"] = w[f"{i + 1}CNN/bias"]
+            s.update(_bn_state(f"bns.{i}", _bn(i + 1), w))
+        s["out.weight"], s["out.bias"] = w["dense/kernel"].T, w["dense/bias"]
+    except KeyError as exc:
+        raise CheckpointError(f"the musicnn vgg checkpoint lacks {exc.args[0]}") from None
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in s.items()}
 
 
 def state_from_tf(weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -154,10 +241,12 @@ def _bn(i: int) -> str:
     return "batch_normalization" if i == 0 else f"batch_normalization_{i}"
 
 
-def load_musicnn(weights: dict[str, np.ndarray], cfg: MusicnnConfig = MusicnnConfig()) -> Musicnn:
-    """A frozen, eval-mode musicnn with the given (converted TF) weights."""
-    model = Musicnn(cfg)
-    state = state_from_tf(weights)
+def load_musicnn(weights: dict[str, np.ndarray], cfg: MusicnnConfig | None = None) -> MusicnnBackbone:
+    """A frozen, eval-mode musicnn (or vgg: told by the weights) with the given converted TF weights."""
+    arch = architecture_of(weights)
+    cfg = replace(cfg or MusicnnConfig(), architecture=arch)
+    model = build_musicnn(cfg)
+    state = vgg_state_from_tf(weights) if arch == "vgg" else state_from_tf(weights)
     expected = model.state_dict()
     missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
     wrong = sorted(f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"

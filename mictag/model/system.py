@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mictag.backbones.frozen import check_kind, frontend_for, openmic_source_map
-from mictag.backbones.musicnn import Musicnn, MusicnnConfig
+from mictag.backbones.musicnn import MusicnnConfig, build_musicnn
 from mictag.features import FbankConfig, frontend_from_dict
 from mictag.labels import OPENMIC_LABELS
 from mictag.model.ast import AST, ASTConfig
@@ -107,7 +107,7 @@ def default_source_map(cfg: SystemConfig) -> dict[str, tuple[int, ...]] | None:
 
 def new_backbone(cfg: SystemConfig) -> nn.Module:
     """A randomly initialised backbone of the system's kind and shape."""
-    return Musicnn(cfg.musicnn) if cfg.backbone == "musicnn" else AST(cfg.ast)
+    return build_musicnn(cfg.musicnn) if cfg.backbone == "musicnn" else AST(cfg.ast)
 
 
 class ReprogrammedModel(nn.Module):
