@@ -1,6 +1,7 @@
 """Engine benchmark: windows/s, x realtime and MFU of every backend present, same inputs, one run.
 
     python benchmarks/engine.py                       # full-size AST + U-Net, CPU backends
+    python benchmarks/engine.py --backbone musicnn    # musicnn (MTT) + U-Net
     python benchmarks/engine.py --tiny --batches 1 4  # smoke run (what CI runs)
 
 Backends measured when importable: torch eager fp32 (and bf16 autocast where the CPU has native
@@ -26,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mictag import __version__  # noqa: E402
 from mictag.export.onnx import convert_precision, export_onnx, metadata  # noqa: E402
-from mictag.features import FbankConfig  # noqa: E402
 from mictag.model.ast import ASTConfig  # noqa: E402
 from mictag.model.fbank import Fbank  # noqa: E402
 from mictag.model.system import SystemConfig, build_system  # noqa: E402
@@ -66,6 +66,17 @@ def save_result(name: str, result: dict, out: Path | None = None) -> dict:
     return result
 
 
+def counted_flops(system: torch.nn.Module, fb) -> float:
+    """FLOPs of one window through ``system`` (front end excluded), counted by torch's FLOP counter
+    (a multiply-add is 2 FLOPs, as in the AST's closed form)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, fb.target_frames, fb.num_mel_bins)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        system(x)
+    return float(counter.get_total_flops())
+
+
 def timeit(fn, repeats: int, min_seconds: float) -> float:
     fn()  # warm-up
     best, spent, n = float("inf"), 0.0, 0
@@ -82,6 +93,7 @@ def timeit(fn, repeats: int, min_seconds: float) -> float:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny AST (smoke test)")
+    ap.add_argument("--backbone", choices=["ast", "musicnn"], default="ast")
     ap.add_argument("--reprogrammer", default="unet")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--repeats", type=int, default=2)
@@ -93,17 +105,17 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     ast_cfg = ASTConfig.tiny() if args.tiny else ASTConfig()
-    fb = FbankConfig(target_frames=ast_cfg.input_frames)
-    cfg = SystemConfig(ast=ast_cfg, fbank=fb, reprogrammer=args.reprogrammer)
+    cfg = SystemConfig(ast=ast_cfg, backbone=args.backbone, reprogrammer=args.reprogrammer)
+    fb = cfg.fbank
     torch.manual_seed(0)
     system = build_system(cfg).eval()
-    flops = ast_cfg.flops_per_window()
+    flops = ast_cfg.flops_per_window() if args.backbone == "ast" else counted_flops(system, fb)
     peak = args.peak_tflops or (989.0 if torch.cuda.is_available() else None)
     max_b = max(args.batches)
     rng = np.random.default_rng(0)
     windows = (0.3 * rng.standard_normal((max_b, fb.window_samples))).astype(np.float32)
     valid = np.full(max_b, fb.window_samples, np.int64)
-    front = Fbank(fb)
+    front = Fbank(fb, normalize=cfg.normalize_input)
     with torch.inference_mode():
         reference = torch.sigmoid(system(front(torch.from_numpy(windows), torch.from_numpy(valid)))).numpy()
 
@@ -143,7 +155,7 @@ def main(argv=None) -> dict:
         for precision in ("fp32", "fp16", "int8"):
             path = tmp / f"model-{precision}.onnx"
             t0 = time.perf_counter()
-            meta = metadata(system, [0.5] * 20, {}, "waveform")
+            meta = metadata(system, [0.5] * len(cfg.labels), {}, "waveform")
             export_onnx(system, path, meta)
             if precision != "fp32":
                 convert_precision(path, meta, precision)
@@ -177,8 +189,10 @@ def main(argv=None) -> dict:
     for r in rows:
         if "windows_per_s" in r and r["batch"] in base:
             r["speedup_vs_torch_fp32"] = r["windows_per_s"] / base[r["batch"]]
-    return save_result(f"engine-{'tiny' if args.tiny else 'full'}", {
-        "model": {"ast": ast_cfg.to_dict(), "reprogrammer": args.reprogrammer, "gflops_per_window": flops / 1e9},
+    name = "tiny" if args.tiny else "full" if args.backbone == "ast" else args.backbone
+    return save_result(f"engine-{name}", {
+        "model": {"backbone": args.backbone, "system": cfg.to_dict(), "reprogrammer": args.reprogrammer,
+                  "gflops_per_window": flops / 1e9},
         "peak_tflops": peak, "export_seconds": export_times, "onnx_bytes": sizes, "rows": rows}, args.out)
 
 
