@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mictag.backbones.frozen import check_kind, frontend_for, openmic_source_map
+from mictag.backbones.frozen import check_kind, frontend_for, openmic_source_map, source_labels
 from mictag.backbones.musicnn import MusicnnConfig, build_musicnn
 from mictag.features import FbankConfig, frontend_from_dict
 from mictag.labels import OPENMIC_LABELS
@@ -98,8 +98,7 @@ class SystemConfig:
 def default_source_map(cfg: SystemConfig) -> dict[str, tuple[int, ...]] | None:
     """The packaged OpenMIC <- source-class map of the backbone, where it applies to this system's
     labels and the backbone's outputs."""
-    native = 50 if cfg.backbone == "musicnn" else 527
-    if cfg.backbone_config.num_classes != native:
+    if cfg.backbone_config.num_classes != len(source_labels(cfg.backbone)):
         return None
     table = openmic_source_map(cfg.backbone)
     return table if all(label in table for label in cfg.labels) else None
