@@ -295,6 +295,8 @@ class _Progress:
 @click.option("--ast", "ast", help="Without --model: build the zero-training tagger from this AudioSet AST.")
 @click.option("--backbone", type=click.Choice(["ast", "musicnn"]), default="ast", show_default=True,
               help="Without --model: whose zero-training tagger (musicnn: 3-s windows, 8 of the 20 labels).")
+@click.option("--musicnn", "musicnn", default="MTT_musicnn", show_default=True,
+              help="With --backbone musicnn: MTT_musicnn or MTT_vgg (converted by `mictag models pull musicnn`).")
 @click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch"]),
               default="auto", show_default=True)
 @click.option("--batch-size", type=int, help="Windows per model call (default: the backend's choice).")
@@ -312,7 +314,7 @@ class _Progress:
 @click.option("--quiet", "-q", is_flag=True, help="No progress line or summary.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run as a Ray Data pipeline: join the cluster at ADDRESS, or start a local Ray without one.")
-def scan(library, out, model, ast, backbone, backend, batch_size, hop, aggregate, threshold, include, exclude, workers, fmt,
+def scan(library, out, model, ast, backbone, musicnn, backend, batch_size, hop, aggregate, threshold, include, exclude, workers, fmt,
          segments, overwrite, retry_failed, quiet, ray_address) -> None:
     """Tag every audio file under LIBRARY: one row per file in --out.
 
@@ -326,7 +328,7 @@ def scan(library, out, model, ast, backbone, backend, batch_size, hop, aggregate
 
     say = (lambda m: None) if quiet else _echo_err
     if model is None:
-        model = str(default_model(ast, on_message=say, backbone=backbone))
+        model = str(default_model(ast, on_message=say, backbone=backbone, musicnn=musicnn))
     workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise MictagError(f"--threshold must be between 0 and 1, not {threshold}")

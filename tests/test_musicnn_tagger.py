@@ -137,6 +137,17 @@ def test_scan_with_musicnn_over_real_files(tmp_path, monkeypatch):
         assert float(rows[name]["duration_s"]) == pytest.approx(seconds, abs=1e-3)
         assert all(0.0 <= float(rows[name][label]) <= 1.0 for label in EXPRESSIBLE)
     assert int(rows["long.flac"]["windows"]) == 3
+    # another MTT model has its own tagger; MSD models (genre and mood tags) have no instrument map
+    result = _run(["scan", str(lib), "--backbone", "musicnn", "--musicnn", "MTT_vgg", "--out",
+                   str(tmp_path / "vgg.csv"), "--workers", "1"])
+    assert result.exit_code == 1 and len(list((tmp_path / "home" / "models").glob("musicnn-zero-training-*"))) == 2
+    result = _run(["scan", str(lib), "--backbone", "musicnn", "--musicnn", "MSD_musicnn", "--out", str(tmp_path / "x.csv")])
+    assert result.exit_code == 2 and "Million Song Dataset" in result.output
+    from mictag.backbones.musicnn_weights import weights_path
+
+    result = _run(["export", "--backbone", "musicnn", "--musicnn", str(weights_path("MSD_vgg")), "--out",
+                   str(tmp_path / "x.onnx")])  # a converted file says where it came from
+    assert result.exit_code == 2 and "Million Song Dataset" in result.output
 
 
 def test_scan_with_musicnn_and_no_weights_says_how_to_get_them(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ model cache (``mictag models pull musicnn``) or a converted ``.safetensors`` fil
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
@@ -80,6 +81,19 @@ def backbone_reference(kind: str, source: str | os.PathLike) -> dict:
     return {"kind": kind, "source": str(source), "file": path.name, "sha256": file_digest(path)}
 
 
+def musicnn_tags(source: str | os.PathLike, path: Path) -> str:
+    """"MSD" or "MTT": from the model name, or the converted file's recorded source (a file
+    without one is taken as MTT)."""
+    from safetensors import safe_open
+
+    name = str(source)
+    if not Path(name).is_file():
+        return "MSD" if name.startswith("MSD") else "MTT"
+    with safe_open(str(path), "np") as f:
+        recorded = (f.metadata() or {}).get("source", "")
+    return "MSD" if ":MSD_" in recorded else "MTT"
+
+
 def load_backbone(kind: str, source: str | os.PathLike, input_frames: int | None = None) -> nn.Module:
     """A frozen backbone with its pretrained weights."""
     if check_kind(kind) == "musicnn":
@@ -93,7 +107,8 @@ def load_backbone(kind: str, source: str | os.PathLike, input_frames: int | None
             weights = load_file(str(path))
         else:
             weights = load_weights(str(source))  # checked against the manifest's sha256
-        return load_musicnn(weights, MusicnnConfig() if input_frames is None else MusicnnConfig(frames=input_frames))
+        cfg = MusicnnConfig(tags=musicnn_tags(source, path))
+        return load_musicnn(weights, cfg if input_frames is None else replace(cfg, frames=input_frames))
     from mictag.model.checkpoints import load_ast
 
     return load_ast(source, input_frames=input_frames)

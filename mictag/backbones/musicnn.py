@@ -41,6 +41,7 @@ class MusicnnConfig:
     num_classes: int = 50
     architecture: str = "musicnn"  # or "vgg" (MTT_vgg, MSD_vgg)
     vgg_filters: int = 128
+    tags: str = "MTT"  # what the 50 outputs are: MagnaTagATune tags, or "MSD" (Million Song Dataset)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:

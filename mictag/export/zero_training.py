@@ -20,6 +20,9 @@ def zero_training_tagger(source: str | os.PathLike, reduce: str = "max", backbon
         kind = "an AudioSet-trained AST" if backbone == "ast" else "an MTT musicnn model"
         raise ConfigError(f"{source} has {frozen.num_classes} output classes, not {expected}: "
                           f"the many-to-one map needs {kind}")
+    if backbone == "musicnn" and frozen.cfg.tags != "MTT":
+        raise ConfigError(f"{source} is a Million Song Dataset model, whose tags are genres and moods: the "
+                          f"many-to-one map needs an MTT model (MTT_musicnn or MTT_vgg)")
     labels = tuple(openmic_source_map(backbone))
     cfg = SystemConfig(backbone=backbone, **{backbone: frozen.cfg}, reprogrammer="none", mapper="many-to-one",
                        mapper_options={"reduce": reduce}, labels=labels)

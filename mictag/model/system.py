@@ -100,6 +100,8 @@ def default_source_map(cfg: SystemConfig) -> dict[str, tuple[int, ...]] | None:
     labels and the backbone's outputs."""
     if cfg.backbone_config.num_classes != len(source_labels(cfg.backbone)):
         return None
+    if cfg.backbone == "musicnn" and cfg.musicnn.tags != "MTT":
+        return None  # MSD's tags are genres and moods: no map to instruments
     table = openmic_source_map(cfg.backbone)
     return table if all(label in table for label in cfg.labels) else None
 

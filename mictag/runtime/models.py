@@ -79,10 +79,11 @@ def build_default_tagger(source: str | os.PathLike, on_message=None, backbone: s
     return target
 
 
-def default_model(ast: str | os.PathLike | None = None, on_message=None, backbone: str = "ast") -> Path:
+def default_model(ast: str | os.PathLike | None = None, on_message=None, backbone: str = "ast",
+                  musicnn: str = "MTT_musicnn") -> Path:
     """What ``mictag scan`` uses without ``--model``: the zero-training tagger of ``backbone``."""
     if backbone == "musicnn":
-        return default_musicnn_model(on_message)
+        return default_musicnn_model(musicnn, on_message)
     if ast:
         return build_default_tagger(ast, on_message)
     built = cached_taggers()
@@ -97,21 +98,23 @@ def default_model(ast: str | os.PathLike | None = None, on_message=None, backbon
     return build_default_tagger(local, on_message)
 
 
-def default_musicnn_model(on_message=None) -> Path:
-    """The musicnn zero-training tagger: cached, or built from weights `mictag models pull musicnn`
-    converted; with neither, the error says how to get them."""
-    built = cached_taggers("musicnn")
-    if built:
-        return built[0]
-    from mictag.backbones.musicnn_weights import weights_path
+def default_musicnn_model(model: str = "MTT_musicnn", on_message=None) -> Path:
+    """The zero-training tagger of a musicnn ``model`` converted by `mictag models pull musicnn`:
+    found by its weights' sha256 (no torch needed), else built; with no weights, the error says
+    how to get them."""
+    from mictag.backbones.musicnn_weights import MODELS, weights_path
+    from mictag.digest import file_digest
 
-    weights = weights_path()
+    if model not in MODELS:
+        raise MictagError(f"unknown musicnn model {model!r}: choose one of {', '.join(MODELS)}")
+    weights = weights_path(model)
     if not weights.is_file():
         raise ModelNotFoundError(
             f"no musicnn weights in {weights.parent}: run `mictag models pull musicnn` once online (pip downloads the "
             f"29 MB musicnn 0.1.0 wheel from the package registry; no TensorFlow needed), or "
             f"`mictag models pull musicnn --wheel musicnn-0.1.0-py3-none-any.whl` with a wheel you copied here")
-    return build_default_tagger("MTT_musicnn", on_message, backbone="musicnn")
+    built = models_dir() / f"{_tagger_prefix('musicnn')}{file_digest(weights)[:12]}.onnx"
+    return built if built.is_file() else build_default_tagger(model, on_message, backbone="musicnn")
 
 
 def pull(repo_id: str = DEFAULT_HUB_ID, on_message=None) -> Path:
