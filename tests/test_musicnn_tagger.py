@@ -141,6 +141,8 @@ def test_scan_with_musicnn_over_real_files(tmp_path, monkeypatch):
     result = _run(["scan", str(lib), "--backbone", "musicnn", "--musicnn", "MTT_vgg", "--out",
                    str(tmp_path / "vgg.csv"), "--workers", "1"])
     assert result.exit_code == 1 and len(list((tmp_path / "home" / "models").glob("musicnn-zero-training-*"))) == 2
+    listed = _run(["models", "list"]).output
+    assert "musicnn zero-training tagger, MTT_vgg" in listed and "musicnn zero-training tagger, MTT_musicnn" in listed
     result = _run(["scan", str(lib), "--backbone", "musicnn", "--musicnn", "MSD_musicnn", "--out", str(tmp_path / "x.csv")])
     assert result.exit_code == 2 and "Million Song Dataset" in result.output
     from mictag.backbones.musicnn_weights import weights_path

@@ -127,10 +127,21 @@ def pull(repo_id: str = DEFAULT_HUB_ID, on_message=None) -> Path:
     return build_default_tagger(local, on_message)
 
 
+def _source_of(tagger: Path) -> str:
+    """The backbone a built tagger came from, as its metadata records it."""
+    from mictag.metadata import read_metadata
+
+    try:
+        return str((read_metadata(tagger).get("backbone") or {}).get("source", "unknown source"))
+    except Exception:  # a damaged file is listed all the same; scanning with it reports the damage
+        return "unreadable metadata"
+
+
 def listing() -> list[tuple[str, str]]:
     """(what, where) for the models mictag can use here."""
     rows = [(f"zero-training tagger ({p.stat().st_size / 1e6:.0f} MB)", str(p)) for p in cached_taggers()]
-    rows += [(f"musicnn zero-training tagger ({p.stat().st_size / 1e6:.1f} MB)", str(p)) for p in cached_taggers("musicnn")]
+    rows += [(f"musicnn zero-training tagger, {_source_of(p)} ({p.stat().st_size / 1e6:.1f} MB)", str(p))
+             for p in cached_taggers("musicnn")]
     if models_dir().is_dir():
         rows += [("exported model", str(p)) for p in sorted(models_dir().glob("*"))
                  if p.suffix in (".onnx", ".engine", ".pt") and "zero-training-" not in p.name]
