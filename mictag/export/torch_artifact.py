@@ -18,6 +18,7 @@ from torch import nn
 from mictag.errors import CheckpointError
 from mictag.export.onnx import ExportGraph
 from mictag.model.system import SystemConfig, build_system
+from mictag.train.checkpoint import load_payload
 
 FORMAT = "mictag-torch"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -56,15 +57,7 @@ class TorchTagger(nn.Module):
 def load_torch_artifact(path: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32",
                         variant: str = "waveform", compile: bool = False) -> tuple[nn.Module, dict]:
     """(module, metadata) ready for inference on ``device``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"torch model {path} does not exist")
-    try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read torch model {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a mictag torch model (write one with `mictag export --torch-out`)")
+    payload = load_payload(path, FORMAT, "torch model", " (write one with `mictag export --torch-out`)")
     if precision not in DTYPES:
         raise CheckpointError(f"unknown precision {precision!r}; choose {', '.join(DTYPES)}")
     cfg = SystemConfig.from_dict(payload["system"])

@@ -43,17 +43,24 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, cfg: SystemConfi
     return path
 
 
-def read_model(path: str | os.PathLike) -> dict:
-    """The raw payload of a model file, validated."""
+def load_payload(path: str | os.PathLike, fmt: str, what: str, how: str = "") -> dict:
+    """A mictag torch file's payload (weights only, on the CPU), refused clearly unless it is a
+    readable ``fmt`` file; ``what`` names the kind of file, ``how`` says how to write one."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"model file {path} does not exist")
+        raise CheckpointError(f"{what} {path} does not exist")
     try:
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read model file {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a mictag model file")
+        raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a mictag {what}{how}")
+    return payload
+
+
+def read_model(path: str | os.PathLike) -> dict:
+    """The raw payload of a model file, validated."""
+    payload = load_payload(path, FORMAT, "model file")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer mictag ({payload.get('mictag_version')}); upgrade mictag")
     return payload
