@@ -23,6 +23,8 @@ from functools import cached_property
 
 import numpy as np
 
+from mictag.features import samples_for_frames
+
 def slaney_hz_to_mel(freq_hz: np.ndarray | float) -> np.ndarray:
     """Slaney's Auditory Toolbox mel scale: linear (3 per 200 Hz) below 1 kHz, logarithmic above."""
     f = np.asarray(freq_hz, dtype=np.float64)
@@ -70,7 +72,7 @@ class MusicnnMelConfig:
     @property
     def window_samples(self) -> int:
         """Padded-stream samples that make exactly ``target_frames`` frames (48,128 for 3 s)."""
-        return (self.target_frames - 1) * self.frame_shift + self.frame_length
+        return samples_for_frames(self.target_frames, self)
 
     @property
     def window_seconds(self) -> float:

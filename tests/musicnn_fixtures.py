@@ -54,3 +54,23 @@ def fake_vgg_tf(seed: int = 0, filters: int = 128) -> dict[str, np.ndarray]:
     out["dense/kernel"] = (rng.standard_normal((2 * filters, 50)) / np.sqrt(2 * filters)).astype(np.float32)
     out["dense/bias"] = np.zeros(50, np.float32)
     return out
+
+
+def fake_musicnn_wheel(path, tensors_of) -> "Path":
+    """A wheel laid out like musicnn-0.1.0's at ``path``: for each of its four models, the
+    checkpoint ``tensors_of(model_index)`` in the TensorFlow tensor-bundle format, and a config.json."""
+    import json
+    import zipfile
+
+    from mictag.backbones.musicnn_weights import MODELS
+    from mictag.backbones.tf_bundle import write_bundle
+
+    with zipfile.ZipFile(path, "w") as z:
+        for i, model in enumerate(MODELS):
+            folder = path.parent / "build" / model
+            folder.mkdir(parents=True)
+            write_bundle(str(folder) + "/", tensors_of(i))
+            for f in folder.iterdir():
+                z.write(f, f"musicnn/{model}/{f.name}")
+            z.writestr(f"musicnn/{model}/config.json", json.dumps({"n_mels": 96, "model_number": 11}))
+    return path

@@ -12,7 +12,7 @@ import pytest
 
 from mictag.backbones.tf_bundle import read_bundle, read_index, write_bundle
 from mictag.errors import CheckpointError
-from musicnn_fixtures import fake_musicnn_tf
+from musicnn_fixtures import fake_musicnn_tf, fake_musicnn_wheel
 
 
 def _tensors() -> dict[str, np.ndarray]:
@@ -97,24 +97,6 @@ def test_reads_the_real_musicnn_checkpoint(tmp_path):
     assert all(np.all(v > 0) for k, v in weights.items() if k.endswith("moving_variance"))
 
 
-def _fake_musicnn_wheel(path, tensors):
-    """A wheel laid out like musicnn-0.1.0's, holding small checkpoints in the same format."""
-    import json
-
-    from mictag.backbones.musicnn_weights import MODELS
-
-    work = path.parent / "build"
-    with zipfile.ZipFile(path, "w") as z:
-        for model in MODELS:
-            folder = work / model
-            folder.mkdir(parents=True)
-            write_bundle(str(folder) + "/", tensors)
-            for f in folder.iterdir():
-                z.write(f, f"musicnn/{model}/{f.name}")
-            z.writestr(f"musicnn/{model}/config.json", json.dumps({"n_mels": 96, "model_number": 11}))
-    return path
-
-
 def test_models_pull_musicnn_converts_a_wheel_and_verifies_it(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
@@ -123,7 +105,7 @@ def test_models_pull_musicnn_converts_a_wheel_and_verifies_it(tmp_path, monkeypa
 
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
     tensors = fake_musicnn_tf()
-    wheel = _fake_musicnn_wheel(tmp_path / "musicnn-0.1.0-py3-none-any.whl", tensors)
+    wheel = fake_musicnn_wheel(tmp_path / "musicnn-0.1.0-py3-none-any.whl", lambda i: tensors)
     monkeypatch.setattr(musicnn_weights, "download_wheel", lambda dest: wheel)  # the registry, offline
     result = CliRunner().invoke(main, ["models", "pull", "musicnn"])
     assert result.exit_code == 0, result.output
@@ -151,8 +133,22 @@ def test_missing_musicnn_weights_say_how_to_get_them(tmp_path, monkeypatch):
         musicnn_weights.load_weights()
 
 
+@pytest.fixture(scope="module")
+def real_musicnn_weights(tmp_path_factory):
+    """The real converted checkpoints: `mictag models pull musicnn` once (downloads the 29 MB wheel)."""
+    from mictag.backbones import musicnn_weights
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MICTAG_HOME", str(tmp_path_factory.mktemp("home")))
+        try:
+            musicnn_weights.pull()
+        except Exception as exc:  # offline
+            pytest.skip(f"cannot fetch musicnn: {exc}")
+        yield {model: musicnn_weights.load_weights(model) for model in ("MTT_musicnn", "MTT_vgg")}
+
+
 @pytest.mark.slow
-def test_pytorch_musicnn_reproduces_the_original_tensorflow_network(tmp_path, monkeypatch):
+def test_pytorch_musicnn_reproduces_the_original_tensorflow_network(real_musicnn_weights):
     """Golden outputs of the original musicnn graph (TensorFlow, its own models.py, the real
     MTT_musicnn checkpoint; see experiments/musicnn_tf_golden.py) vs our port on the same
     weights, converted without TensorFlow. Downloads the 29 MB wheel."""
@@ -160,15 +156,9 @@ def test_pytorch_musicnn_reproduces_the_original_tensorflow_network(tmp_path, mo
 
     import torch
 
-    from mictag.backbones import musicnn_weights
     from mictag.backbones.musicnn import load_musicnn
 
-    monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
-    try:
-        musicnn_weights.pull()
-    except Exception as exc:  # offline
-        pytest.skip(f"cannot fetch musicnn: {exc}")
-    model = load_musicnn(musicnn_weights.load_weights("MTT_musicnn"))
+    model = load_musicnn(real_musicnn_weights["MTT_musicnn"])
     golden = np.load(Path(__file__).parent / "data" / "musicnn_mtt_golden.npz")
     with torch.no_grad():
         x = torch.from_numpy(golden["x"])
@@ -179,21 +169,15 @@ def test_pytorch_musicnn_reproduces_the_original_tensorflow_network(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_pytorch_vgg_reproduces_the_original_tensorflow_network(tmp_path, monkeypatch):
+def test_pytorch_vgg_reproduces_the_original_tensorflow_network(real_musicnn_weights):
     """The same for the package's MTT_vgg (golden logits and flattened last pooled map)."""
     from pathlib import Path
 
     import torch
 
-    from mictag.backbones import musicnn_weights
     from mictag.backbones.musicnn import MusicnnVGG, load_musicnn
 
-    monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
-    try:
-        musicnn_weights.pull()
-    except Exception as exc:  # offline
-        pytest.skip(f"cannot fetch musicnn: {exc}")
-    model = load_musicnn(musicnn_weights.load_weights("MTT_vgg"))
+    model = load_musicnn(real_musicnn_weights["MTT_vgg"])
     assert isinstance(model, MusicnnVGG) and model.hidden_size == 256
     data = Path(__file__).parent / "data"
     x = np.load(data / "musicnn_mtt_golden.npz")["x"]

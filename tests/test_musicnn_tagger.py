@@ -17,7 +17,7 @@ from mictag import features
 from mictag.cli import main
 from mictag.labels import openmic_mtt_map
 from mictag.musicnn_features import MUSICNN_MEL
-from musicnn_fixtures import fake_musicnn_tf
+from musicnn_fixtures import fake_musicnn_tf, fake_musicnn_wheel
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -95,22 +95,6 @@ def test_musicnn_weights_that_are_not_mtt_are_refused(weights, tmp_path):
     assert result.exit_code == 2 and "unknown musicnn model" in result.output
 
 
-def _fake_wheel(path):
-    import zipfile
-
-    from mictag.backbones.musicnn_weights import MODELS
-    from mictag.backbones.tf_bundle import write_bundle
-
-    with zipfile.ZipFile(path, "w") as z:
-        for i, model in enumerate(MODELS):
-            folder = path.parent / "build" / model
-            folder.mkdir(parents=True)
-            write_bundle(str(folder) + "/", fake_musicnn_tf(seed=i))
-            for f in folder.iterdir():
-                z.write(f, f"musicnn/{model}/{f.name}")
-    return path
-
-
 def test_scan_with_musicnn_over_real_files(tmp_path, monkeypatch):
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
     lib = tmp_path / "lib"
@@ -121,7 +105,7 @@ def test_scan_with_musicnn_over_real_files(tmp_path, monkeypatch):
         x = (0.2 * rng.standard_normal((int(rate * seconds), channels))).astype(np.float32)
         sf.write(lib / name, x, rate)
     (lib / "broken.mp3").write_bytes(b"ID3" + bytes(500))
-    wheel = _fake_wheel(tmp_path / "musicnn-0.1.0-py3-none-any.whl")
+    wheel = fake_musicnn_wheel(tmp_path / "musicnn-0.1.0-py3-none-any.whl", lambda i: fake_musicnn_tf(seed=i))
     result = _run(["models", "pull", "musicnn", "--wheel", str(wheel)])
     assert result.exit_code == 0 and "musicnn tagger ready" in result.output, result.output
     result = _run(["scan", str(lib), "--backbone", "musicnn", "--out", str(tmp_path / "tags.csv"), "--workers", "1"])

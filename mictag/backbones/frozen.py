@@ -64,12 +64,10 @@ def _musicnn_file(source: str | os.PathLike) -> Path:
 def weights_file(kind: str, source: str | os.PathLike) -> Path:
     """The file holding a backbone's weights (what its sha256 is taken of)."""
     if check_kind(kind) == "musicnn":
-        from mictag.backbones.musicnn_weights import load_weights
+        from mictag.backbones.musicnn_weights import require_weights
 
         path = _musicnn_file(source)
-        if not path.is_file():
-            load_weights(str(source))  # raises the "how to get them" error
-        return path
+        return path if path.is_file() else require_weights(str(source))
     from mictag.model.checkpoints import weights_file as ast_weights_file
 
     return ast_weights_file(source)

@@ -93,14 +93,22 @@ def pull(wheel: str | Path | None = None) -> dict[str, dict]:
         return convert_wheel(download_wheel(Path(tmp)))
 
 
+def require_weights(model: str = "MTT_musicnn") -> Path:
+    """The converted weights file of ``model``; when absent, the error says how to get it."""
+    path = weights_path(model)
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"no musicnn weights ({model}) in {cache_dir()}: run `mictag models pull musicnn` once online (pip "
+            f"downloads the 29 MB {PACKAGE} wheel from the package registry; no TensorFlow needed), or "
+            f"`mictag models pull musicnn --wheel musicnn-0.1.0-py3-none-any.whl` with a wheel you copied here")
+    return path
+
+
 def load_weights(model: str = "MTT_musicnn") -> dict[str, np.ndarray]:
     """The converted weights, checked against the manifest's sha256."""
     from safetensors.numpy import load_file
 
-    path = weights_path(model)
-    if not path.is_file():
-        raise ModelNotFoundError(f"musicnn weights ({model}) are not in {cache_dir()}: run `mictag models pull musicnn` "
-                                 f"once online (it downloads the 29 MB {PACKAGE} wheel from the package registry)")
+    path = require_weights(model)
     try:
         expected = json.loads(manifest_path().read_text())["models"][model]["sha256"]
     except (OSError, ValueError, KeyError):

@@ -51,9 +51,9 @@ class SystemConfig:
         check_kind(self.backbone)
         if self.baseline not in (None, *BASELINES):
             raise ValueError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
-        if self.fbank is None:
-            self.fbank = frontend_for(self.backbone, self.backbone_config)
         expected = frontend_for(self.backbone, self.backbone_config)
+        if self.fbank is None:
+            self.fbank = expected
         if type(self.fbank) is not type(expected):
             raise ValueError(f"the {self.backbone} backbone takes the {expected.kind} front end, not {self.fbank.kind}")
         shape = (self.fbank.target_frames, self.fbank.num_mel_bins)

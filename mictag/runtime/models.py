@@ -102,17 +102,12 @@ def default_musicnn_model(model: str = "MTT_musicnn", on_message=None) -> Path:
     """The zero-training tagger of a musicnn ``model`` converted by `mictag models pull musicnn`:
     found by its weights' sha256 (no torch needed), else built; with no weights, the error says
     how to get them."""
-    from mictag.backbones.musicnn_weights import MODELS, weights_path
+    from mictag.backbones.musicnn_weights import MODELS, require_weights
     from mictag.digest import file_digest
 
     if model not in MODELS:
         raise MictagError(f"unknown musicnn model {model!r}: choose one of {', '.join(MODELS)}")
-    weights = weights_path(model)
-    if not weights.is_file():
-        raise ModelNotFoundError(
-            f"no musicnn weights in {weights.parent}: run `mictag models pull musicnn` once online (pip downloads the "
-            f"29 MB musicnn 0.1.0 wheel from the package registry; no TensorFlow needed), or "
-            f"`mictag models pull musicnn --wheel musicnn-0.1.0-py3-none-any.whl` with a wheel you copied here")
+    weights = require_weights(model)
     built = models_dir() / f"{_tagger_prefix('musicnn')}{file_digest(weights)[:12]}.onnx"
     return built if built.is_file() else build_default_tagger(model, on_message, backbone="musicnn")
 
