@@ -43,9 +43,26 @@ def _module_version(name: str) -> str | None:
 
 
 @main.command()
-def info() -> None:
-    """Show the version, the backends that import here and where models are looked up."""
+@click.option("--model", type=click.Path(), help="Show how this model would run here (default: the cached taggers).")
+@click.option("--backend", default="auto", show_default=True, help="As in `mictag scan`.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None)
+def info(model, backend, precision) -> None:
+    """Show the version, the CPU, the backends that import here, where models are looked up, and
+    which engine and precision each model would run in, and why."""
+    from mictag.cpu import cpu_info
+
     click.echo(f"mictag {__version__} (Python {platform.python_version()}, {platform.machine()})")
+    cpu = cpu_info()
+    click.echo(f"cpu: {cpu.describe()}")
+    if importlib.util.find_spec("openvino") is not None:
+        from mictag.runtime.openvino_engine import import_openvino
+
+        try:
+            click.echo(f"openvino {import_openvino().get_version()} (its telemetry stays off)")
+        except Exception as exc:
+            click.echo(f"openvino: present but fails to import ({type(exc).__name__}: {exc})")
+    else:
+        click.echo("openvino: not installed (pip install openvino: the fast CPU engine, bf16 where the CPU has it)")
     ort = _module_version("onnxruntime")
     if ort and ort[0].isdigit():
         import onnxruntime
@@ -65,6 +82,21 @@ def info() -> None:
         click.echo(f"torch: {torch_version or 'not installed'} (needed for train/export/torch backend: pip install 'mictag[train]')")
     click.echo(f"model cache: {mictag_home()}  (set MICTAG_HOME to move it)")
     click.echo(f"Hugging Face cache: {hf_hub_cache()}  (HF_HOME / HF_HUB_CACHE)")
+    from mictag.runtime.backends import plan_engine
+    from mictag.runtime.models import cached_taggers
+
+    shown = [model] if model else [*cached_taggers()[:1], *cached_taggers("musicnn")[:1]]
+    for path in shown:
+        try:
+            plan = plan_engine(path, backend, precision)
+        except MictagError as exc:
+            click.echo(f"{path}: cannot run here: {exc}")
+            continue
+        click.echo(f"{path}: runs on {plan.describe()}" + (f", from {plan.model.name}" if str(plan.model) != str(path) else ""))
+        for line in (*plan.warnings, *([plan.advice] if plan.advice else [])):
+            click.echo(f"  {line}")
+    if not shown:
+        click.echo("no model cached yet (`mictag models pull`); `mictag info --model M` shows how M would run")
 
 
 _BACKBONE = click.option("--backbone", type=click.Choice(["ast", "musicnn"]), default="ast", show_default=True,
@@ -134,9 +166,12 @@ def _options(pairs: tuple[str, ...], what: str) -> dict:
 @click.option("--val-fraction", type=float, default=0.15, show_default=True)
 @click.option("--cache-dir", type=click.Path(), help="Feature cache (default: the mictag cache).")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="Mixed precision: auto = CUDA autocast on a GPU, bf16 autocast on a CPU with native bf16, "
+              "else fp32.")
 @click.option("--out", required=True, type=click.Path(), help="Output directory (model.pt, metrics.json).")
 def train(data, fmt, backbone, ast, musicnn, reprogrammer, rp_opts, mapper, map_opts, baseline, recipe, epochs,
-          batch_size, lr, seed, recipe_opts, raw_fbank, runs, val_fraction, cache_dir, device, out) -> None:
+          batch_size, lr, seed, recipe_opts, raw_fbank, runs, val_fraction, cache_dir, device, precision, out) -> None:
     """Train a reprogrammer and mapper against the frozen backbone (AST or musicnn) on DATA."""
     _need("torch", "mictag train")
     from mictag.train.recipes import get_recipe
@@ -150,7 +185,8 @@ def train(data, fmt, backbone, ast, musicnn, reprogrammer, rp_opts, mapper, map_
                      recipe=get_recipe(recipe, **overrides), fmt=fmt,
                      reprogrammer=reprogrammer, reprogrammer_options=_options(rp_opts, "reprogrammer"),
                      mapper=mapper, mapper_options=_options(map_opts, "mapper"), baseline=baseline,
-                     normalize_input=not raw_fbank, val_fraction=val_fraction, cache_dir=cache_dir, device=device)
+                     normalize_input=not raw_fbank, val_fraction=val_fraction, cache_dir=cache_dir, device=device,
+                     precision=precision)
     result = run_training(spec, runs=runs, progress=_echo_err)
     summary = result["summary"]
     if runs > 1:
@@ -195,12 +231,16 @@ def evaluate(model, data, fmt, split, ast, cache_dir, seed) -> None:
               help="Without MODEL: the fixed map from the backbone's classes (AudioSet or MagnaTagATune) to OpenMIC.")
 @click.option("--reduce", type=click.Choice(["max", "mean"]), default="max", show_default=True,
               help="Without MODEL: how a label reduces its source classes.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="ONNX precision: fp16 (GPU; fbank, LayerNorm and Softmax stay fp32) or int8 (dynamic, CPU); the "
-              "deviation from fp32 is measured and printed.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8-dynamic"]), default="fp32",
+              show_default=True, help="fp16: the graph in fp16 (GPU; fbank, LayerNorm and Softmax stay fp32). int8: "
+              "also a static, calibrated int8 graph beside it (X.int8.onnx; for CPUs with VNNI and no bf16: the "
+              "scan's auto takes it where its deviation is within 0.03). int8-dynamic: the graph with dynamically "
+              "quantised weights. The deviation from fp32 is measured and printed.")
+@click.option("--calibrate", type=click.Path(exists=True, file_okay=False),
+              help="With --precision int8: calibrate on audio files from this folder (default: synthetic signals).")
 @click.option("--opset", type=int, default=17, show_default=True)
 def export(model, out, fbank_out, torch_out, engine, engine_batch, ast, backbone, musicnn, mapper, reduce, precision,
-           opset) -> None:
+           calibrate, opset) -> None:
     """Fuse a trained MODEL (front end + reprogrammer + backbone + mapper + sigmoid) into one ONNX
     graph, or, with no MODEL, build the zero-training instrument tagger: from an AudioSet AST
     (--ast) or from musicnn (--backbone musicnn)."""
@@ -221,7 +261,7 @@ def export(model, out, fbank_out, torch_out, engine, engine_batch, ast, backbone
         return
     _need("torch", "mictag export")
     _need("onnx", "mictag export")
-    from mictag.export.onnx import convert_precision, export_onnx, metadata
+    from mictag.export.onnx import convert_precision, export_onnx, metadata, write_int8
 
     if model:
         from mictag.train.checkpoint import load_model
@@ -243,7 +283,12 @@ def export(model, out, fbank_out, torch_out, engine, engine_batch, ast, backbone
             t0 = time.perf_counter()
             meta = metadata(system, thresholds, {**extra, "precision": "fp32"}, variant)
             written = export_onnx(system, path, meta, variant, opset)
-            if precision != "fp32":
+            if precision == "int8":
+                int8, record = write_int8(written, meta, calibrate)
+                click.echo(f"int8 deviation from fp32: max |dp| = {record['max_abs_dp']:.2e}, tag sets changed in "
+                           f"{100 * record['tag_changes']:.1f}% of {record['windows']} windows ({record['calibration']}); "
+                           f"wrote {int8} ({int8.stat().st_size / 1e6:.1f} MB)")
+            elif precision != "fp32":
                 written, deviation = convert_precision(written, meta, precision)
                 click.echo(f"{precision} deviation from fp32: max |dp| = {deviation:.2e} on random windows")
             click.echo(f"wrote {written} ({variant} input, {written.stat().st_size / 1e6:.1f} MB, "
@@ -297,8 +342,12 @@ class _Progress:
               help="Without --model: whose zero-training tagger (musicnn: 3-s windows, 8 of the 20 labels).")
 @click.option("--musicnn", "musicnn", default="MTT_musicnn", show_default=True,
               help="With --backbone musicnn: MTT_musicnn or MTT_vgg (converted by `mictag models pull musicnn`).")
-@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch"]),
-              default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "openvino", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch"]),
+              default="auto", show_default=True, help="auto: the fastest path here whose deviation from fp32 is "
+              "bounded (shown by `mictag info` and in the summary).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
+              help="Override the precision auto chooses (bf16 where the CPU has it natively, int8 from a "
+              "calibrated variant where it has VNNI, else fp32).")
 @click.option("--batch-size", type=int, help="Windows per model call (default: the backend's choice).")
 @click.option("--hop", "hop", type=float, help="Seconds between window starts (default: the model's window; "
               "10.24 s for the AST, 2.992 s for musicnn).")
@@ -314,8 +363,8 @@ class _Progress:
 @click.option("--quiet", "-q", is_flag=True, help="No progress line or summary.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run as a Ray Data pipeline: join the cluster at ADDRESS, or start a local Ray without one.")
-def scan(library, out, model, ast, backbone, musicnn, backend, batch_size, hop, aggregate, threshold, include, exclude, workers, fmt,
-         segments, overwrite, retry_failed, quiet, ray_address) -> None:
+def scan(library, out, model, ast, backbone, musicnn, backend, precision, batch_size, hop, aggregate, threshold, include,
+         exclude, workers, fmt, segments, overwrite, retry_failed, quiet, ray_address) -> None:
     """Tag every audio file under LIBRARY: one row per file in --out.
 
     Exit codes: 0 every file tagged; 1 some files failed (status "error" rows); 2 the scan could
@@ -340,7 +389,7 @@ def scan(library, out, model, ast, backbone, musicnn, backend, batch_size, hop, 
                            retry_failed, segments, on_progress=progress, on_message=say,
                            use_ray=ray_address is not None,
                            ray_address=None if ray_address in (None, "local") else ray_address,
-                           ray_workers=workers + 1 if ray_address == "local" else None)
+                           ray_workers=workers + 1 if ray_address == "local" else None, precision=precision)
     except ValueError as exc:
         raise MictagError(str(exc)) from None
     finally:
@@ -370,7 +419,9 @@ def models_list() -> None:
 @click.argument("repo_id", required=False)
 @click.option("--wheel", type=click.Path(exists=True), help="musicnn only: convert this musicnn-0.1.0 wheel "
               "instead of downloading it.")
-def models_pull(repo_id, wheel) -> None:
+@click.option("--int8/--no-int8", default=None, help="Also calibrate the tagger's int8 variant (default: only on a "
+              "CPU with int8 dot products and no native bf16, where the scan would use it).")
+def models_pull(repo_id, wheel, int8) -> None:
     """Download the AudioSet AST (~350 MB, into the Hugging Face cache; only when not cached),
     verify its sha256 and build the zero-training tagger that `mictag scan` uses by default.
 
@@ -386,12 +437,12 @@ def models_pull(repo_id, wheel) -> None:
         if importlib.util.find_spec("torch") is not None:
             from mictag.runtime.models import build_default_tagger
 
-            path = build_default_tagger("MTT_musicnn", _echo_err, backbone="musicnn")
+            path = build_default_tagger("MTT_musicnn", _echo_err, backbone="musicnn", int8=int8)
             click.echo(f"musicnn tagger ready: {path} (`mictag scan --backbone musicnn`)")
         return
     from mictag.runtime.models import DEFAULT_HUB_ID, pull
 
-    path = pull(repo_id or DEFAULT_HUB_ID, on_message=_echo_err)
+    path = pull(repo_id or DEFAULT_HUB_ID, on_message=_echo_err, int8=int8)
     click.echo(f"default tagger ready: {path}")
 
 

@@ -17,15 +17,42 @@ def test_engine_benchmark_smoke(tmp_path):
     import engine
 
     out = tmp_path / "engine.json"
-    result = engine.main(["--tiny", "--batches", "1", "2", "--repeats", "1", "--out", str(out)])
+    result = engine.main(["--tiny", "--batches", "1", "2", "--repeats", "1", "--calibration-windows", "2",
+                          "--profile", "--startup", "--out", str(out)])
     assert json.loads(out.read_text())["rows"] == result["rows"]
     rows = {(r["backend"], r["batch"]): r for r in result["rows"]}
-    for backend in ("torch-eager-fp32", "ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8"):
+    for backend in ("torch-fp32", "ort-cpu-fp32", "ort-cpu-int8-dynamic", "ort-cpu-int8-static"):
         for batch in (1, 2):
             row = rows[(backend, batch)]
             assert row["windows_per_s"] > 0 and row["x_realtime"] == pytest.approx(row["windows_per_s"] * 1.28)
+            assert row["mfu"] > 0  # against the ceiling of its own precision, measured in the run
     assert rows[("ort-cpu-fp32", 2)]["max_abs_dev_vs_torch_fp32"] <= 1e-4
-    assert result["machine"]["cpu"] and result["model"]["gflops_per_window"] > 0
+    assert sum(r["auto"] for r in result["rows"] if "auto" in r) in (0, 2)  # auto's row, at both batches
+    assert set(result["ceilings_flops"]) >= {"fp32", "int8"} and result["int8_static"]["windows"] == 2
+    assert result["machine"]["cpu"] and "cpu_flags" in result["machine"] and result["model"]["gflops_per_window"] > 0
+    split = result["time_split"]["torch-fp32"]
+    assert split["total_seconds"] > 0 and sum(v for k, v in split.items() if k != "total_seconds") == pytest.approx(1)
+    assert result["startup_seconds"]["torch-artifact-load-fp32"] > 0
+
+
+def test_vs_peer_benchmark_smoke(tmp_path):
+    pytest.importorskip("transformers")
+    import vs_peer
+
+    result = vs_peer.main(["--tiny", "--clips", "2", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "p.json")])
+    assert result["clips"] == 2 and result["peer"]["clips"] == 2 and result["peer_seconds"] > 0
+    assert set(result["mictag_scan_seconds"]) == {"first", "second"}
+    assert result["speed_vs_peer"]["second"] > 0 and 0 <= result["max_abs_score_dev_vs_fp32"] <= 0.03
+
+
+def test_train_step_benchmark_smoke(tmp_path):
+    pytest.importorskip("torch")
+    import train_step
+
+    result = train_step.main(["--tiny", "--batch", "2", "--repeats", "1", "--out", str(tmp_path / "t.json")])
+    assert result["rows"][0]["mode"] == "fp32" and result["rows"][0]["windows_per_s"] > 0
+    if result["native_bf16"]:
+        assert result["rows"][1]["mode"] == "bf16-autocast" and result["bf16_vs_fp32"]["grad_cosine"] > 0.9
 
 
 def test_scan_benchmark_smoke(tmp_path):

@@ -83,8 +83,8 @@ def test_tagger_array_equals_file_and_both_variants_agree(tagger_models, tmp_pat
     t = np.arange(int(3.3 * 44100)) / 44100
     stereo = np.stack([0.3 * np.sin(2 * np.pi * 330 * t), 0.1 * rng.standard_normal(t.size)], axis=1).astype(np.float32)
     sf.write(tmp_path / "clip.wav", stereo, 44100, subtype="FLOAT")
-    fbank_tagger = Tagger(tagger_models / "f.onnx")
-    wave_tagger = Tagger(tagger_models / "w.onnx")
+    fbank_tagger = Tagger(tagger_models / "f.onnx", precision="fp32")
+    wave_tagger = Tagger(tagger_models / "w.onnx", precision="fp32")
     from_file = fbank_tagger.tag(tmp_path / "clip.wav")
     from_array = fbank_tagger.tag_array(stereo, 44100)
     assert from_file.windows == from_array.windows == 3 and from_file.status == "ok"
@@ -114,7 +114,11 @@ def test_tagger_typed_errors(tagger_models, tmp_path):
 
 
 def test_backend_choice_and_refusals(tagger_models, tmp_path):
-    assert open_backend(tagger_models / "f.onnx").name == "ort-cpu"
+    from mictag.runtime.backends import plan_engine
+
+    engine = open_backend(tagger_models / "f.onnx")
+    assert engine.name == plan_engine(tagger_models / "f.onnx").backend and engine.plan is not None
+    assert open_backend(tagger_models / "f.onnx", "ort-cpu").description == "ort-cpu fp32 (the backend's precision)"
     with pytest.raises(ModelError, match="does not exist"):
         open_backend(tmp_path / "nope.onnx")
     with pytest.raises(ModelError, match="needs a engine model|needs a torch model"):
@@ -201,10 +205,10 @@ def test_torch_backend_scores_like_onnx_runtime(tiny_ast_dir, tmp_path):
                                        "--torch-out", str(tmp_path / "m.pt")])
     assert result.exit_code == 0, result.output
     x = (0.2 * np.random.default_rng(3).standard_normal(50000)).astype(np.float32)
-    torch_tagger = Tagger(tmp_path / "m.pt")
+    torch_tagger = Tagger(tmp_path / "m.pt", precision="fp32")
     assert torch_tagger.backend.name == "torch"
     np.testing.assert_allclose(torch_tagger.tag_array(x, 16000).scores,
-                               Tagger(tmp_path / "m.onnx").tag_array(x, 16000).scores, atol=1e-4)
+                               Tagger(tmp_path / "m.onnx", backend="ort-cpu").tag_array(x, 16000).scores, atol=1e-4)
 
 
 def test_wav_with_a_codec_ffmpeg_cannot_decode_is_a_clear_error(tmp_path):

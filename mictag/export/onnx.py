@@ -144,14 +144,47 @@ def _fp16(src: Path, dst: Path) -> None:
     onnx.save(converted, str(dst))
 
 
-def _int8(src: Path, dst: Path) -> None:
-    """Dynamically quantised int8 weights (CPU; activations quantised at run time)."""
+def _int8_dynamic(src: Path, dst: Path) -> None:
+    """Dynamically quantised int8 weights (CPU; activations quantised at run time). Kept to compare
+    with the static, calibrated int8 of :func:`write_int8`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
 
 
-PRECISIONS = {"fp16": _fp16, "int8": _int8}
+PRECISIONS = {"fp16": _fp16, "int8-dynamic": _int8_dynamic}
+
+
+def write_int8(path: Path, meta: dict, calibrate: str | os.PathLike | None = None, windows: int = 16) -> tuple[Path, dict]:
+    """Write the static, calibrated int8 variant of the fp32 graph at ``path`` beside it
+    (:func:`mictag.metadata.int8_path`), with its deviation from fp32 measured on windows it was
+    not calibrated on and recorded in its metadata. Returns (its path, the deviation)."""
+    import onnx
+
+    from mictag.export.int8 import calibration_windows, deviation, quantize_static_int8
+    from mictag.metadata import int8_path
+
+    path = Path(path)
+    feeds, source = calibration_windows(meta, calibrate, count=2 * windows)
+    dst = int8_path(path)
+    tmp = dst.with_name(dst.name + ".partial.onnx")
+    unshared = dst.with_name(dst.name + ".fp32.partial.onnx")
+    try:
+        # A weight the exporter shares between a product and, say, a LayerNorm (equal values) would
+        # otherwise reach the LayerNorm through the product's quantisation.
+        onnx.save(_inline_initializer_aliases(onnx.load(str(path))), str(unshared))
+        quantize_static_int8(unshared, tmp, feeds[0::2])
+        measured = deviation(path, tmp, feeds[1::2], meta["thresholds"])
+        record = {"method": "static QDQ (MatMul/Gemm/Conv weights int8 per channel, activations uint8)",
+                  "calibration": source, **measured}
+        model = onnx.load(str(tmp))
+        _set_metadata(model, {**meta, "precision": "int8", "int8": record})
+        onnx.save(model, str(tmp))
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+        unshared.unlink(missing_ok=True)
+    return dst, record
 
 
 def convert_precision(path: Path, meta: dict, precision: str) -> tuple[Path, float]:

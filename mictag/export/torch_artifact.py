@@ -17,7 +17,8 @@ from torch import nn
 
 from mictag.errors import CheckpointError
 from mictag.export.onnx import ExportGraph
-from mictag.model.system import SystemConfig, build_system
+from mictag.model.attention import fastest_kernel, set_kernel
+from mictag.model.system import SystemConfig, build_system, new_backbone
 from mictag.train.checkpoint import load_payload
 
 FORMAT = "mictag-torch"
@@ -54,16 +55,47 @@ class TorchTagger(nn.Module):
         return torch.sigmoid(logits), logits, out.get("embedding", out["logits"]).float()
 
 
+def _rebuilt(payload: dict) -> nn.Module:
+    """The system of a payload with its weights, without initialising the frozen backbone first:
+    the backbone is built on the meta device and takes the (memory-mapped) tensors as they are."""
+    cfg = SystemConfig.from_dict(payload["system"])
+    state = payload["state"]
+    prefix = "backbone."
+    if cfg.baseline == "cnn-bs":
+        system = build_system(cfg)
+        system.load_state_dict(state)
+        return system
+    with torch.device("meta"):
+        backbone = new_backbone(cfg)
+    backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, assign=True)
+    system = build_system(cfg, backbone=backbone)
+    system.load_state_dict(state)
+    return system
+
+
 def load_torch_artifact(path: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32",
-                        variant: str = "waveform", compile: bool = False) -> tuple[nn.Module, dict]:
-    """(module, metadata) ready for inference on ``device``."""
-    payload = load_payload(path, FORMAT, "torch model", " (write one with `mictag export --torch-out`)")
+                        variant: str = "waveform", compile: bool = False,
+                        attention: str | None = None) -> tuple[nn.Module, dict]:
+    """(module, metadata) ready for inference on ``device``. On a CPU the attention kernel is the
+    faster of SDPA and blocked matmuls at the model's shape and dtype, measured once per machine
+    (``attention`` names one instead); the chosen one is ``module.attention``."""
+    payload = load_payload(path, FORMAT, "torch model", " (write one with `mictag export --torch-out`)", mmap=True)
     if precision not in DTYPES:
         raise CheckpointError(f"unknown precision {precision!r}; choose {', '.join(DTYPES)}")
-    cfg = SystemConfig.from_dict(payload["system"])
-    system = build_system(cfg)
-    system.load_state_dict(payload["state"])
+    system = _rebuilt(payload)
     module = TorchTagger(system.eval(), variant, DTYPES[precision]).to(device).eval()
+    module.attention = "sdpa"
+    if str(device) == "cpu" and system.cfg.backbone == "ast" and system.cfg.baseline != "cnn-bs":
+        module.attention = attention or _cpu_attention_kernel(system.cfg.ast, DTYPES[precision])
+        set_kernel(module, module.attention)
     if compile:
         module = torch.compile(module, mode="max-autotune-no-cudagraphs" if str(device) == "cpu" else "reduce-overhead")
     return module, payload["meta"]
+
+
+def _cpu_attention_kernel(cfg, dtype: torch.dtype) -> str:
+    from mictag.paths import mictag_home
+
+    kernel, _ = fastest_kernel(cfg.num_heads, cfg.num_patches + 2, cfg.hidden_size // cfg.num_heads, dtype,
+                               cache=mictag_home() / "cache" / "attention-kernels.json")
+    return kernel

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from mictag.model.attention import DEFAULT_BLOCK, attend
+
 
 @dataclass(frozen=True)
 class ASTConfig:
@@ -72,8 +74,12 @@ class ASTConfig:
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention; the kernel (SDPA, or blocked bf16 matmuls on a CPU) is set by
+    :func:`mictag.model.attention.set_kernel` and does not change the weights."""
+
     def __init__(self, cfg: ASTConfig):
         super().__init__()
+        self.attention_kernel, self.attention_block = "sdpa", DEFAULT_BLOCK
         self.num_heads = cfg.num_heads
         # An explicit scale exports as a constant, not as shape arithmetic in the graph.
         self.scale = (cfg.hidden_size // cfg.num_heads) ** -0.5
@@ -83,7 +89,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
+        out = attend(qkv[0], qkv[1], qkv[2], self.scale, self.attention_kernel, self.attention_block)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 

@@ -1,11 +1,13 @@
 """Inference backends behind one interface. Each imports its library only when chosen.
 
+- ``openvino``: OpenVINO on an exported ``.onnx`` (the CPU engine for bf16; no torch);
 - ``ort-cpu`` / ``ort-cuda`` / ``ort-trt``: ONNX Runtime with the CPU, CUDA or TensorRT execution
   provider, on an exported ``.onnx``;
 - ``tensorrt``: a serialized TensorRT engine (``.engine`` + its ``.json`` metadata);
-- ``torch``: the PyTorch artifact from ``mictag export --torch-out`` (fp16/bf16 on GPU).
-``auto`` picks, for the model file given, the fastest backend that is present: TensorRT EP, then
-CUDA EP, then CPU for ONNX; CUDA if available for the torch artifact.
+- ``torch``: the PyTorch artifact from ``mictag export --torch-out`` (bf16 on GPU and on CPUs
+  with native bf16).
+``auto`` takes the fastest path whose deviation is bounded, for the model, the engines installed
+and the CPU (:mod:`mictag.runtime.choice`); the plan it made is ``backend.plan``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mictag.cpu import cpu_info
 from mictag.errors import MictagError
+from mictag.metadata import int8_path
+from mictag.runtime.choice import ChoiceError, EnginePlan, Engines, Int8Variant, choose_engine
 
-BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch")
+BACKENDS = ("auto", "openvino", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch")
 
 
 class ModelError(MictagError):
@@ -31,6 +36,12 @@ class Backend:
     name = ""
     meta: dict
     preferred_batch = 8
+    plan: EnginePlan | None = None
+
+    @property
+    def description(self) -> str:
+        """What runs the model, e.g. "openvino bf16 (avx512_bf16)"."""
+        return self.plan.describe() if self.plan else self.name
 
     @property
     def variant(self) -> str:
@@ -76,6 +87,33 @@ class OrtBackend(Backend):
         return self.session.run(["probabilities"], {self.inputs[0]: x, self.inputs[1]: valid.astype(np.int64)})[0]
 
 
+class OpenVINOBackend(Backend):
+    """OpenVINO on the CPU, in the precision asked (bf16 where the CPU has it natively)."""
+
+    def __init__(self, path: Path, precision: str = "fp32", threads: int | None = None):
+        from mictag.metadata import read_metadata
+        from mictag.runtime.openvino_engine import compile_model
+
+        try:
+            self.meta = read_metadata(path)
+        except MictagError as exc:
+            raise ModelError(str(exc)) from None
+        try:
+            self.compiled, self.runs_in = compile_model(path, precision, threads)
+        except Exception as exc:
+            raise ModelError(f"OpenVINO cannot load {path}: {str(exc).strip().splitlines()[-1][:200]}") from None
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output("probabilities")
+        self.name = "openvino"
+        self.inputs = _input_names(self.variant)
+        self.preferred_batch = 4
+
+    def run(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        out = self.request.infer({self.inputs[0]: np.ascontiguousarray(x, np.float32),
+                                  self.inputs[1]: valid.astype(np.int64)})
+        return np.array(out[self.output], np.float32)  # a copy: the request reuses its buffers
+
+
 class TorchBackend(Backend):
     """The torch artifact. On a GPU: bf16 by default, torch.compile in reduce-overhead mode (CUDA
     graphs) with batches padded to one static size so the graph is captured once, and inputs
@@ -90,7 +128,7 @@ class TorchBackend(Backend):
         self.torch = torch
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.cuda = self.device.startswith("cuda")
-        precision = precision or ("bf16" if self.cuda else "fp32")
+        precision = precision or ("bf16" if self.cuda or cpu_info().bf16 else "fp32")
         self.compiled = self.cuda if compile is None else compile
         if self.cuda:
             torch.backends.cudnn.allow_tf32 = False  # the fbank conv must stay exact fp32
@@ -99,6 +137,7 @@ class TorchBackend(Backend):
         except MictagError as exc:
             raise ModelError(str(exc)) from None
         self.name = "torch"
+        self.precision = precision
         self.preferred_batch = batch or (64 if self.cuda else 4)
         self._pinned: dict[tuple, object] = {}
 
@@ -157,32 +196,83 @@ def model_kind(path: Path) -> str:
     raise ModelError(f"{path}: unknown model type (expected .onnx, .engine or a torch artifact .pt)")
 
 
-def open_backend(model: str | os.PathLike, backend: str = "auto", threads: int | None = None) -> Backend:
-    """Load ``model`` once with the chosen backend (``auto``: the fastest present for it)."""
+def _onnx_precision(path: Path) -> str:
+    from mictag.metadata import read_metadata
+
+    try:
+        return str(read_metadata(path).get("precision", "fp32"))
+    except MictagError as exc:
+        raise ModelError(str(exc)) from None
+
+
+def int8_variant(path: Path) -> Int8Variant | None:
+    """The calibrated int8 sibling of an fp32 ONNX model, if one was exported from the same model
+    (its metadata, precision aside, equals the model's) and records its deviation."""
+    from mictag.metadata import read_metadata
+
+    sibling = int8_path(path)
+    if not sibling.is_file():
+        return None
+    try:
+        meta, mine = read_metadata(sibling), read_metadata(path)
+    except MictagError:
+        return None
+    deviation = meta.get("int8", {}).get("max_abs_dp")
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("precision", "int8")}  # noqa: E731
+    if meta.get("precision") != "int8" or deviation is None or strip(meta) != strip(mine):
+        return None
+    return Int8Variant(sibling, float(deviation))
+
+
+def plan_engine(model: str | os.PathLike, backend: str = "auto", precision: str | None = None) -> EnginePlan:
+    """What ``open_backend`` would run ``model`` on here, and why (nothing is loaded)."""
     path = Path(model)
     if not path.is_file():
         raise ModelError(f"model {path} does not exist")
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     kind = model_kind(path)
-    if backend == "auto":
-        if kind == "engine":
-            backend = "tensorrt"
-        elif kind == "torch":
-            backend = "torch"
-        else:
-            import onnxruntime as ort
-
-            present = ort.get_available_providers()
-            backend = next((b for b in ("ort-trt", "ort-cuda") if OrtBackend.PROVIDERS[b] in present), "ort-cpu")
-    wanted = {"ort-cpu": "onnx", "ort-cuda": "onnx", "ort-trt": "onnx", "tensorrt": "engine", "torch": "torch"}[backend]
+    wanted = {"openvino": "onnx", "ort-cpu": "onnx", "ort-cuda": "onnx", "ort-trt": "onnx", "tensorrt": "engine",
+              "torch": "torch"}.get(backend, kind)
     if wanted != kind:
         raise ModelError(f"backend {backend} needs a {wanted} model, but {path.name} is a {kind} model")
-    if backend == "torch":
-        return TorchBackend(path)
-    if backend == "tensorrt":
-        return TensorRTBackend(path)
-    return OrtBackend(path, backend, threads)
+    model_precision = _onnx_precision(path) if kind == "onnx" else "fp32"
+    cuda = False
+    if kind == "torch":
+        import torch
+
+        cuda = torch.cuda.is_available()
+    engines = Engines.detect()
+    int8 = int8_variant(path) if kind == "onnx" and model_precision == "fp32" else None
+    try:
+        plan = choose_engine(path, kind, model_precision, cpu_info(), engines, backend, precision, int8, cuda)
+    except ChoiceError as exc:
+        raise ModelError(str(exc)) from None
+    if plan.backend in ("openvino", "tensorrt", "torch") and not engines.has(plan.backend):
+        what = {"openvino": "pip install openvino", "tensorrt": "TensorRT", "torch": "pip install 'mictag[train]'"}
+        raise ModelError(f"backend {plan.backend} is not installed here ({what[plan.backend]})")
+    return plan
+
+
+def open_backend(model: str | os.PathLike, backend: str = "auto", threads: int | None = None,
+                 precision: str | None = None, on_message=None) -> Backend:
+    """Load ``model`` once with the chosen backend (``auto``: the fastest bounded path here, see
+    :mod:`mictag.runtime.choice`) in ``precision`` (None: the backend's best here).
+    ``on_message`` hears the plan's warnings and what to install for a faster path."""
+    plan = plan_engine(model, backend, precision)
+    for line in (*plan.warnings, *([plan.advice] if plan.advice else [])):
+        if on_message:
+            on_message(line)
+    if plan.backend == "torch":
+        engine: Backend = TorchBackend(plan.model, precision=plan.precision)
+    elif plan.backend == "tensorrt":
+        engine = TensorRTBackend(plan.model)
+    elif plan.backend == "openvino":
+        engine = OpenVINOBackend(plan.model, plan.precision, threads)
+    else:
+        engine = OrtBackend(plan.model, plan.backend, threads)
+    engine.plan = plan
+    return engine
 
 
 def model_metadata(model: str | os.PathLike) -> dict:

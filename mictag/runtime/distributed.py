@@ -100,8 +100,8 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 class ModelStage:
     """Ray actor: loads the model once, scores the window rows of each batch."""
 
-    def __init__(self, model: str, backend: str):
-        self.backend = open_backend(model, backend)
+    def __init__(self, model: str, backend: str, precision: str | None = None):
+        self.backend = open_backend(model, backend, precision=precision)  # planned for this node's CPU
 
     def __call__(self, batch: dict) -> dict:
         kinds = batch["kind"]
@@ -119,10 +119,11 @@ class RayExecutor:
     """Runs the decode and model stages on Ray; aggregates on the driver."""
 
     def __init__(self, model: str | os.PathLike, backend: str, options: ScanOptions, address: str | None,
-                 cpus: int | None, say: Callable[[str], None]):
+                 cpus: int | None, say: Callable[[str], None], precision: str | None = None):
         self.ray = _import_ray()
         self.model = str(Path(model).resolve())
         self.backend = backend
+        self.precision = precision
         self.options = options
         self.meta = model_metadata(model)
         self.scoring = Scoring(self.meta, options)
@@ -166,7 +167,7 @@ class RayExecutor:
                             fn_kwargs={"cfg": sc.cfg.to_dict(), "variant": sc.variant, "hop": sc.hop,
                                        "chunk_seconds": o.chunk_seconds})
         pool = max(1, gpus) if gpus else max(1, cpus // 4)
-        ds = ds.map_batches(ModelStage, fn_constructor_args=(self.model, self.backend),
+        ds = ds.map_batches(ModelStage, fn_constructor_args=(self.model, self.backend, self.precision),
                             batch_size=o.batch_size or (64 if gpus else 4), batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=pool), num_gpus=1 if gpus else 0)
         states = {i: _FileState(e, {}, []) for i, e in enumerate(entries)}

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from mictag.errors import MictagError, ModelNotFoundError
+from mictag.metadata import int8_path
 from mictag.paths import mictag_home
 
 DEFAULT_HUB_ID = "MIT/ast-finetuned-audioset-10-10-0.4593"
@@ -24,6 +25,9 @@ HOW_TO_GET_ONE = (
     "no model to scan with: run `mictag models pull` once online (downloads the ~350 MB AudioSet AST and "
     "builds the zero-training tagger), or pass --ast PATH (audioset_10_10_0.4593.pth or a Hugging Face "
     "model directory), or --model an exported .onnx / .engine / .pt")
+
+
+VARIANT_SUFFIXES = (".int8.onnx", ".partial.onnx")  # beside a tagger, not taggers of their own
 
 
 def models_dir() -> Path:
@@ -37,7 +41,8 @@ def _tagger_prefix(backbone: str) -> str:
 def cached_taggers(backbone: str = "ast") -> list[Path]:
     """Zero-training taggers of ``backbone`` already built, newest first."""
     d = models_dir()
-    found = list(d.glob(f"{_tagger_prefix(backbone)}*.onnx")) if d.is_dir() else []
+    found = [p for p in d.glob(f"{_tagger_prefix(backbone)}*.onnx") if not p.name.endswith(VARIANT_SUFFIXES)] \
+        if d.is_dir() else []
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -54,8 +59,21 @@ def verify_hub_blob(weights: Path) -> str:
     return digest
 
 
-def build_default_tagger(source: str | os.PathLike, on_message=None, backbone: str = "ast") -> Path:
-    """The zero-training tagger for a backbone ``source``, built once and cached by its sha256."""
+def wants_int8(int8: bool | None) -> bool:
+    """Whether to build a tagger's int8 variant: asked, or where auto would run it (int8 dot products
+    and no native bf16)."""
+    if int8 is not None:
+        return int8
+    from mictag.cpu import cpu_info
+
+    cpu = cpu_info()
+    return bool(cpu.int8 and not cpu.bf16)
+
+
+def build_default_tagger(source: str | os.PathLike, on_message=None, backbone: str = "ast",
+                         int8: bool | None = None) -> Path:
+    """The zero-training tagger for a backbone ``source``, built once and cached by its sha256; and
+    its calibrated int8 variant beside it where :func:`wants_int8`."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -67,15 +85,23 @@ def build_default_tagger(source: str | os.PathLike, on_message=None, backbone: s
 
     digest = verify_hub_blob(weights_file(backbone, source))
     target = models_dir() / f"{_tagger_prefix(backbone)}{digest[:12]}.onnx"
-    if target.is_file():
-        return target
-    if on_message:
-        on_message(f"building the zero-training tagger from {source} (once; cached as {target})")
-    system, extra = zero_training_tagger(source, backbone=backbone)
-    meta = metadata(system, [0.5] * len(system.cfg.labels), {**extra, "precision": "fp32"}, "fbank")
-    tmp = target.with_name(target.name + ".partial.onnx")
-    export_onnx(system, tmp, meta, "fbank")
-    os.replace(tmp, target)
+    if not target.is_file():
+        if on_message:
+            on_message(f"building the zero-training tagger from {source} (once; cached as {target})")
+        system, extra = zero_training_tagger(source, backbone=backbone)
+        meta = metadata(system, [0.5] * len(system.cfg.labels), {**extra, "precision": "fp32"}, "fbank")
+        tmp = target.with_name(target.name + ".partial.onnx")
+        export_onnx(system, tmp, meta, "fbank")
+        os.replace(tmp, target)
+    if wants_int8(int8) and not int8_path(target).is_file():
+        from mictag.export.onnx import write_int8
+        from mictag.metadata import read_metadata
+
+        if on_message:
+            on_message("calibrating its int8 variant (this CPU has int8 dot products but no native bf16)")
+        _, record = write_int8(target, read_metadata(target))
+        if on_message:
+            on_message(f"int8 variant: max |dp| {record['max_abs_dp']:.3f} from fp32 on {record['windows']} windows")
     return target
 
 
@@ -112,14 +138,14 @@ def default_musicnn_model(model: str = "MTT_musicnn", on_message=None) -> Path:
     return built if built.is_file() else build_default_tagger(model, on_message, backbone="musicnn")
 
 
-def pull(repo_id: str = DEFAULT_HUB_ID, on_message=None) -> Path:
+def pull(repo_id: str = DEFAULT_HUB_ID, on_message=None, int8: bool | None = None) -> Path:
     """Download (or find in the cache) an AudioSet AST, verify it, build and cache its tagger."""
     try:
         from mictag.model.checkpoints import resolve_hub
     except ImportError:
         raise MictagError("`mictag models pull` needs the [train] extra: pip install 'mictag[train]'") from None
     local = resolve_hub(repo_id)
-    return build_default_tagger(local, on_message)
+    return build_default_tagger(local, on_message, int8=int8)
 
 
 def _source_of(tagger: Path) -> str:
@@ -137,9 +163,12 @@ def listing() -> list[tuple[str, str]]:
     rows = [(f"zero-training tagger ({p.stat().st_size / 1e6:.0f} MB)", str(p)) for p in cached_taggers()]
     rows += [(f"musicnn zero-training tagger, {_source_of(p)} ({p.stat().st_size / 1e6:.1f} MB)", str(p))
              for p in cached_taggers("musicnn")]
+    rows += [(f"  its int8 variant ({int8_path(p).stat().st_size / 1e6:.0f} MB)", str(int8_path(p)))
+             for p in cached_taggers() + cached_taggers("musicnn") if int8_path(p).is_file()]
     if models_dir().is_dir():
         rows += [("exported model", str(p)) for p in sorted(models_dir().glob("*"))
-                 if p.suffix in (".onnx", ".engine", ".pt") and "zero-training-" not in p.name]
+                 if p.suffix in (".onnx", ".engine", ".pt") and "zero-training-" not in p.name
+                 and not p.name.endswith(VARIANT_SUFFIXES)]
         rows += [(f"musicnn weights {p.stem}", str(p)) for p in sorted((models_dir() / "musicnn").glob("*.safetensors"))]
     try:
         from mictag.model.checkpoints import resolve_hub

@@ -162,7 +162,7 @@ class Scanner:
         self.labels, self.cfg, self.variant, self.hop, self.thresholds = sc.labels, sc.cfg, sc.variant, sc.hop, sc.thresholds
         self.batch_size = self.options.batch_size or backend.preferred_batch
         self.windows_scored = 0
-        self.backend_name = backend.name
+        self.backend_name = backend.description
 
     def _result(self, st: _FileState) -> FileResult:
         return self.scoring.result(st)

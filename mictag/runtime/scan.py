@@ -55,10 +55,11 @@ def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os
              segments: str | os.PathLike | None = None,
              on_progress: Callable[[dict], None] | None = None,
              on_message: Callable[[str], None] | None = None,
-             use_ray: bool = False, ray_address: str | None = None, ray_workers: int | None = None) -> ScanSummary:
+             use_ray: bool = False, ray_address: str | None = None, ray_workers: int | None = None,
+             precision: str | None = None) -> ScanSummary:
     """Scan ``library`` into ``out``; locally, or as a Ray Data pipeline with ``use_ray`` (joining
     the cluster at ``ray_address``, else starting a local Ray). Both write the same rows through
-    the same resume journal."""
+    the same resume journal. ``backend``/``precision`` as :func:`mictag.runtime.backends.open_backend`."""
     say = on_message or (lambda m: None)
     library, out = Path(library), Path(out)
     if not library.exists():
@@ -71,10 +72,10 @@ def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os
     if use_ray:
         from mictag.runtime.distributed import RayExecutor
 
-        executor = RayExecutor(model, backend, options, ray_address, ray_workers, say)
+        executor = RayExecutor(model, backend, options, ray_address, ray_workers, say, precision)
         scoring = executor.scoring
     else:
-        engine = open_backend(model, backend)
+        engine = open_backend(model, backend, precision=precision, on_message=say)
         executor = Scanner(engine, options)
         scoring = executor.scoring
     labels = scoring.labels

@@ -43,14 +43,15 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, cfg: SystemConfi
     return path
 
 
-def load_payload(path: str | os.PathLike, fmt: str, what: str, how: str = "") -> dict:
+def load_payload(path: str | os.PathLike, fmt: str, what: str, how: str = "", mmap: bool = False) -> dict:
     """A mictag torch file's payload (weights only, on the CPU), refused clearly unless it is a
-    readable ``fmt`` file; ``what`` names the kind of file, ``how`` says how to write one."""
+    readable ``fmt`` file; ``what`` names the kind of file, ``how`` says how to write one.
+    ``mmap`` maps the tensors from the file instead of reading them (large files load at once)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+        payload = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != fmt:

@@ -50,6 +50,9 @@ class TrainSpec:
     cache_dir: str | None = None
     device: str = "auto"
     backbone: str = "ast"
+    # Mixed precision: "auto" (CUDA's autocast on a GPU; bf16 autocast on a CPU with native bf16),
+    # "bf16", or "fp32" (none). The trained weights stay fp32 either way.
+    precision: str = "auto"
 
 
 @dataclass
@@ -112,6 +115,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The dtype training autocasts to on ``device``, or None for plain fp32. On a CPU bf16 only
+    where it is native (AMX-BF16, AVX512-BF16): emulated bf16 is far slower than fp32."""
+    from mictag.cpu import cpu_info
+
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"unknown training precision {precision!r}; choose auto, bf16 or fp32")
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    if precision == "bf16" or cpu_info().bf16:
+        return torch.bfloat16
+    return None
+
+
 class Trainer:
     """One run: build, (resume,) train, select on validation, tune thresholds, test, save."""
 
@@ -146,7 +165,11 @@ class Trainer:
         self.fbank_cache = FbankCache(cache_root, fbank)
         # Nothing before the mapper trains: cache the frozen AST's outputs per file.
         self.fixed_input = spec.reprogrammer == "none" and spec.baseline is None
-        self.amp = self.device.type == "cuda"
+        self.amp_dtype = autocast_dtype(self.device, spec.precision)
+        self.amp = self.amp_dtype is not None
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
 
     # -- data -----------------------------------------------------------------------------
     def _inputs(self, frames: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -166,7 +189,7 @@ class Trainer:
             else:
                 emb[i], logits[i] = hit["embedding"], hit["logits"]
         backbone = self.model.backbone
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
+        with torch.inference_mode(), self._autocast():
             for start in range(0, len(todo), 16):
                 idx = np.asarray(todo[start : start + 16])
                 frames, valid, _, _ = data.batch(idx)
@@ -185,7 +208,7 @@ class Trainer:
         """Sigmoid probabilities (items, labels)."""
         self.model.eval()
         out = []
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.amp):
+        with torch.inference_mode(), self._autocast():
             for start in range(0, len(data), 16):
                 idx = np.arange(start, min(start + 16, len(data)))
                 if cached is not None:
@@ -200,8 +223,9 @@ class Trainer:
     def run(self) -> dict:
         recipe = self.spec.recipe
         self.out.mkdir(parents=True, exist_ok=True)
+        precision = f"{self.amp_dtype}".replace("torch.", "") + " autocast" if self.amp else "fp32"
         self.progress(f"{self.cfg.system_name}: {self.model.num_trainable():,} trainable parameters, "
-                      f"device {self.device}")
+                      f"device {self.device}, {precision}")
         data = {name: load_split(self.splits.split(name), self.fbank_cache, self.progress)
                 for name in ("train", "val", "test")}
         if not len(data["train"]) or not len(data["val"]):
@@ -226,7 +250,7 @@ class Trainer:
                     self.progress(f"resuming after epoch {start_epoch} from {state_file}")
         gen = torch.Generator().manual_seed(recipe.seed)
         epochs = recipe.epochs if params else 0
-        scaler = torch.amp.GradScaler(enabled=self.amp)
+        scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)  # bf16 needs no loss scaling
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             lr = recipe.lr_at(epoch)
@@ -239,7 +263,7 @@ class Trainer:
                 idx = order[start : start + recipe.batch_size]
                 frames, valid, target, mask = data["train"].batch(idx)
                 target, mask = target.to(self.device), mask.to(self.device)
-                with torch.autocast(self.device.type, enabled=self.amp):
+                with self._autocast():
                     if cached is not None:
                         x = torch.from_numpy(self._mapper_input(cached["train"])[idx]).to(self.device)
                         logits = self.model.mapper(x)

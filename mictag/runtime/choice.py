@@ -1,0 +1,206 @@
+"""Which engine and precision a model runs in here: the fastest path whose deviation from fp32 is
+bounded, chosen from the model's kind, the engines installed and the CPU's features.
+
+On a CPU (measured side by side, full-size AST, ``benchmarks/engine.py``):
+- native bf16 (``amx_bf16``, ``avx512_bf16``, Arm ``bf16``): OpenVINO in bf16 on the exported
+  ONNX graph. Its fused attention and bf16 matmuls reach the matrix units, it needs no torch, and
+  its compiled-model cache makes start-up a fraction of a second. Emulated bf16 is hundreds of
+  times slower than fp32, so bf16 is never chosen without native support.
+- no native bf16 but int8 dot products (``avx512_vnni``, ``avx_vnni``, ``amx_int8``): the
+  model's calibrated int8 variant (``<model>.int8.onnx``, written by ``mictag export --precision
+  int8``) on ONNX Runtime, if its recorded deviation from fp32 is within ``INT8_BOUND``.
+- otherwise fp32: OpenVINO where the CPU has AVX-512 (faster than ONNX Runtime there), else
+  ONNX Runtime (on AVX2, OpenVINO's matmuls run the same MLAS kernels and gain nothing).
+GPUs as before: TensorRT, then ONNX Runtime's TensorRT and CUDA providers; the torch artifact on
+CUDA in bf16. ``precision`` (fp32|bf16|fp16|int8) and ``backend`` override the choice.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mictag.cpu import CpuInfo
+from mictag.errors import MictagError
+from mictag.metadata import int8_path
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+INT8_BOUND = 0.03  # max |probability - fp32| an int8 variant may have to be chosen by auto
+ORT_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+                 "ort-trt": "TensorrtExecutionProvider"}
+# What each engine can run a model in (int8 and fp16 ONNX are properties of the file, not the engine).
+ENGINE_PRECISIONS = {"openvino": ("fp32", "bf16", "fp16", "int8"), "ort-cpu": ("fp32", "fp16", "int8"),
+                     "ort-cuda": ("fp32", "fp16"), "ort-trt": ("fp32", "fp16"),
+                     "tensorrt": ("fp16", "fp32"), "torch": ("fp32", "bf16", "fp16")}
+INSTALL_OPENVINO = "pip install openvino"
+
+
+class ChoiceError(MictagError):
+    """A backend or precision that cannot run this model here."""
+
+
+@dataclass(frozen=True)
+class Engines:
+    """The inference engines this environment has (found without importing torch)."""
+
+    openvino: bool = False
+    ort_providers: tuple[str, ...] = ()
+    torch: bool = False
+    tensorrt: bool = False
+
+    @classmethod
+    def detect(cls) -> "Engines":
+        providers: tuple[str, ...] = ()
+        if importlib.util.find_spec("onnxruntime") is not None:
+            try:
+                import onnxruntime
+
+                providers = tuple(onnxruntime.get_available_providers())
+            except Exception:  # a broken installation counts as absent
+                providers = ()
+        return cls(openvino=importlib.util.find_spec("openvino") is not None, ort_providers=providers,
+                   torch=importlib.util.find_spec("torch") is not None,
+                   tensorrt=importlib.util.find_spec("tensorrt") is not None)
+
+    def has(self, backend: str) -> bool:
+        if backend == "openvino":
+            return self.openvino
+        if backend in ORT_PROVIDERS:
+            return ORT_PROVIDERS[backend] in self.ort_providers
+        return {"torch": self.torch, "tensorrt": self.tensorrt}.get(backend, False)
+
+
+@dataclass(frozen=True)
+class Int8Variant:
+    """A calibrated int8 sibling of an fp32 ONNX model and its measured deviation."""
+
+    path: Path
+    max_abs_dp: float
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    backend: str
+    precision: str
+    reason: str
+    model: Path
+    advice: str | None = None  # what to install for a faster path (said once)
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def describe(self) -> str:
+        return f"{self.backend} {self.precision} ({self.reason})"
+
+
+def _cpu_plan(model: Path, cpu: CpuInfo, engines: Engines, int8: Int8Variant | None) -> EnginePlan:
+    """auto on a CPU, for an fp32 ONNX model."""
+    advice = None
+    if cpu.bf16:
+        if engines.openvino:
+            return EnginePlan("openvino", "bf16", cpu.bf16, model)
+        advice = (f"{INSTALL_OPENVINO}: this CPU has {cpu.bf16}, and OpenVINO runs the model in bf16, "
+                  f"2-4x faster than fp32")
+    if cpu.int8 and int8 is not None and int8.max_abs_dp <= INT8_BOUND:
+        return EnginePlan("ort-cpu", "int8", f"{cpu.int8}; calibrated int8 within {int8.max_abs_dp:.3f} of fp32",
+                          int8.path, advice)
+    if cpu.bf16:
+        why = f"{cpu.bf16}, but OpenVINO is not installed"
+    elif cpu.int8:
+        why = f"no native bf16; {cpu.int8}, but no int8 variant within {INT8_BOUND} of fp32"
+    else:
+        why = "no native bf16 or int8"
+    if engines.openvino and "avx512f" in cpu.flags:
+        return EnginePlan("openvino", "fp32", f"{why}; OpenVINO on AVX-512", model, advice)
+    return EnginePlan("ort-cpu", "fp32", why, model, advice)
+
+
+def _onnx_backend(precision: str, model_precision: str, cpu: CpuInfo, engines: Engines) -> str:
+    """The engine for an ONNX model when only the precision is asked."""
+    gpu = next((b for b in ("ort-trt", "ort-cuda") if engines.has(b)), None)
+    if precision in ("bf16", "fp16") and model_precision == "fp32":
+        if gpu and precision == "fp16":
+            return gpu
+        if engines.openvino:
+            return "openvino"
+        raise ChoiceError(f"{precision} on the CPU needs OpenVINO ({INSTALL_OPENVINO}): ONNX Runtime's CPU provider "
+                          f"has no {precision} kernels")
+    if precision == "int8":
+        return "ort-cpu"
+    if gpu:
+        return gpu
+    return "openvino" if engines.openvino and "avx512f" in cpu.flags else "ort-cpu"
+
+
+def _default_precision(backend: str, model_precision: str, cpu: CpuInfo, cuda: bool) -> tuple[str, str]:
+    """(precision, reason) an explicitly chosen backend runs in when no precision is asked."""
+    if model_precision in ("int8", "fp16"):
+        return model_precision, f"the model file is {model_precision}"
+    if backend == "tensorrt":
+        return "fp16", "a TensorRT engine"
+    if backend == "torch" and cuda:
+        return "bf16", "CUDA"
+    if backend in ("openvino", "torch") and cpu.bf16:
+        return "bf16", cpu.bf16
+    return "fp32", "no native bf16" if backend in ("openvino", "torch") else "the backend's precision"
+
+
+def choose_engine(model: str | Path, kind: str, model_precision: str, cpu: CpuInfo, engines: Engines,
+                  backend: str = "auto", precision: str | None = None, int8: Int8Variant | None = None,
+                  cuda: bool = False) -> EnginePlan:
+    """The plan for ``model`` (an ``onnx``, ``engine`` or ``torch`` file): ``backend`` and
+    ``precision`` as asked, else the fastest bounded path here.
+
+    ``model_precision`` is what the file holds (fp32, fp16 or int8); ``int8`` the int8 sibling
+    of an fp32 ONNX model, if there is one; ``cuda`` whether torch has a CUDA device (asked only
+    for a torch artifact, where torch is imported anyway)."""
+    model = Path(model)
+    if precision is not None and precision not in PRECISIONS:
+        raise ChoiceError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if backend == "auto":
+        backend = {"engine": "tensorrt", "torch": "torch"}.get(kind, "")
+        if not backend:  # an ONNX model
+            if precision is None and model_precision == "fp32":
+                gpu = next((b for b in ("ort-trt", "ort-cuda") if engines.has(b)), None)
+                plan = (EnginePlan(gpu, "fp32", f"ONNX Runtime's {ORT_PROVIDERS[gpu]}", model) if gpu
+                        else _cpu_plan(model, cpu, engines, int8))
+                return _checked(plan, cpu, cuda)
+            backend = _onnx_backend(precision or model_precision, model_precision, cpu, engines)
+    if precision is None:
+        precision, reason = _default_precision(backend, model_precision, cpu, cuda)
+    else:
+        reason = "asked"
+    if precision not in ENGINE_PRECISIONS.get(backend, ()):
+        raise ChoiceError(_unsupported(backend, precision))
+    target = model
+    if kind == "onnx" and model_precision != precision:
+        if model_precision != "fp32":
+            raise ChoiceError(f"{model.name} is an {model_precision} model: it runs in {model_precision}, not {precision}")
+        if precision == "int8":
+            if int8 is None:
+                raise ChoiceError(f"{model.name} has no int8 variant ({int8_path(model).name}): write one with "
+                                  f"`mictag export ... --precision int8`")
+            target = int8.path
+            reason = f"{reason}; calibrated int8 within {int8.max_abs_dp:.3f} of fp32"
+        elif precision == "fp16" and backend.startswith("ort"):
+            raise ChoiceError(f"{model.name} is fp32: ONNX Runtime runs fp16 only from an fp16 model "
+                              f"(`mictag export --precision fp16`), or use --backend openvino")
+    return _checked(EnginePlan(backend, precision, reason, target), cpu, cuda)
+
+
+def _unsupported(backend: str, precision: str) -> str:
+    if backend == "ort-cpu" and precision == "bf16":
+        return (f"ONNX Runtime's CPU provider has no bf16 kernels: use --backend openvino ({INSTALL_OPENVINO}) "
+                f"or --precision fp32")
+    runs = ", ".join(ENGINE_PRECISIONS.get(backend, ()))
+    return f"backend {backend} cannot run a model in {precision}" + (f" (it runs {runs})" if runs else "")
+
+
+def _checked(plan: EnginePlan, cpu: CpuInfo, cuda: bool) -> EnginePlan:
+    """The plan, warned where the precision it runs in is emulated on this CPU."""
+    on_cpu = plan.backend in ("openvino", "ort-cpu") or (plan.backend == "torch" and not cuda)
+    said = []
+    if on_cpu and plan.precision == "bf16" and not cpu.bf16:
+        said.append("this CPU has no native bf16 (no amx_bf16 or avx512_bf16): bf16 is emulated, far slower than fp32")
+    if on_cpu and plan.precision == "fp16" and not cpu.fp16:
+        said.append("this CPU has no native fp16: fp16 is emulated, far slower than fp32")
+    return EnginePlan(plan.backend, plan.precision, plan.reason, plan.model, plan.advice, tuple(said))

@@ -1,0 +1,60 @@
+"""OpenVINO, the CPU engine for bf16 (and fp32 on AVX-512): it runs the exported ONNX graph as
+it is, with its own fused attention and bf16/int8 matmul kernels, and no torch.
+
+Two things are done here and nowhere else:
+- **Telemetry stays off.** ``import openvino`` imports its model-conversion tools, which send a
+  usage event through the ``openvino_telemetry`` package (and write a client id under
+  ``~/intel``) unless the user opted out. mictag imports OpenVINO with that package hidden, so
+  the tools fall back to their built-in no-op stub; nothing is sent or written.
+- **Compiled models are cached** under ``$MICTAG_HOME/cache/openvino``: the first start compiles
+  (seconds for the full AST), later starts load the cached blob (a fraction of a second).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mictag.paths import mictag_home
+
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}  # int8 ops come from the QDQ graph
+
+
+def import_openvino():
+    """The ``openvino`` module, imported with its telemetry package hidden."""
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    hidden = "openvino_telemetry" not in sys.modules
+    if hidden:
+        sys.modules["openvino_telemetry"] = None  # makes `import openvino_telemetry` raise ImportError
+    try:
+        import openvino
+    finally:
+        if hidden and sys.modules.get("openvino_telemetry", 0) is None:
+            del sys.modules["openvino_telemetry"]
+    return openvino
+
+
+def cache_dir() -> Path:
+    return mictag_home() / "cache" / "openvino"
+
+
+def compile_model(path: str | Path, precision: str, threads: int | None = None, cache: bool = True,
+                  cache_root: Path | None = None):
+    """(compiled model, its CPU inference precision) for the ONNX file at ``path``; compiled
+    models are cached in ``cache_root`` (default :func:`cache_dir`) unless ``cache`` is False."""
+    ov = import_openvino()
+    core = ov.Core()
+    if cache:
+        root = cache_root or cache_dir()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(root)})
+        except OSError:
+            pass  # an unwritable cache only costs start-up time
+    config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = core.compile_model(str(path), "CPU", config)
+    runs_in = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return compiled, runs_in.to_string() if hasattr(runs_in, "to_string") else str(runs_in)
