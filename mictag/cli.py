@@ -419,8 +419,8 @@ def models_list() -> None:
 @click.argument("repo_id", required=False)
 @click.option("--wheel", type=click.Path(exists=True), help="musicnn only: convert this musicnn-0.1.0 wheel "
               "instead of downloading it.")
-@click.option("--int8/--no-int8", default=None, help="Also calibrate the tagger's int8 variant (default: only on a "
-              "CPU with int8 dot products and no native bf16, where the scan would use it).")
+@click.option("--int8/--no-int8", default=None, help="Also calibrate the tagger's int8 variant (default: on a CPU "
+              "with int8 dot products, where the scan uses it).")
 def models_pull(repo_id, wheel, int8) -> None:
     """Download the AudioSet AST (~350 MB, into the Hugging Face cache; only when not cached),
     verify its sha256 and build the zero-training tagger that `mictag scan` uses by default.

@@ -37,9 +37,18 @@ def plan(flags: str, engines: Engines = ALL, kind: str = "onnx", int8: Int8Varia
 
 @pytest.mark.parametrize("flags, feature", [(SAPPHIRE_RAPIDS, "amx_bf16"), (ZEN4, "avx512_bf16"), (GRAVITON3, "bf16")])
 def test_native_bf16_runs_openvino_in_bf16(flags, feature):
-    p = plan(flags, int8=INT8)  # bf16 wins over an int8 variant: it needs no calibration
+    p = plan(flags)
     assert (p.backend, p.precision, p.reason, p.model) == ("openvino", "bf16", feature, MODEL)
     assert p.describe() == f"openvino bf16 ({feature})" and not p.warnings and p.advice is None
+
+
+@pytest.mark.parametrize("flags, units", [(SAPPHIRE_RAPIDS, "amx_int8, amx_bf16"), (ZEN4, "avx512_vnni, avx512_bf16"),
+                                          (GRAVITON3, "i8mm, bf16")])
+def test_int8_and_bf16_units_run_the_int8_variant_with_bf16_elsewhere(flags, units):
+    p = plan(flags, int8=INT8)
+    assert (p.backend, p.precision, p.rest, p.model) == ("openvino", "int8", "bf16", INT8.path)
+    assert p.describe() == f"openvino int8+bf16 ({units}; calibrated int8 within 0.012 of fp32)"
+    assert plan(flags, int8=Int8Variant(INT8.path, INT8_BOUND * 2)).precision == "bf16"  # out of bound
 
 
 def test_without_openvino_bf16_cpus_fall_back_and_say_what_to_install():
@@ -47,13 +56,14 @@ def test_without_openvino_bf16_cpus_fall_back_and_say_what_to_install():
     assert (p.backend, p.precision) == ("ort-cpu", "fp32")
     assert "pip install openvino" in p.advice and "avx512_bf16" in p.advice
     p = plan(ZEN4, NO_OPENVINO, int8=INT8)  # the next fastest: the calibrated int8 variant
-    assert (p.backend, p.precision, p.model) == ("ort-cpu", "int8", INT8.path) and p.advice
+    assert (p.backend, p.precision, p.model, p.rest) == ("ort-cpu", "int8", INT8.path, "") and p.advice
 
 
 @pytest.mark.parametrize("flags, feature", [(CASCADE_LAKE, "avx512_vnni"), (ALDER_LAKE, "avx_vnni")])
 def test_vnni_without_bf16_takes_the_int8_variant_within_its_bound(flags, feature):
     p = plan(flags, int8=INT8)
-    assert (p.backend, p.precision, p.model) == ("ort-cpu", "int8", INT8.path)
+    assert (p.backend, p.precision, p.rest, p.model) == ("openvino", "int8", "", INT8.path)
+    assert plan(flags, NO_OPENVINO, int8=INT8).backend == "ort-cpu"
     assert feature in p.reason and "0.012" in p.reason
     too_far = Int8Variant(INT8.path, INT8_BOUND + 0.01)
     p = plan(flags, int8=too_far)
@@ -91,13 +101,16 @@ def test_overrides():
     assert plan(ZEN4, precision="fp32").describe() == "openvino fp32 (asked)"
     assert plan(ZEN3, precision="fp32").backend == "ort-cpu"
     p = plan(CASCADE_LAKE, precision="int8", int8=INT8)
-    assert (p.backend, p.precision, p.model) == ("ort-cpu", "int8", INT8.path)
+    assert (p.backend, p.precision, p.model) == ("openvino", "int8", INT8.path)
+    p = plan(ZEN4, backend="ort-cpu", precision="int8", int8=INT8)
+    assert (p.backend, p.precision, p.model, p.rest) == ("ort-cpu", "int8", INT8.path, "")
     assert plan(ZEN4, backend="ort-cpu").describe() == "ort-cpu fp32 (the backend's precision)"
     assert plan(ZEN4, backend="openvino", precision="fp32").precision == "fp32"
     assert plan(ZEN3, backend="openvino").describe() == "openvino fp32 (no native bf16)"
     assert plan(ZEN4, kind="torch", backend="torch", precision="fp32").precision == "fp32"
     # an int8 or fp16 file runs as it is
-    assert plan(ZEN3, model_precision="int8").describe() == "ort-cpu int8 (the model file is int8)"
+    assert plan(ZEN3, model_precision="int8").describe() == "openvino int8 (the model file is int8)"
+    assert plan(ZEN3, NO_OPENVINO, model_precision="int8").describe() == "ort-cpu int8 (the model file is int8)"
 
 
 def test_emulated_precisions_are_run_when_asked_but_warned():

@@ -145,6 +145,18 @@ def test_static_int8_variant_is_calibrated_bounded_and_leaves_the_front_end_in_f
     assert 0 < np.abs(int8 - fp32).max() <= BOUND
 
 
+@needs_openvino
+def test_int8_on_openvino_is_within_the_bound_of_fp32(models, library):
+    """The int8 variant on OpenVINO, with bf16 for the rest where the CPU has it (auto's path on
+    CPUs with int8 dot products)."""
+    root, rels = library
+    fp32, _ = _scores(models / "f.onnx", root, rels, backend="ort-cpu")
+    fast, tagger = _scores(models / "f.onnx", root, rels, backend="openvino", precision="int8")
+    assert tagger.backend.plan.rest == ("bf16" if HAS_BF16 else "")
+    assert tagger.backend.runs_in.lower() == ("bf16" if HAS_BF16 else "f32")
+    assert 0 < np.abs(fast - fp32).max() <= BOUND
+
+
 def test_a_stale_int8_variant_is_not_taken(models, tmp_path):
     import shutil
 
@@ -174,7 +186,7 @@ def _scan_in_subprocess(models, lib, out, home, flags: str | None = None, extra=
 
 @pytest.mark.parametrize("flags, expect", [
     (None, None),  # this machine, as it is
-    ("avx2 fma avx512f avx512_vnni", "ort-cpu int8 (avx512_vnni; calibrated int8 within"),  # Cascade Lake
+    ("avx2 fma avx512f avx512_vnni", "openvino int8 (avx512_vnni; calibrated int8 within"),  # Cascade Lake
     ("avx2 fma", "ort-cpu fp32 (no native bf16 or int8)"),  # an AVX2-only EPYC
 ])
 def test_the_choice_shows_in_the_summary_and_the_onnx_path_imports_no_torch(models, tmp_path, flags, expect):

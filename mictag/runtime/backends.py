@@ -90,7 +90,7 @@ class OrtBackend(Backend):
 class OpenVINOBackend(Backend):
     """OpenVINO on the CPU, in the precision asked (bf16 where the CPU has it natively)."""
 
-    def __init__(self, path: Path, precision: str = "fp32", threads: int | None = None):
+    def __init__(self, path: Path, precision: str = "fp32", threads: int | None = None, rest: str = ""):
         from mictag.metadata import read_metadata
         from mictag.runtime.openvino_engine import compile_model
 
@@ -99,7 +99,7 @@ class OpenVINOBackend(Backend):
         except MictagError as exc:
             raise ModelError(str(exc)) from None
         try:
-            self.compiled, self.runs_in = compile_model(path, precision, threads)
+            self.compiled, self.runs_in = compile_model(path, rest or precision, threads)
         except Exception as exc:
             raise ModelError(f"OpenVINO cannot load {path}: {str(exc).strip().splitlines()[-1][:200]}") from None
         self.request = self.compiled.create_infer_request()
@@ -268,7 +268,7 @@ def open_backend(model: str | os.PathLike, backend: str = "auto", threads: int |
     elif plan.backend == "tensorrt":
         engine = TensorRTBackend(plan.model)
     elif plan.backend == "openvino":
-        engine = OpenVINOBackend(plan.model, plan.precision, threads)
+        engine = OpenVINOBackend(plan.model, plan.precision, threads, plan.rest)
     else:
         engine = OrtBackend(plan.model, plan.backend, threads)
     engine.plan = plan

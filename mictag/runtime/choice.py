@@ -2,13 +2,15 @@
 bounded, chosen from the model's kind, the engines installed and the CPU's features.
 
 On a CPU (measured side by side, full-size AST, ``benchmarks/engine.py``):
+- int8 dot products (``amx_int8``, ``avx512_vnni``, ``avx_vnni``, Arm ``i8mm``) and the model's
+  calibrated int8 variant (``<model>.int8.onnx``, from ``mictag export --precision int8`` or
+  ``mictag models pull``) within ``INT8_BOUND`` of fp32: that variant on OpenVINO, with bf16 for
+  what stays unquantised where the CPU has native bf16 ("int8+bf16"); on ONNX Runtime without
+  OpenVINO.
 - native bf16 (``amx_bf16``, ``avx512_bf16``, Arm ``bf16``): OpenVINO in bf16 on the exported
   ONNX graph. Its fused attention and bf16 matmuls reach the matrix units, it needs no torch, and
   its compiled-model cache makes start-up a fraction of a second. Emulated bf16 is hundreds of
   times slower than fp32, so bf16 is never chosen without native support.
-- no native bf16 but int8 dot products (``avx512_vnni``, ``avx_vnni``, ``amx_int8``): the
-  model's calibrated int8 variant (``<model>.int8.onnx``, written by ``mictag export --precision
-  int8``) on ONNX Runtime, if its recorded deviation from fp32 is within ``INT8_BOUND``.
 - otherwise fp32: OpenVINO where the CPU has AVX-512 (faster than ONNX Runtime there), else
   ONNX Runtime (on AVX2, OpenVINO's matmuls run the same MLAS kernels and gain nothing).
 GPUs as before: TensorRT, then ONNX Runtime's TensorRT and CUDA providers; the torch artifact on
@@ -87,22 +89,26 @@ class EnginePlan:
     model: Path
     advice: str | None = None  # what to install for a faster path (said once)
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    rest: str = ""  # with an int8 model on OpenVINO: the precision of what stays unquantised
 
     def describe(self) -> str:
-        return f"{self.backend} {self.precision} ({self.reason})"
+        return f"{self.backend} {self.precision}{'+' + self.rest if self.rest else ''} ({self.reason})"
 
 
 def _cpu_plan(model: Path, cpu: CpuInfo, engines: Engines, int8: Int8Variant | None) -> EnginePlan:
     """auto on a CPU, for an fp32 ONNX model."""
     advice = None
-    if cpu.bf16:
-        if engines.openvino:
-            return EnginePlan("openvino", "bf16", cpu.bf16, model)
-        advice = (f"{INSTALL_OPENVINO}: this CPU has {cpu.bf16}, and OpenVINO runs the model in bf16, "
-                  f"2-4x faster than fp32")
+    if not engines.openvino and (cpu.bf16 or cpu.int8):
+        advice = (f"{INSTALL_OPENVINO}: this CPU has {cpu.bf16 or cpu.int8}, and OpenVINO runs the model "
+                  f"{'in bf16' if cpu.bf16 else 'in int8'}, 2-4x faster than fp32")
     if cpu.int8 and int8 is not None and int8.max_abs_dp <= INT8_BOUND:
-        return EnginePlan("ort-cpu", "int8", f"{cpu.int8}; calibrated int8 within {int8.max_abs_dp:.3f} of fp32",
-                          int8.path, advice)
+        backend = "openvino" if engines.openvino else "ort-cpu"
+        rest = "bf16" if backend == "openvino" and cpu.bf16 else ""
+        units = f"{cpu.int8}, {cpu.bf16}" if rest else cpu.int8
+        return EnginePlan(backend, "int8", f"{units}; calibrated int8 within {int8.max_abs_dp:.3f} of fp32",
+                          int8.path, advice, rest=rest)
+    if cpu.bf16 and engines.openvino:
+        return EnginePlan("openvino", "bf16", cpu.bf16, model)
     if cpu.bf16:
         why = f"{cpu.bf16}, but OpenVINO is not installed"
     elif cpu.int8:
@@ -125,7 +131,7 @@ def _onnx_backend(precision: str, model_precision: str, cpu: CpuInfo, engines: E
         raise ChoiceError(f"{precision} on the CPU needs OpenVINO ({INSTALL_OPENVINO}): ONNX Runtime's CPU provider "
                           f"has no {precision} kernels")
     if precision == "int8":
-        return "ort-cpu"
+        return "openvino" if engines.openvino else "ort-cpu"
     if gpu:
         return gpu
     return "openvino" if engines.openvino and "avx512f" in cpu.flags else "ort-cpu"
@@ -184,7 +190,8 @@ def choose_engine(model: str | Path, kind: str, model_precision: str, cpu: CpuIn
         elif precision == "fp16" and backend.startswith("ort"):
             raise ChoiceError(f"{model.name} is fp32: ONNX Runtime runs fp16 only from an fp16 model "
                               f"(`mictag export --precision fp16`), or use --backend openvino")
-    return _checked(EnginePlan(backend, precision, reason, target), cpu, cuda)
+    rest = "bf16" if backend == "openvino" and precision == "int8" and cpu.bf16 else ""
+    return _checked(EnginePlan(backend, precision, reason, target, rest=rest), cpu, cuda)
 
 
 def _unsupported(backend: str, precision: str) -> str:
@@ -203,4 +210,4 @@ def _checked(plan: EnginePlan, cpu: CpuInfo, cuda: bool) -> EnginePlan:
         said.append("this CPU has no native bf16 (no amx_bf16 or avx512_bf16): bf16 is emulated, far slower than fp32")
     if on_cpu and plan.precision == "fp16" and not cpu.fp16:
         said.append("this CPU has no native fp16: fp16 is emulated, far slower than fp32")
-    return EnginePlan(plan.backend, plan.precision, plan.reason, plan.model, plan.advice, tuple(said))
+    return EnginePlan(plan.backend, plan.precision, plan.reason, plan.model, plan.advice, tuple(said), plan.rest)

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from mictag.paths import mictag_home
 
-HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}  # int8 ops come from the QDQ graph
+# The precision of what a graph computes in floating point; an int8 (QDQ) graph's int8 products come
+# from the graph itself, and its other operations run in f32 (or bf16, when asked for "bf16").
+HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 
 
 def import_openvino():
