@@ -41,7 +41,7 @@ def test_vs_peer_benchmark_smoke(tmp_path):
 
     result = vs_peer.main(["--tiny", "--clips", "2", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "p.json")])
     assert result["clips"] == 2 and result["peer"]["clips"] == 2 and result["peer_seconds"] > 0
-    assert set(result["mictag_scan_seconds"]) == {"first", "second"}
+    assert {"first", "second"} <= set(result["mictag_scan_seconds"])
     assert result["speed_vs_peer"]["second"] > 0 and 0 <= result["max_abs_score_dev_vs_fp32"] <= 0.03
 
 

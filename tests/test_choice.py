@@ -47,7 +47,14 @@ def test_native_bf16_runs_openvino_in_bf16(flags, feature):
 def test_int8_and_bf16_units_run_the_int8_variant_with_bf16_elsewhere(flags, units):
     p = plan(flags, int8=INT8)
     assert (p.backend, p.precision, p.rest, p.model) == ("openvino", "int8", "bf16", INT8.path)
-    assert p.describe() == f"openvino int8+bf16 ({units}; calibrated int8 within 0.012 of fp32)"
+    assert p.describe() == f"openvino int8+bf16 ({units}; calibrated int8 within 0.012 of fp32, checked on the first windows)"
+    assert p.check  # not yet checked on real audio
+    trusted = Int8Variant(INT8.path, 0.012, {"trusted": True, "max_abs_dp": 0.02, "windows": 16})
+    p = plan(flags, int8=trusted)
+    assert not p.check and p.reason.endswith("int8 within 0.020 of fp32 on 16 real windows")
+    refused = Int8Variant(INT8.path, 0.012, {"trusted": False, "max_abs_dp": 0.06, "windows": 16})
+    p = plan(flags, int8=refused)
+    assert p.precision == "bf16" and "its int8 variant was 0.060 from fp32 on real audio" in p.reason
     assert plan(flags, int8=Int8Variant(INT8.path, INT8_BOUND * 2)).precision == "bf16"  # out of bound
 
 

@@ -217,3 +217,58 @@ def test_openvino_is_imported_with_its_telemetry_off(tmp_path):
     assert lines[0] == "False openvino.tools.ovc.telemetry_stub"  # the tools' no-op stub took its place
     assert lines[1] == "importable afterwards"  # hidden only while mictag imported OpenVINO
     assert not (tmp_path / "intel").exists()
+
+
+def _long_file(lib, seconds: float = 30.0):
+    lib.mkdir(exist_ok=True)
+    t = np.arange(int(seconds * 16000)) / 16000
+    x = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(1).standard_normal(t.size)).astype(np.float32)
+    sf.write(lib / "long.flac", x, 16000)
+    return lib / "long.flac"
+
+
+def test_an_int8_variant_is_checked_on_real_windows_then_trusted(models, tmp_path, monkeypatch):
+    """A CPU with int8 units and no bf16 (faked): the first scan scores the first 16 windows on
+    both paths and keeps int8; the verdict makes the next start take int8 at once."""
+    from mictag import Tagger, cpu
+    from mictag.runtime.int8_check import CHECK_WINDOWS, CheckedInt8, load_verdict
+    from mictag.metadata import int8_path
+
+    monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MICTAG_CPU_FLAGS", "avx2 fma avx512f avx512_vnni")
+    cpu.cpu_info.cache_clear()
+    try:
+        path = _long_file(tmp_path / "lib")
+        first = Tagger(models / "f.onnx")
+        assert isinstance(first.backend, CheckedInt8) and first.backend.plan.precision == "int8"
+        checked = first.tag(path)
+        assert checked.windows > CHECK_WINDOWS
+        verdict = load_verdict(int8_path(models / "f.onnx"))
+        assert verdict["trusted"] and verdict["windows"] >= CHECK_WINDOWS and verdict["max_abs_dp"] <= BOUND
+        assert first.backend.description.startswith("openvino int8 (avx512_vnni; int8 within")
+        second = Tagger(models / "f.onnx")
+        assert not isinstance(second.backend, CheckedInt8) and "real windows" in second.backend.description
+        np.testing.assert_allclose(second.tag(path).scores, checked.scores, atol=BOUND)
+    finally:
+        cpu.cpu_info.cache_clear()
+
+
+def test_an_int8_variant_that_deviates_on_real_windows_is_dropped_for_good(models, tmp_path, monkeypatch):
+    from mictag import Tagger, cpu
+    from mictag.runtime import int8_check
+
+    monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MICTAG_CPU_FLAGS", "avx2 fma avx512f avx512_vnni")
+    monkeypatch.setattr(int8_check, "INT8_BOUND", 1e-7)  # nothing int8 stays this close
+    cpu.cpu_info.cache_clear()
+    try:
+        path = _long_file(tmp_path / "lib")
+        said = []
+        got = Tagger(models / "f.onnx", on_message=said.append).tag(path).scores
+        exact = Tagger(models / "f.onnx", precision="fp32").tag(path).scores
+        np.testing.assert_allclose(got, exact, atol=1e-6)  # every window scored on the fp32 path
+        assert any("scanning on openvino fp32" in m for m in said), said
+        later = Tagger(models / "f.onnx")
+        assert later.backend.plan.precision == "fp32" and "its int8 variant was" in later.backend.description
+    finally:
+        cpu.cpu_info.cache_clear()

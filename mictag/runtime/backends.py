@@ -221,7 +221,9 @@ def int8_variant(path: Path) -> Int8Variant | None:
     strip = lambda m: {k: v for k, v in m.items() if k not in ("precision", "int8")}  # noqa: E731
     if meta.get("precision") != "int8" or deviation is None or strip(meta) != strip(mine):
         return None
-    return Int8Variant(sibling, float(deviation))
+    from mictag.runtime.int8_check import load_verdict
+
+    return Int8Variant(sibling, float(deviation), load_verdict(sibling))
 
 
 def plan_engine(model: str | os.PathLike, backend: str = "auto", precision: str | None = None) -> EnginePlan:
@@ -263,6 +265,16 @@ def open_backend(model: str | os.PathLike, backend: str = "auto", threads: int |
     for line in (*plan.warnings, *([plan.advice] if plan.advice else [])):
         if on_message:
             on_message(line)
+    engine = _load(plan, threads)
+    if plan.check:  # an int8 variant not yet checked on real audio: check it on the first windows
+        from mictag.runtime.int8_check import CheckedInt8
+
+        reference = _load(plan_engine(model, backend, "bf16" if plan.rest == "bf16" else "fp32"), threads)
+        return CheckedInt8(engine, reference, on_message)
+    return engine
+
+
+def _load(plan: EnginePlan, threads: int | None) -> Backend:
     if plan.backend == "torch":
         engine: Backend = TorchBackend(plan.model, precision=plan.precision)
     elif plan.backend == "tensorrt":

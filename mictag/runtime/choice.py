@@ -75,10 +75,24 @@ class Engines:
 
 @dataclass(frozen=True)
 class Int8Variant:
-    """A calibrated int8 sibling of an fp32 ONNX model and its measured deviation."""
+    """A calibrated int8 sibling of an fp32 ONNX model: its deviation measured at export (on
+    synthetic windows) and, once checked on real audio (:mod:`mictag.runtime.int8_check`), the
+    verdict ``{"trusted": bool, "max_abs_dp": float, "windows": int}``."""
 
     path: Path
     max_abs_dp: float
+    verdict: dict | None = None
+
+    @property
+    def usable(self) -> bool:
+        if self.verdict is not None:
+            return bool(self.verdict.get("trusted"))
+        return self.max_abs_dp <= INT8_BOUND
+
+    def evidence(self) -> str:
+        if self.verdict is not None:
+            return f"int8 within {self.verdict['max_abs_dp']:.3f} of fp32 on {self.verdict['windows']} real windows"
+        return f"calibrated int8 within {self.max_abs_dp:.3f} of fp32, checked on the first windows"
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,7 @@ class EnginePlan:
     advice: str | None = None  # what to install for a faster path (said once)
     warnings: tuple[str, ...] = field(default_factory=tuple)
     rest: str = ""  # with an int8 model on OpenVINO: the precision of what stays unquantised
+    check: bool = False  # an int8 variant not yet checked on real audio (see int8_check)
 
     def describe(self) -> str:
         return f"{self.backend} {self.precision}{'+' + self.rest if self.rest else ''} ({self.reason})"
@@ -101,18 +116,21 @@ def _cpu_plan(model: Path, cpu: CpuInfo, engines: Engines, int8: Int8Variant | N
     if not engines.openvino and (cpu.bf16 or cpu.int8):
         advice = (f"{INSTALL_OPENVINO}: this CPU has {cpu.bf16 or cpu.int8}, and OpenVINO runs the model "
                   f"{'in bf16' if cpu.bf16 else 'in int8'}, 2-4x faster than fp32")
-    if cpu.int8 and int8 is not None and int8.max_abs_dp <= INT8_BOUND:
+    if cpu.int8 and int8 is not None and int8.usable:
         backend = "openvino" if engines.openvino else "ort-cpu"
         rest = "bf16" if backend == "openvino" and cpu.bf16 else ""
         units = f"{cpu.int8}, {cpu.bf16}" if rest else cpu.int8
-        return EnginePlan(backend, "int8", f"{units}; calibrated int8 within {int8.max_abs_dp:.3f} of fp32",
-                          int8.path, advice, rest=rest)
+        return EnginePlan(backend, "int8", f"{units}; {int8.evidence()}", int8.path, advice, rest=rest,
+                          check=int8.verdict is None)
+    refused = ""
+    if cpu.int8 and int8 is not None and int8.verdict is not None:
+        refused = f"; its int8 variant was {int8.verdict['max_abs_dp']:.3f} from fp32 on real audio"
     if cpu.bf16 and engines.openvino:
-        return EnginePlan("openvino", "bf16", cpu.bf16, model)
+        return EnginePlan("openvino", "bf16", cpu.bf16 + refused, model)
     if cpu.bf16:
         why = f"{cpu.bf16}, but OpenVINO is not installed"
     elif cpu.int8:
-        why = f"no native bf16; {cpu.int8}, but no int8 variant within {INT8_BOUND} of fp32"
+        why = f"no native bf16; {cpu.int8}, but no int8 variant within {INT8_BOUND} of fp32" + refused
     else:
         why = "no native bf16 or int8"
     if engines.openvino and "avx512f" in cpu.flags:
@@ -186,7 +204,7 @@ def choose_engine(model: str | Path, kind: str, model_precision: str, cpu: CpuIn
                 raise ChoiceError(f"{model.name} has no int8 variant ({int8_path(model).name}): write one with "
                                   f"`mictag export ... --precision int8`")
             target = int8.path
-            reason = f"{reason}; calibrated int8 within {int8.max_abs_dp:.3f} of fp32"
+            reason = f"{reason}; {int8.evidence().replace(', checked on the first windows', '')}"
         elif precision == "fp16" and backend.startswith("ort"):
             raise ChoiceError(f"{model.name} is fp32: ONNX Runtime runs fp16 only from an fp16 model "
                               f"(`mictag export --precision fp16`), or use --backend openvino")
@@ -210,4 +228,5 @@ def _checked(plan: EnginePlan, cpu: CpuInfo, cuda: bool) -> EnginePlan:
         said.append("this CPU has no native bf16 (no amx_bf16 or avx512_bf16): bf16 is emulated, far slower than fp32")
     if on_cpu and plan.precision == "fp16" and not cpu.fp16:
         said.append("this CPU has no native fp16: fp16 is emulated, far slower than fp32")
-    return EnginePlan(plan.backend, plan.precision, plan.reason, plan.model, plan.advice, tuple(said), plan.rest)
+    return EnginePlan(plan.backend, plan.precision, plan.reason, plan.model, plan.advice, tuple(said), plan.rest,
+                      plan.check)

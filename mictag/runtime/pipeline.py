@@ -162,7 +162,11 @@ class Scanner:
         self.labels, self.cfg, self.variant, self.hop, self.thresholds = sc.labels, sc.cfg, sc.variant, sc.hop, sc.thresholds
         self.batch_size = self.options.batch_size or backend.preferred_batch
         self.windows_scored = 0
-        self.backend_name = backend.description
+
+    @property
+    def backend_name(self) -> str:
+        """What scored the windows (read at the end: an int8 check may have changed it)."""
+        return self.backend.description
 
     def _result(self, st: _FileState) -> FileResult:
         return self.scoring.result(st)

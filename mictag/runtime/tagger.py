@@ -30,8 +30,10 @@ from mictag.runtime.windows import frame_windows, sample_windows
 class Tagger:
     def __init__(self, model: str | os.PathLike, backend: str = "auto", batch_size: int | None = None,
                  hop_seconds: float | None = None, aggregate: str = "max", threshold: float | None = None,
-                 segments: bool = False, precision: str | None = None):
-        self.backend = open_backend(model, backend, precision=precision)
+                 segments: bool = False, precision: str | None = None, on_message=None):
+        """``backend``/``precision`` as in ``mictag scan`` (auto: the fastest bounded path here);
+        ``on_message`` hears what the engine choice has to say (e.g. what to install)."""
+        self.backend = open_backend(model, backend, precision=precision, on_message=on_message)
         self.options = ScanOptions(hop_seconds=hop_seconds, batch_size=batch_size, aggregate=aggregate,
                                    threshold=threshold, workers=0, segments=segments)
         self._scanner = Scanner(self.backend, self.options)
