@@ -163,7 +163,12 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     ast_cfg = ASTConfig.tiny() if args.tiny else ASTConfig()
-    cfg = SystemConfig(ast=ast_cfg, backbone=args.backbone, reprogrammer=args.reprogrammer, mapper=args.mapper)
+    labels = {}
+    if args.mapper == "many-to-one":  # the zero-training tagger: the labels the backbone's map expresses
+        from mictag.backbones.frozen import openmic_source_map
+
+        labels = {"labels": tuple(openmic_source_map(args.backbone))}
+    cfg = SystemConfig(ast=ast_cfg, backbone=args.backbone, reprogrammer=args.reprogrammer, mapper=args.mapper, **labels)
     fb = cfg.fbank
     torch.manual_seed(0)
     system = build_system(cfg).eval()
@@ -263,11 +268,12 @@ def main(argv=None) -> dict:
         from mictag.runtime.openvino_engine import import_openvino
 
         ov = import_openvino()
-        for precision, source in (("fp32", "fp32"), ("bf16", "fp32"), ("int8", "int8-static")):
-            if source not in paths or (precision == "bf16" and not bf16_here):
+        for precision, source in (("fp32", "fp32"), ("bf16", "fp32"), ("int8", "int8-static"),
+                                  ("int8+bf16", "int8-static")):
+            if source not in paths or (precision.endswith("bf16") and not bf16_here):
                 continue
             core = ov.Core()
-            config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision],
+            config = {"INFERENCE_PRECISION_HINT": "bf16" if precision.endswith("bf16") else "f32",
                       "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": bool(args.profile)}
             t0 = time.perf_counter()
             compiled = core.compile_model(str(paths[source]), "CPU", config)
@@ -275,7 +281,8 @@ def main(argv=None) -> dict:
             request = compiled.create_infer_request()
             output = compiled.output("probabilities")
             ov_requests[precision] = request
-            runners[f"openvino-{precision}"] = (precision, (lambda r, o: lambda b: np.array(r.infer(feeds_of(b))[o]))(request, output))
+            runners[f"openvino-{precision}"] = (precision.split("+")[0],
+                                                (lambda r, o: lambda b: np.array(r.infer(feeds_of(b))[o]))(request, output))
     except ImportError:
         pass
 
@@ -283,7 +290,8 @@ def main(argv=None) -> dict:
 
     int8_variant = Int8Variant(paths["int8-static"], int8_record["max_abs_dp"]) if int8_record else None
     plan = choose_engine(tmp / "model.onnx", "onnx", "fp32", cpu, Engines.detect(), int8=int8_variant)
-    auto_row = f"{plan.backend}-{plan.precision}" + ("-static" if plan.precision == "int8" and plan.backend == "ort-cpu" else "")
+    auto_row = (f"{plan.backend}-{plan.precision}" + (f"+{plan.rest}" if plan.rest else "")
+                + ("-static" if plan.precision == "int8" and plan.backend == "ort-cpu" else ""))
     print(f"auto here: {plan.describe()} (row {auto_row})", flush=True)
 
     rows = []

@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if keep:
-                losses[name] = float(loss)
+                losses[name] = float(loss.detach())
                 grads[name] = torch.cat([p.grad.flatten() for p in model.trainable_parameters()]).clone()
             opt.step()
 
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
                     "grad_cosine": float(torch.nn.functional.cosine_similarity(g32, g16, dim=0)),
                     "grad_rel_error": float((g32 - g16).norm() / g32.norm())}
         print(f"bf16 vs fp32: |dloss| {compared['loss_abs_diff']:.2e}, gradient cosine {compared['grad_cosine']:.4f}")
-    return save_result("train-step" + ("-tiny" if args.tiny else ""), {
+    return save_result("train_step" + ("-tiny" if args.tiny else ""), {
         "system": cfg.system_name, "batch": args.batch, "native_bf16": cpu_info().bf16, "rows": rows,
         "bf16_vs_fp32": compared}, args.out)
 

@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
     exact = _scores(work / "tags-fp32.csv")
     deviation = {}
     for name in runs:
-        fast = _scores(work / f"tags-{'second' if name == 'first' else name}.csv")
+        fast = _scores(work / f"tags-{name}.csv")
         assert fast.keys() == exact.keys() and len(fast) == len(files)
         diff = np.stack([np.abs(fast[p] - exact[p]) for p in fast])
         deviation[name] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
     ratio = {k: peer_s / v for k, v in runs.items()}
     print(f"mictag / peer speed: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()) +
           f"; max |score - fp32| {diff_max:.4f}; tag sets changed in {100 * tags_changed:.1f}% of files", flush=True)
-    return save_result("vs-peer" + ("-tiny" if args.tiny else ""), {
+    return save_result("vs_peer" + ("-tiny" if args.tiny else ""), {
         "clips": len(files), "audio_seconds": seconds_audio, "model": "tiny AST" if args.tiny else "AudioSet AST (random weights)",
         "auto": plan.describe(), "tagger_build_seconds": build_s,
         "mictag_scan_seconds": runs, "fp32_scan_seconds": ref_s, "peer_seconds": peer_s, "peer": peer,

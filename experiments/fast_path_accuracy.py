@@ -137,7 +137,7 @@ def main(argv=None) -> dict:
                   flush=True)
         results[backbone] = {"weights": "real (MTT_musicnn)" if backbone == "musicnn" else "random",
                              "files": len(kept), "int8_calibration": built["int8_record"], "rows": rows}
-    return save_result("fast-path-accuracy", {"audio": [str(a) for a in args.audio], "results": results}, args.out)
+    return save_result("fast_path_accuracy", {"audio": [str(a) for a in args.audio], "results": results}, args.out)
 
 
 if __name__ == "__main__":

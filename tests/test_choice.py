@@ -118,6 +118,8 @@ def test_overrides():
     # an int8 or fp16 file runs as it is
     assert plan(ZEN3, model_precision="int8").describe() == "openvino int8 (the model file is int8)"
     assert plan(ZEN3, NO_OPENVINO, model_precision="int8").describe() == "ort-cpu int8 (the model file is int8)"
+    assert plan(ZEN4, model_precision="fp16").describe() == "ort-cpu fp16 (the model file is fp16)"
+    assert not plan(ZEN4, model_precision="fp16").warnings
 
 
 def test_emulated_precisions_are_run_when_asked_but_warned():

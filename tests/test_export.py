@@ -150,6 +150,9 @@ def test_reduced_precision_variants_report_and_respect_their_deviation(tiny_ast_
     types = {init.data_type for init in onnx.load(str(low)).graph.initializer}
     assert (onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.INT8) in types
     assert not int8_path(low).exists()  # written in place: only --precision int8 writes a sibling
+    from mictag.runtime.backends import plan_engine
+
+    assert plan_engine(low).precision == ("int8" if precision.startswith("int8") else precision)
     fb = F.FbankConfig.from_dict(read_metadata(low)["features"])
     w, valid = _windows(fb, 4, 5)
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(

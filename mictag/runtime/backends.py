@@ -200,7 +200,8 @@ def _onnx_precision(path: Path) -> str:
     from mictag.metadata import read_metadata
 
     try:
-        return str(read_metadata(path).get("precision", "fp32"))
+        precision = str(read_metadata(path).get("precision", "fp32"))
+        return "int8" if precision.startswith("int8") else precision  # int8-dynamic runs as int8 does
     except MictagError as exc:
         raise ModelError(str(exc)) from None
 

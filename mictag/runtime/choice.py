@@ -152,6 +152,8 @@ def _onnx_backend(precision: str, model_precision: str, cpu: CpuInfo, engines: E
         return "openvino" if engines.openvino else "ort-cpu"
     if gpu:
         return gpu
+    if model_precision == "fp16":
+        return "ort-cpu"  # an fp16 file is meant for a GPU; ONNX Runtime runs it here as it always did
     return "openvino" if engines.openvino and "avx512f" in cpu.flags else "ort-cpu"
 
 
@@ -226,7 +228,7 @@ def _checked(plan: EnginePlan, cpu: CpuInfo, cuda: bool) -> EnginePlan:
     said = []
     if on_cpu and plan.precision == "bf16" and not cpu.bf16:
         said.append("this CPU has no native bf16 (no amx_bf16 or avx512_bf16): bf16 is emulated, far slower than fp32")
-    if on_cpu and plan.precision == "fp16" and not cpu.fp16:
+    if plan.backend in ("openvino", "torch") and on_cpu and plan.precision == "fp16" and not cpu.fp16:
         said.append("this CPU has no native fp16: fp16 is emulated, far slower than fp32")
     return EnginePlan(plan.backend, plan.precision, plan.reason, plan.model, plan.advice, tuple(said), plan.rest,
                       plan.check)
