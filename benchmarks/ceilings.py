@@ -11,24 +11,14 @@ runs). fp16 is torch only (emulated on most CPUs).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
+
+from mictag.timing import best_seconds
 
 
 def block_shapes(tokens: int = 1214, hidden: int = 768, mlp: int = 3072, batch: int = 4) -> list[tuple[int, int, int]]:
     m = batch * tokens
     return [(m, hidden, 3 * hidden), (m, hidden, hidden), (m, hidden, mlp), (m, mlp, hidden)]
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def torch_ceiling(dtype_name: str, shapes, repeats: int = 3, device: str = "cpu") -> float:
@@ -46,7 +36,7 @@ def torch_ceiling(dtype_name: str, shapes, repeats: int = 3, device: str = "cpu"
             a @ b
             sync()
 
-        seconds += _best(run, repeats)
+        seconds += best_seconds(run, repeats)
         flops += 2.0 * m * k * n
     return flops / seconds
 
@@ -62,7 +52,8 @@ def _matmul_graph(k: int, n: int, rng):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def ort_fp32_ceiling(shapes, repeats: int = 3) -> float | None:
+def _ort_ceiling(graph_for, input_for, shapes, repeats: int) -> float | None:
+    """FLOP/s of ONNX Runtime on one-node graphs ``graph_for(k, n, rng)`` fed ``input_for(m, k, rng)``."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -70,11 +61,15 @@ def ort_fp32_ceiling(shapes, repeats: int = 3) -> float | None:
     rng = np.random.default_rng(0)
     flops = seconds = 0.0
     for m, k, n in shapes:
-        session = ort.InferenceSession(_matmul_graph(k, n, rng).SerializeToString(), providers=["CPUExecutionProvider"])
-        a = rng.standard_normal((m, k)).astype(np.float32)
-        seconds += _best(lambda: session.run(None, {"a": a}), repeats)
+        session = ort.InferenceSession(graph_for(k, n, rng).SerializeToString(), providers=["CPUExecutionProvider"])
+        a = input_for(m, k, rng)
+        seconds += best_seconds(lambda: session.run(None, {"a": a}), repeats)
         flops += 2.0 * m * k * n
     return flops / seconds
+
+
+def ort_fp32_ceiling(shapes, repeats: int = 3) -> float | None:
+    return _ort_ceiling(_matmul_graph, lambda m, k, rng: rng.standard_normal((m, k)).astype(np.float32), shapes, repeats)
 
 
 def openvino_ceiling(precision: str, shapes, repeats: int = 3) -> float | None:
@@ -92,35 +87,29 @@ def openvino_ceiling(precision: str, shapes, repeats: int = 3) -> float | None:
         compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]})
         request = compiled.create_infer_request()
         a = rng.standard_normal((m, k)).astype(np.float32)
-        seconds += _best(lambda: request.infer({0: a}), repeats)
+        seconds += best_seconds(lambda: request.infer({0: a}), repeats)
         flops += 2.0 * m * k * n
     return flops / seconds
+
+
+def _matmul_integer_graph(k: int, n: int, rng):
+    from onnx import TensorProto, helper
+
+    w = rng.integers(-127, 127, (k, n), dtype=np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w", "az", "wz"], ["y"])], "mm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [None, n])],
+        [helper.make_tensor("w", TensorProto.INT8, [k, n], w.tobytes(), raw=True),
+         helper.make_tensor("az", TensorProto.UINT8, [], [128]),
+         helper.make_tensor("wz", TensorProto.INT8, [], [0])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def int8_ceiling(shapes, repeats: int = 3) -> float | None:
     """FLOP/s (int8 ops counted as FLOPs) of ONNX Runtime's MatMulInteger, uint8 x int8."""
-    try:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper
-    except ImportError:
-        return None
-    rng = np.random.default_rng(0)
-    flops = seconds = 0.0
-    for m, k, n in shapes:
-        w = rng.integers(-127, 127, (k, n), dtype=np.int8)
-        graph = helper.make_graph(
-            [helper.make_node("MatMulInteger", ["a", "w", "az", "wz"], ["y"])], "mm",
-            [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
-            [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])],
-            [helper.make_tensor("w", TensorProto.INT8, [k, n], w.tobytes(), raw=True),
-             helper.make_tensor("az", TensorProto.UINT8, [], [128]),
-             helper.make_tensor("wz", TensorProto.INT8, [], [0])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        a = rng.integers(0, 255, (m, k), dtype=np.uint8)
-        seconds += _best(lambda: session.run(None, {"a": a}), repeats)
-        flops += 2.0 * m * k * n
-    return flops / seconds
+    return _ort_ceiling(_matmul_integer_graph, lambda m, k, rng: rng.integers(0, 255, (m, k), dtype=np.uint8),
+                        shapes, repeats)
 
 
 def ceilings(precisions=("fp32", "bf16", "int8"), batch: int = 4, tokens: int = 1214, repeats: int = 3,

@@ -42,6 +42,7 @@ from mictag.model.ast import ASTConfig  # noqa: E402
 from mictag.export.torch_artifact import TorchTagger  # noqa: E402
 from mictag.model.attention import set_kernel  # noqa: E402
 from mictag.model.fbank import Fbank  # noqa: E402
+from mictag.timing import best_seconds  # noqa: E402
 from mictag.model.system import SystemConfig, build_system  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -90,12 +91,11 @@ def counted_flops(system: torch.nn.Module, fb) -> float:
 
 
 def timeit(fn, repeats: int, min_seconds: float) -> float:
+    """Best of at least ``repeats`` calls, and of as many more as fit in ``min_seconds`` (at most 50)."""
     fn()  # warm-up
     best, spent, n = float("inf"), 0.0, 0
     while n < repeats or spent < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
+        dt = best_seconds(fn, 1, warmup=False)
         best, spent, n = min(best, dt), spent + dt, n + 1
         if n >= 50:
             break

@@ -15,11 +15,12 @@ and shape (:func:`fastest_kernel`, a fraction of a second) and keeps the answer 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from mictag.timing import best_seconds
 
 KERNELS = ("sdpa", "blocked")
 DEFAULT_BLOCK = 64
@@ -57,23 +58,13 @@ def set_kernel(module: nn.Module, kernel: str, block: int = DEFAULT_BLOCK) -> in
     return n
 
 
-def _time(fn, repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def measure_kernels(heads: int, tokens: int, head_dim: int, dtype: torch.dtype, batch: int = 1) -> dict[str, float]:
     """Seconds per call of each kernel at this shape, on the CPU."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(batch, heads, tokens, head_dim, generator=g).to(dtype) for _ in range(3))
     scale = head_dim**-0.5
     with torch.inference_mode():
-        return {kernel: _time(lambda: attend(q, k, v, scale, kernel)) for kernel in KERNELS}
+        return {kernel: best_seconds(lambda: attend(q, k, v, scale, kernel)) for kernel in KERNELS}
 
 
 def fastest_kernel(heads: int, tokens: int, head_dim: int, dtype: torch.dtype, cache: Path | None = None) -> tuple[str, dict]:
