@@ -20,6 +20,21 @@ def write_tiny_hf_ast(path: Path, seed: int) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_mictag_home(tmp_path_factory):
+    """Caches the tests write (compiled OpenVINO models, attention-kernel timings, int8 verdicts)
+    go to a folder of the session's, never the user's; a test may still set its own."""
+    import os
+
+    saved = os.environ.get("MICTAG_HOME")
+    os.environ["MICTAG_HOME"] = str(tmp_path_factory.mktemp("mictag-home"))
+    yield
+    if saved is None:
+        os.environ.pop("MICTAG_HOME", None)
+    else:
+        os.environ["MICTAG_HOME"] = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_ast_dir(tmp_path_factory) -> Path:
     """A random 2-layer, 32-wide AST over 128 frames (1.28 s windows), as `save_pretrained` writes it."""

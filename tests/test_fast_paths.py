@@ -171,7 +171,6 @@ def test_a_stale_int8_variant_is_not_taken(models, tmp_path):
 
 def _scan_in_subprocess(models, lib, out, home, flags: str | None = None, extra=()):
     env = {**os.environ, "HOME": str(home), "MICTAG_HOME": str(home / "mictag")}
-    env.pop("MICTAG_CPU_FLAGS", None)
     if flags is not None:
         env["MICTAG_CPU_FLAGS"] = flags
     code = (
@@ -189,8 +188,11 @@ def _scan_in_subprocess(models, lib, out, home, flags: str | None = None, extra=
     ("avx2 fma avx512f avx512_vnni", "openvino int8 (avx512_vnni; calibrated int8 within"),  # Cascade Lake
     ("avx2 fma", "ort-cpu fp32 (no native bf16 or int8)"),  # an AVX2-only EPYC
 ])
-def test_the_choice_shows_in_the_summary_and_the_onnx_path_imports_no_torch(models, tmp_path, flags, expect):
+def test_the_choice_shows_in_the_summary_and_the_onnx_path_imports_no_torch(models, tmp_path, flags, expect,
+                                                                            monkeypatch):
     from mictag.runtime.backends import plan_engine
+
+    monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home" / "mictag"))  # the scan's: no int8 verdict yet
 
     lib = tmp_path / "lib"
     lib.mkdir()
