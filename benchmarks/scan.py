@@ -81,10 +81,10 @@ def decode_ceiling(entries, meta: dict, workers: int) -> dict:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from mictag.runtime.pipeline import _single_threaded_children
+    from mictag.runtime.decode_pool import single_threaded_children
 
     t0 = time.perf_counter()
-    with _single_threaded_children(), ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    with single_threaded_children(), ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         counts = list(pool.map(_decode_count, [(e.path, meta) for e in entries]))
     seconds = time.perf_counter() - t0
     windows = sum(c[0] for c in counts)

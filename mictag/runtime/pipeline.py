@@ -1,19 +1,19 @@
 """The scan pipeline: decode workers -> bounded queue -> batches across files -> backend ->
 per-file aggregation.
 
-Decoding runs in worker processes (spawned, so a crashing native decoder takes down only its
-worker: the file it held becomes an error row and a fresh worker takes its place). Workers
-stream each file in chunks, compute its log-mel frames once and cut windows from them (or raw
-sample windows for a waveform-input model), and put them on a bounded queue, so memory stays
-bounded however long a file is. The main process fills batches from windows of ANY files, runs
-the model once per batch and aggregates each file's windows when its last one is scored.
+Decoding runs in worker processes (:mod:`mictag.runtime.decode_pool`: a crashing native decoder
+takes down only its worker; the file it held becomes an error row and a fresh worker takes its
+place). Workers stream each file in chunks, compute its log-mel frames once and cut windows from
+them (or raw sample windows for a waveform-input model), and the windows reach the scan through
+a bounded queue, so memory stays bounded however long a file is. The main process fills batches
+from windows of ANY files, runs the model once per batch and aggregates each file's windows when
+its last one is scored. ``scan(..., should_stop=)`` stops taking files when asked and returns
+what has finished.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import queue
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -27,7 +27,6 @@ from mictag.runtime.discovery import FileEntry
 from mictag.runtime.results import FileResult
 from mictag.runtime.windows import frame_windows, sample_windows
 
-QUEUE_WINDOWS = 64  # windows in flight between decoders and the model (bounds memory)
 
 
 @dataclass
@@ -77,37 +76,6 @@ def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, c
         yield ("error", fid, "out of memory while decoding")
     except Exception as exc:  # a decoder bug must not end the scan: report it on the file
         yield ("error", fid, f"{type(exc).__name__}: {exc}")
-
-
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-class _single_threaded_children:
-    """Start decode workers with one BLAS thread each: parallelism comes from the processes, and
-    per-process thread pools would only fight over the same cores."""
-
-    def __enter__(self):
-        self.saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-        os.environ.update({k: "1" for k in _THREAD_VARS})
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _worker(jobs, out, cfg_dict: dict, variant: str, hop: int, chunk_seconds: float) -> None:
-    cfg = frontend_from_dict(cfg_dict)
-    while True:
-        job = jobs.get()
-        if job is None:
-            return
-        fid, path = job
-        out.put(("start", fid, os.getpid()))
-        for message in decode_file(fid, path, cfg, variant, hop, chunk_seconds):
-            out.put(message)
 
 
 @dataclass
@@ -177,12 +145,16 @@ class Scanner:
             yield ("start", fid, os.getpid())
             yield from decode_file(fid, e.path, self.cfg, self.variant, self.hop, self.options.chunk_seconds)
 
-    def scan(self, entries: Iterable[FileEntry], on_progress: Callable[[dict], None] | None = None) -> Iterator[FileResult]:
+    def scan(self, entries: Iterable[FileEntry], on_progress: Callable[[dict], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Iterator[FileResult]:
+        """One FileResult per entry, as files finish. Once ``should_stop()`` is true, no new file is
+        started; the windows already decoded are scored and the files they complete are yielded."""
         entries = list(entries)
         states = {fid: _FileState(e, {}, []) for fid, e in enumerate(entries)}
         pending: list[tuple] = []
         finished = 0
         errors = 0
+        stopping = should_stop or (lambda: False)
 
         def flush() -> Iterator[FileResult]:
             nonlocal pending
@@ -230,7 +202,6 @@ class Scanner:
                     e = st.entry
                     yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", msg[2])
 
-        source = self._inline(entries) if self.options.workers <= 0 else None
         t0 = time.perf_counter()
         last_report = 0.0
 
@@ -242,65 +213,42 @@ class Scanner:
                 on_progress({"files_done": finished, "files_total": len(entries), "windows": self.windows_scored,
                              "errors": errors, "elapsed": now - t0})
 
-        if source is not None:
-            for msg in source:
-                yield from handle(msg)
-                report()
+        if self.options.workers <= 0:
+            for fid, e in enumerate(entries):
+                if stopping():
+                    break
+                for msg in decode_file(fid, e.path, self.cfg, self.variant, self.hop, self.options.chunk_seconds):
+                    yield from handle(msg)
+                    report()
             yield from flush()
         else:
-            yield from self._run_workers(entries, states, pending, handle, flush, report)
+            yield from self._run_workers(entries, states, handle, flush, report, stopping)
         report(force=True)
 
-    def _run_workers(self, entries, states, pending, handle, flush, report) -> Iterator[FileResult]:
-        ctx = mp.get_context("spawn")
-        jobs = ctx.Queue()
-        out = ctx.Queue(maxsize=QUEUE_WINDOWS)
-        for fid, e in enumerate(entries):
-            jobs.put((fid, e.path))
-        n_workers = max(1, min(self.options.workers, len(entries) or 1))
-        args = (jobs, out, self.cfg.to_dict(), self.variant, self.hop, self.options.chunk_seconds)
-        workers = [ctx.Process(target=_worker, args=args, daemon=True) for _ in range(n_workers)]
-        for _ in workers:
-            jobs.put(None)
-        with _single_threaded_children():
-            for w in workers:
-                w.start()
-        holding: dict[int, int] = {}  # worker pid -> file id it is decoding
+    def _run_workers(self, entries, states, handle, flush, report, stopping) -> Iterator[FileResult]:
+        from mictag.runtime.decode_pool import DecodePool
+
+        pool = DecodePool(((fid, e.path) for fid, e in enumerate(entries)), self.options.workers,
+                          self.cfg.to_dict(), self.variant, self.hop, self.options.chunk_seconds)
         try:
             while states:
-                try:
-                    msg = out.get(timeout=0.2)
-                except queue.Empty:
+                if stopping():
+                    pool.stop_taking()
+                    break
+                msg = pool.get(timeout=0.2)
+                if msg is None:
                     yield from flush()  # nothing arriving: do not let a partial batch wait
-                    for i, w in enumerate(workers):
-                        if not w.is_alive() and w.exitcode not in (0, None):
-                            fid = holding.pop(w.pid, None)
-                            code = w.exitcode
-                            why = f"signal {-code}" if code < 0 else f"exit code {code}"
-                            if fid is not None:
-                                yield from handle(("error", fid, f"the decoder crashed on this file ({why})"))
-                            workers[i] = ctx.Process(target=_worker, args=args, daemon=True)
-                            jobs.put(None)
-                            with _single_threaded_children():
-                                workers[i].start()
-                    if states and not any(w.is_alive() for w in workers) and out.empty():
-                        for fid in list(states):  # every worker gone: nothing can finish these
-                            yield from handle(("error", fid, "no decoder processed this file"))
                     report()
                     continue
-                if msg[0] == "start":
-                    holding[msg[2]] = msg[1]
-                    continue
-                if msg[0] in ("done", "error"):
-                    holding = {pid: f for pid, f in holding.items() if f != msg[1]}
+                if msg[0] == "idle":  # every worker has exited: score what is pending; the rest is lost
+                    yield from flush()
+                    for fid in list(states):
+                        yield from handle(("error", fid, "no decoder processed this file"))
+                    break
+                if msg[0] == "fatal":
+                    raise RuntimeError(f"the decode pool failed: {msg[1]}")
                 yield from handle(msg)
                 report()
             yield from flush()
         finally:
-            for w in workers:
-                if w.is_alive():
-                    w.terminate()
-            for w in workers:
-                w.join(timeout=5)
-            jobs.cancel_join_thread()
-            out.cancel_join_thread()
+            pool.close()
