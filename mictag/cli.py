@@ -361,39 +361,54 @@ class _Progress:
 @click.option("--overwrite", is_flag=True, help="Start afresh instead of resuming.")
 @click.option("--retry-failed", is_flag=True, help="Resume, redoing only the files that failed before.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line or summary.")
+@click.option("--wait", is_flag=True, help="If another scan is writing --out, wait for it to end instead of stopping.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run as a Ray Data pipeline: join the cluster at ADDRESS, or start a local Ray without one.")
 def scan(library, out, model, ast, backbone, musicnn, backend, precision, batch_size, hop, aggregate, threshold, include,
-         exclude, workers, fmt, segments, overwrite, retry_failed, quiet, ray_address) -> None:
+         exclude, workers, fmt, segments, overwrite, retry_failed, quiet, wait, ray_address) -> None:
     """Tag every audio file under LIBRARY: one row per file in --out.
 
-    Exit codes: 0 every file tagged; 1 some files failed (status "error" rows); 2 the scan could
-    not run (bad option, model or library)."""
+    Ctrl-C (or SIGTERM, SIGHUP) stops it after the files in progress, a second one at once; rerun
+    the same command to resume. Exit codes: 0 every file tagged; 1 some files failed (status
+    "error" rows); 2 the scan could not run (bad option, model or library; output busy or not
+    writable); 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP."""
     import os
 
+    from mictag.runtime.interrupts import StopSignals
     from mictag.runtime.models import default_model
     from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import run_scan, summary_line
+    from mictag.runtime.scan import interrupted_line, run_scan, summary_line
 
     say = (lambda m: None) if quiet else _echo_err
-    if model is None:
-        model = str(default_model(ast, on_message=say, backbone=backbone, musicnn=musicnn))
-    workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise MictagError(f"--threshold must be between 0 and 1, not {threshold}")
-    options = ScanOptions(hop_seconds=hop, batch_size=batch_size, aggregate=aggregate, threshold=threshold,
-                          workers=workers)
-    progress = _Progress(not quiet and sys.stderr.isatty())
-    try:
-        summary = run_scan(library, out, model, backend, options, fmt, tuple(include), tuple(exclude), overwrite,
-                           retry_failed, segments, on_progress=progress, on_message=say,
-                           use_ray=ray_address is not None,
-                           ray_address=None if ray_address in (None, "local") else ray_address,
-                           ray_workers=workers + 1 if ray_address == "local" else None, precision=precision)
-    except ValueError as exc:
-        raise MictagError(str(exc)) from None
-    finally:
-        progress.close()
+    counts: dict = {}  # done / total, kept up to date by the scan
+    with StopSignals() as stop:
+        try:
+            if model is None:
+                model = str(default_model(ast, on_message=say, backbone=backbone, musicnn=musicnn))
+            workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
+            if threshold is not None and not 0.0 <= threshold <= 1.0:
+                raise MictagError(f"--threshold must be between 0 and 1, not {threshold}")
+            options = ScanOptions(hop_seconds=hop, batch_size=batch_size, aggregate=aggregate, threshold=threshold,
+                                  workers=workers)
+            progress = _Progress(not quiet and sys.stderr.isatty())
+            try:
+                summary = run_scan(library, out, model, backend, options, fmt, tuple(include), tuple(exclude),
+                                   overwrite, retry_failed, segments, on_progress=progress, on_message=say,
+                                   use_ray=ray_address is not None,
+                                   ray_address=None if ray_address in (None, "local") else ray_address,
+                                   ray_workers=workers + 1 if ray_address == "local" else None, precision=precision,
+                                   should_stop=stop, wait=wait, counts=counts)
+            except ValueError as exc:
+                raise MictagError(str(exc)) from None
+            finally:
+                progress.close()
+        except KeyboardInterrupt:  # a second signal (or one before the scan began): stop now
+            click.echo(interrupted_line(counts["done"], counts["total"]) if counts
+                       else "interrupted before the scan began; nothing was written", err=True)
+            sys.exit(stop.exit_code)
+    if summary.interrupted:
+        click.echo(summary_line(summary), err=True)  # said even with --quiet: the table is incomplete
+        sys.exit(stop.exit_code)
     say(summary_line(summary))
     sys.exit(summary.exit_code)
 

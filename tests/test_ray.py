@@ -89,8 +89,8 @@ def test_interrupted_ray_scan_resumes_with_every_file_once(models, local_ray, tm
     model = str(models / "f.onnx")
     real_scan = distributed.RayExecutor.scan
 
-    def interrupted(self, entries, on_progress=None):
-        for n, result in enumerate(real_scan(self, entries, on_progress)):
+    def interrupted(self, entries, on_progress=None, should_stop=None):
+        for n, result in enumerate(real_scan(self, entries, on_progress, should_stop)):
             if n == 3:
                 raise KeyboardInterrupt  # the driver dies midway
             yield result

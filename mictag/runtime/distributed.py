@@ -61,13 +61,15 @@ def decode_stage(batch: dict, cfg: dict, variant: str, hop: int, chunk_seconds: 
         out = {"kind": np.array([m[0] for m in items]), "fid": np.full(n, fid, np.int64),
                "index": np.zeros(n, np.int64), "valid": np.zeros(n, np.int64), "t0": np.zeros(n), "t1": np.zeros(n),
                "data": np.zeros((n, *shape), np.float32), "duration": np.zeros(n), "n_windows": np.zeros(n, np.int64),
-               "status": np.array([""] * n, dtype=object), "note": np.array([""] * n, dtype=object)}
+               "status": np.array([""] * n, dtype=object), "note": np.array([""] * n, dtype=object),
+               "size": np.full(n, -1, np.int64), "mtime": np.zeros(n)}
         for i, m in enumerate(items):
             if m[0] == "win":
                 out["index"][i], out["data"][i], out["valid"][i] = m[2], m[4], m[5]
                 out["t0"][i], out["t1"][i] = m[6]
             elif m[0] == "done":
                 out["duration"][i], out["n_windows"][i], out["status"][i], out["note"][i] = m[2], m[3], m[4], m[5]
+                out["size"][i], out["mtime"][i] = m[6], m[7]
             else:
                 out["status"][i], out["note"][i] = "error", m[2]
         return out
@@ -148,7 +150,8 @@ class RayExecutor:
             raise MictagError(f"cannot start or reach {where} ({reason})") from None
         say(f"Ray: {ray.cluster_resources().get('CPU', 0):.0f} CPUs, {ray.cluster_resources().get('GPU', 0):.0f} GPUs")
 
-    def scan(self, entries: list[FileEntry], on_progress: Callable[[dict], None] | None = None) -> Iterator[FileResult]:
+    def scan(self, entries: list[FileEntry], on_progress: Callable[[dict], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Iterator[FileResult]:
         ray = self.ray
         entries = list(entries)
         if not entries:
@@ -173,6 +176,8 @@ class RayExecutor:
         states = {i: _FileState(e, {}, []) for i, e in enumerate(entries)}
         finished = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            if should_stop and should_stop():
+                return  # what finished is written; the rest is the next run's
             for r in range(len(batch["kind"])):
                 fid, kind = int(batch["fid"][r]), batch["kind"][r]
                 st = states.get(fid)
@@ -190,7 +195,8 @@ class RayExecutor:
                     continue
                 else:
                     st.done = ("done", fid, float(batch["duration"][r]), int(batch["n_windows"][r]),
-                               str(batch["status"][r]), str(batch["note"][r]))
+                               str(batch["status"][r]), str(batch["note"][r]), int(batch["size"][r]),
+                               float(batch["mtime"][r]))
                 if st.done is not None and len(st.probs) >= st.done[3]:
                     del states[fid]
                     finished += 1

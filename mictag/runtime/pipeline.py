@@ -47,10 +47,35 @@ def _peak_tracked(stream: AudioStream, state: dict) -> Iterator[np.ndarray]:
         yield chunk
 
 
+def _changed(path: str, before: os.stat_result) -> str:
+    """Why the file is not what was read, or "" (it is unchanged since the read began)."""
+    try:
+        after = os.stat(path)
+    except FileNotFoundError:
+        return "the file was deleted while it was read"
+    except OSError:
+        return ""
+    if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):
+        return ""
+    if after.st_size != before.st_size:
+        return (f"the file changed while it was read ({before.st_size:,} -> {after.st_size:,} bytes; still being "
+                f"written?): rerun to tag it as it is then")
+    return "the file was modified while it was read: rerun to tag it as it is then"
+
+
 def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, chunk_seconds: float) -> Iterator[tuple]:
     """Messages for one file: ("win", fid, index, start_frame, data, valid, (t0, t1)) ... then
-    ("done", fid, duration_s, windows, status, note) or ("error", fid, reason)."""
+    ("done", fid, duration_s, windows, status, note, size_bytes, mtime) or ("error", fid, reason).
+    size and mtime are the file's when its read began: what the row (and resume) records. A file
+    that changes while it is read is ``partial``, so that the next run does it again."""
     try:
+        try:
+            before = os.stat(path)
+        except FileNotFoundError:
+            if not os.path.islink(path):  # a dangling link is reported as unreadable, below
+                yield ("error", fid, "the file was deleted after the library was listed")
+                return
+            before = None
         stream = AudioStream(path, chunk_seconds)
         state = {"peak": 0.0}
         cut = frame_windows if variant == "fbank" else sample_windows
@@ -61,15 +86,17 @@ def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, c
             yield ("win", fid, w.index, w.start_frame, w.data, w.valid, w.seconds(cfg))
             n += 1
         duration = stream.samples / cfg.sample_rate
+        seen = (before.st_size, before.st_mtime) if before else ()
+        changed = _changed(path, before) if before else ""
         if stream.samples == 0:
-            yield ("done", fid, 0.0, 0, "error" if stream.partial else "empty",
-                   stream.partial or "no audio in the file")
-        elif stream.partial:
-            yield ("done", fid, duration, n, "partial", stream.partial)
+            yield ("done", fid, 0.0, 0, "error" if stream.partial or changed else "empty",
+                   changed or stream.partial or "no audio in the file", *seen)
+        elif stream.partial or changed:
+            yield ("done", fid, duration, n, "partial", changed or stream.partial, *seen)
         elif state["peak"] == 0.0:
-            yield ("done", fid, duration, n, "ok", "digital silence")
+            yield ("done", fid, duration, n, "ok", "digital silence", *seen)
         else:
-            yield ("done", fid, duration, n, "ok", "")
+            yield ("done", fid, duration, n, "ok", "", *seen)
     except AudioError as exc:
         yield ("error", fid, str(exc).split(": ", 1)[-1] if str(exc).startswith(path) else str(exc))
     except MemoryError:
@@ -105,8 +132,9 @@ class Scoring:
 
     def result(self, st: "_FileState") -> FileResult:
         e = st.entry
-        _, _, duration, n, status, note = st.done
-        res = FileResult(e.rel, e.size, e.mtime, duration, n, status, note)
+        duration, n, status, note = st.done[2:6]
+        size, mtime = st.done[6:8] if len(st.done) >= 8 else (e.size, e.mtime)  # as read, where known
+        res = FileResult(e.rel, size, mtime, duration, n, status, note)
         if n:
             probs = np.stack([st.probs[i] for i in range(n)])
             res.scores = probs.max(axis=0) if self.options.aggregate == "max" else probs.mean(axis=0)

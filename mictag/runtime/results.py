@@ -1,19 +1,25 @@
 """Per-file results, their writers (CSV, JSONL, Parquet) and resuming from what a scan wrote.
 
 One row per file: path (relative to the library), size_bytes, mtime, duration_s, windows, status,
-error, one probability column per label, tags. Rows are written and flushed as files finish,
-so the output itself is the resume journal; ``<out>.mictag.json`` beside it records the model
-fingerprint and options the rows were made with. Parquet, which cannot grow row by row, is
-journaled as ``<out>.jsonl-journal`` and written when the scan completes.
+error, one probability column per label, tags. Rows are written as files finish, each with one
+unbuffered write (so a failure leaves at most one torn line, which the next run cuts) and synced
+to disk at most once a second and at the end, so the output itself is the resume journal;
+``<out>.mictag.json`` beside it records the model fingerprint and options the rows were made
+with. Parquet, which cannot grow row by row, is journaled as ``<out>.jsonl-journal`` and written
+when the scan completes. A write that fails (no space, quota, I/O error, read-only or vanished
+folder) raises :class:`OutputError`, one sentence saying what failed, where and what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +29,55 @@ from mictag.errors import MictagError
 
 STATUSES = ("ok", "partial", "empty", "error")
 FORMATS = ("csv", "jsonl", "parquet")
+SYNC_SECONDS = 1.0  # the journal reaches the disk at least this often (and at the end)
+
+
+class OutputError(MictagError):
+    """The scan's output could not be written."""
+
+
+_WRITE_FAILURES = {
+    errno.ENOSPC: ("there is no space left on its device", "free some space"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space or raise the quota"),
+    errno.EIO: ("the device reported an I/O error", "check the disk"),
+    errno.EROFS: ("its file system is read-only", "write --out somewhere writable"),
+    errno.ENOENT: ("its folder no longer exists", "recreate the folder"),
+    errno.ESTALE: ("its network file handle went stale", "check the mount"),
+    errno.EACCES: ("permission is denied", "make it writable or write --out elsewhere"),
+    errno.EPERM: ("permission is denied", "make it writable or write --out elsewhere"),
+}
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike):
+    """Turn an OSError while writing ``path`` into one OutputError sentence."""
+    try:
+        yield
+    except OSError as exc:
+        what, todo = _WRITE_FAILURES.get(exc.errno, (exc.strerror or str(exc), "fix that"))
+        raise OutputError(f"cannot write {path}: {what} (errno {exc.errno}); {todo}, then rerun the same "
+                          f"command: it keeps the rows already written and does the rest") from None
+
+
+def write_text_synced(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically and durably (temporary file, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with writing(path):
+        try:
+            with tmp.open("w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 @dataclass
@@ -77,31 +132,67 @@ def _repair_torn_tail(path: Path) -> None:
         f.truncate(0)
 
 
+class _Journal:
+    """An append-only text file written with one unbuffered write per line, synced at most once
+    per ``SYNC_SECONDS`` and when closed."""
+
+    def __init__(self, path: Path, fresh: bool):
+        self.path = path
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if fresh else 0)
+            self._fd: int | None = os.open(path, flags, 0o644)
+        self._synced = time.monotonic()
+
+    @property
+    def empty(self) -> bool:
+        return os.fstat(self._fd).st_size == 0
+
+    def append(self, text: str) -> None:
+        with writing(self.path):
+            _write_all(self._fd, text.encode("utf-8"))
+            if time.monotonic() - self._synced >= SYNC_SECONDS:
+                os.fsync(self._fd)
+                self._synced = time.monotonic()
+
+    def close(self, quiet: bool = False) -> None:
+        """Sync and close; ``quiet`` (another error is already on its way) swallows a failure."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            with writing(self.path):
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OutputError:
+            if not quiet:
+                raise
+
+
 class Writer:
-    """Appends rows, one flush per row."""
+    """Appends rows to the journal as files finish."""
 
     def __init__(self, path: Path, labels: list[str], fresh: bool):
         self.path, self.labels = path, labels
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = path.open("w" if fresh else "a", encoding="utf-8", newline="")
+        self._journal = _Journal(path, fresh)
 
     def write(self, result: FileResult) -> None:
-        self._f.write(self.encode(result.record(self.labels)))
-        self._f.flush()
+        self._journal.append(self.encode(result.record(self.labels)))
 
     def encode(self, row: dict) -> str:
         raise NotImplementedError
 
-    def close(self) -> None:
-        self._f.close()
+    def close(self, quiet: bool = False) -> None:
+        self._journal.close(quiet)
 
 
 class CsvWriter(Writer):
     def __init__(self, path: Path, labels: list[str], fresh: bool):
         super().__init__(path, labels, fresh or not path.exists() or path.stat().st_size == 0)
-        if self._f.tell() == 0:
-            self._f.write(self._line(columns(labels)))
-            self._f.flush()
+        if self._journal.empty:
+            self._journal.append(self._line(columns(labels)))
 
     @staticmethod
     def _line(values) -> str:
@@ -122,7 +213,8 @@ def read_rows(path: Path, fmt: str) -> list[dict]:
     """Rows already written (after repairing a torn last line)."""
     if not path.is_file():
         return []
-    _repair_torn_tail(path)
+    with writing(path):
+        _repair_torn_tail(path)
     text = path.read_text("utf-8")
     if fmt == "csv":
         return list(csv.DictReader(io.StringIO(text)))
@@ -138,16 +230,15 @@ def read_rows(path: Path, fmt: str) -> list[dict]:
 
 def rewrite(path: Path, fmt: str, labels: list[str], rows: list[dict]) -> None:
     """Atomically replace the output with ``rows`` (used to drop rows that will be redone)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as f:
-        if fmt == "csv":
-            w = csv.DictWriter(f, fieldnames=columns(labels), lineterminator="\n", extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-        else:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    if fmt == "csv":
+        w = csv.DictWriter(buf, fieldnames=columns(labels), lineterminator="\n", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        for row in rows:
+            buf.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_text_synced(path, buf.getvalue())
 
 
 def write_parquet(journal: Path, out: Path, labels: list[str]) -> None:
@@ -159,8 +250,13 @@ def write_parquet(journal: Path, out: Path, labels: list[str]) -> None:
     rows = read_rows(journal, "jsonl")
     table = pa.Table.from_pylist(rows, schema=None) if rows else pa.table({c: [] for c in columns(labels)})
     tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
+    with writing(out):
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, out)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def same_file(row: dict, size: int, mtime: float) -> bool:
@@ -174,17 +270,16 @@ class SegmentsWriter:
     """``--segments``: one JSON line per file with each window's start/end seconds and scores."""
 
     def __init__(self, path: Path, labels: list[str], fresh: bool):
-        path.parent.mkdir(parents=True, exist_ok=True)
         if not fresh:
-            _repair_torn_tail(path)
+            with writing(path):
+                _repair_torn_tail(path)
         self.labels = labels
-        self._f = path.open("w" if fresh else "a", encoding="utf-8")
+        self._journal = _Journal(path, fresh)
 
     def write(self, result: FileResult) -> None:
         if result.segments:
-            self._f.write(json.dumps({"path": result.path, "labels": self.labels, "segments": result.segments},
-                                     ensure_ascii=False) + "\n")
-            self._f.flush()
+            self._journal.append(json.dumps({"path": result.path, "labels": self.labels, "segments": result.segments},
+                                            ensure_ascii=False) + "\n")
 
-    def close(self) -> None:
-        self._f.close()
+    def close(self, quiet: bool = False) -> None:
+        self._journal.close(quiet)

@@ -21,8 +21,9 @@ from mictag.errors import MictagError
 from mictag.runtime.backends import open_backend
 from mictag.runtime.discovery import discover
 from mictag.runtime.pipeline import Scanner, ScanOptions
+from mictag.runtime.output_lock import OutputLock
 from mictag.runtime.results import (FORMATS, CsvWriter, JsonlWriter, SegmentsWriter, read_rows, rewrite, same_file,
-                                    write_parquet)
+                                    write_parquet, write_text_synced, writing)
 
 
 @dataclass
@@ -34,10 +35,15 @@ class ScanSummary:
     seconds: float
     backend: str
     out: str
+    interrupted: bool = False  # stopped on request: some files are left for the next run
 
     @property
     def failed(self) -> int:
         return self.statuses.get("error", 0)
+
+    @property
+    def done(self) -> int:
+        return sum(self.statuses.values())
 
     @property
     def exit_code(self) -> int:
@@ -56,10 +62,16 @@ def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os
              on_progress: Callable[[dict], None] | None = None,
              on_message: Callable[[str], None] | None = None,
              use_ray: bool = False, ray_address: str | None = None, ray_workers: int | None = None,
-             precision: str | None = None) -> ScanSummary:
+             precision: str | None = None, should_stop: Callable[[], bool] | None = None,
+             wait: bool = False, counts: dict | None = None) -> ScanSummary:
     """Scan ``library`` into ``out``; locally, or as a Ray Data pipeline with ``use_ray`` (joining
     the cluster at ``ray_address``, else starting a local Ray). Both write the same rows through
-    the same resume journal. ``backend``/``precision`` as :func:`mictag.runtime.backends.open_backend`."""
+    the same resume journal. ``backend``/``precision`` as :func:`mictag.runtime.backends.open_backend`.
+
+    One scan writes an output at a time (:mod:`mictag.runtime.output_lock`): another one on the same
+    ``out`` raises OutputBusy, or with ``wait`` waits for it. Once ``should_stop()`` is true the scan
+    starts no new file and returns what finished (``interrupted``). ``counts`` (a dict), if given,
+    holds ``done`` and ``total`` as the scan goes, for a caller that is stopped at once."""
     say = on_message or (lambda m: None)
     library, out = Path(library), Path(out)
     if not library.exists():
@@ -69,6 +81,20 @@ def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os
         raise MictagError(f"unknown output format {fmt!r}; choose {', '.join(FORMATS)}")
     options = options or ScanOptions()
     options.segments = segments is not None
+    counts = counts if counts is not None else {}
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(out, wait, say).__enter__()
+    try:
+        return _scan_locked(library, out, model, backend, options, fmt, include, exclude, overwrite, retry_failed,
+                            segments, on_progress, say, use_ray, ray_address, ray_workers, precision,
+                            should_stop or (lambda: False), counts)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _scan_locked(library, out, model, backend, options, fmt, include, exclude, overwrite, retry_failed, segments,
+                 on_progress, say, use_ray, ray_address, ray_workers, precision, should_stop, counts) -> ScanSummary:
     if use_ray:
         from mictag.runtime.distributed import RayExecutor
 
@@ -109,8 +135,7 @@ def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os
         if len(kept) != len(rows):
             rewrite(journal, row_fmt, labels, kept)
         entries = [e for e in entries if e.rel not in done]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps(fingerprint))
+    write_text_synced(state_file, json.dumps(fingerprint))
     writer = (CsvWriter if row_fmt == "csv" else JsonlWriter)(journal, labels, fresh)
     seg_writer = None
     if segments is not None:
@@ -118,29 +143,39 @@ def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os
         if not fresh and seg_path.exists():  # keep only the timelines of rows that were kept
             kept_paths = {r["path"] for r in kept}
             lines = [l for l in read_rows(seg_path, "jsonl") if l.get("path") in kept_paths]
-            with seg_path.open("w", encoding="utf-8") as f:
-                f.writelines(json.dumps(l, ensure_ascii=False) + "\n" for l in lines)
+            write_text_synced(seg_path, "".join(json.dumps(l, ensure_ascii=False) + "\n" for l in lines))
         seg_writer = SegmentsWriter(seg_path, labels, fresh or not seg_path.exists())
     statuses = Counter(r.get("status", "ok") for r in kept)
+    counts.update(done=len(kept), total=len(kept) + len(entries))
     t0 = time.perf_counter()
+    failing = True
     try:
-        for result in executor.scan(entries, on_progress):
+        for result in executor.scan(entries, on_progress, should_stop):
             writer.write(result)  # the row first: a timeline without its row would be redone anyway
             if seg_writer:
                 seg_writer.write(result)
             statuses[result.status] += 1
+            counts["done"] += 1
+        failing = False
     finally:
-        writer.close()
+        writer.close(quiet=failing)
         if seg_writer:
-            seg_writer.close()
-    if fmt == "parquet":
+            seg_writer.close(quiet=failing)
+    interrupted = should_stop() and sum(statuses.values()) < len(kept) + len(entries)
+    if fmt == "parquet" and not interrupted:
         write_parquet(journal, out, labels)
     return ScanSummary(files=len(entries) + len(kept), skipped=len(kept), statuses=dict(statuses),
                        windows=executor.windows_scored, seconds=time.perf_counter() - t0, backend=executor.backend_name,
-                       out=str(out))
+                       out=str(out), interrupted=interrupted)
+
+
+def interrupted_line(done: int, total: int) -> str:
+    return f"interrupted: {done} of {total} files done; rerun the same command to resume"
 
 
 def summary_line(s: ScanSummary) -> str:
+    if s.interrupted:
+        return interrupted_line(s.done, s.files)
     parts = ", ".join(f"{n} {k}" for k, n in sorted(s.statuses.items()))
     rate = (s.files - s.skipped) / s.seconds if s.seconds > 0 else 0.0
     wps = s.windows / s.seconds if s.seconds > 0 else 0.0
