@@ -41,7 +41,7 @@ _WRITE_FAILURES = {
     errno.EDQUOT: ("the disk quota is used up", "free some space or raise the quota"),
     errno.EIO: ("the device reported an I/O error", "check the disk"),
     errno.EROFS: ("its file system is read-only", "write --out somewhere writable"),
-    errno.ENOENT: ("its folder no longer exists", "recreate the folder"),
+    errno.ENOENT: ("it or its folder was deleted or moved while the scan ran", "recreate the folder"),
     errno.ESTALE: ("its network file handle went stale", "check the mount"),
     errno.EACCES: ("permission is denied", "make it writable or write --out elsewhere"),
     errno.EPERM: ("permission is denied", "make it writable or write --out elsewhere"),
@@ -152,20 +152,32 @@ class _Journal:
         with writing(self.path):
             _write_all(self._fd, text.encode("utf-8"))
             if time.monotonic() - self._synced >= SYNC_SECONDS:
+                self._check_still_there()
                 os.fsync(self._fd)
                 self._synced = time.monotonic()
+
+    def _check_still_there(self) -> None:
+        """Rows written to a file that was deleted or moved away would be lost without an error."""
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            raise OSError(errno.ENOENT, "the output was deleted or its folder removed") from None
+        mine = os.fstat(self._fd)
+        if (here.st_dev, here.st_ino) != (mine.st_dev, mine.st_ino):
+            raise OSError(errno.ENOENT, "the output was replaced by another file")
 
     def close(self, quiet: bool = False) -> None:
         """Sync and close; ``quiet`` (another error is already on its way) swallows a failure."""
         if self._fd is None:
             return
-        fd, self._fd = self._fd, None
         try:
             with writing(self.path):
                 try:
-                    os.fsync(fd)
+                    self._check_still_there()
+                    os.fsync(self._fd)
                 finally:
-                    os.close(fd)
+                    os.close(self._fd)
+                    self._fd = None
         except OutputError:
             if not quiet:
                 raise
