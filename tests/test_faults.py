@@ -113,6 +113,21 @@ def no_process_left(pids, seconds: float = 10) -> None:
     assert not alive(pids), f"left running: {alive(pids)}"
 
 
+def interrupt(model, lib, out, act, after_rows: int = 10) -> tuple[int, str, set[int]]:
+    """Start a scan, let ``after_rows`` rows land, do ``act(proc)`` to it, and wait for its end:
+    (exit code, stderr, the processes it had started)."""
+    proc = start(scan_cmd(model, lib, out))
+    try:
+        wait_for_rows(proc, out, after_rows)
+        family = descendants(proc.pid)
+        act(proc)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, err or "", family
+
+
 def rerun_completes(model, lib, out) -> None:
     done = subprocess.run(scan_cmd(model, lib, out), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -219,13 +234,8 @@ def test_a_vanished_output_folder_is_one_sentence(setup, tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
     out = folder / "tags.csv"
-    proc = start(scan_cmd(model, lib, out))
-    wait_for_rows(proc, out, 5)
-    family = descendants(proc.pid)
-    shutil.rmtree(folder)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2, err
-    assert len(err.strip().splitlines()) == 1 and "deleted or moved" in err, err
+    code, err, family = interrupt(model, lib, out, lambda proc: shutil.rmtree(folder), after_rows=5)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "deleted or moved" in err, err
     clean(err)
     no_process_left(family)
     folder.mkdir()
@@ -237,13 +247,9 @@ def test_a_vanished_output_folder_is_one_sentence(setup, tmp_path):
 def test_a_stop_signal_finishes_what_is_in_progress_and_says_how_far(setup, tmp_path, sig):
     model, lib = setup
     out = tmp_path / "tags.csv"
-    proc = start(scan_cmd(model, lib, out))
-    wait_for_rows(proc, out, 10)
-    family = descendants(proc.pid)
-    assert family, "the scan has decode workers"
-    os.killpg(proc.pid, sig)  # as a terminal does: the whole group
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + sig, err
+    code, err, family = interrupt(model, lib, out, lambda proc: os.killpg(proc.pid, sig))  # as a terminal does
+    assert family, "the scan had decode workers"
+    assert code == 128 + sig, err
     (line,) = err.strip().splitlines()
     n = len(rows(out))
     assert line == f"interrupted: {n} of {FILES} files done; rerun the same command to resume"
@@ -256,13 +262,13 @@ def test_a_stop_signal_finishes_what_is_in_progress_and_says_how_far(setup, tmp_
 def test_a_second_ctrl_c_stops_at_once(setup, tmp_path):
     model, lib = setup
     out = tmp_path / "tags.csv"
-    proc = start(scan_cmd(model, lib, out))
-    wait_for_rows(proc, out, 10)
-    family = descendants(proc.pid)
-    os.killpg(proc.pid, signal.SIGINT)
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip().startswith("interrupted: "), err
+
+    def twice(proc):
+        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
+
+    code, err, family = interrupt(model, lib, out, twice)
+    assert code == 130 and err.strip().startswith("interrupted: "), err
     clean(err)
     no_process_left(family)
     rerun_completes(model, lib, out)
@@ -271,11 +277,9 @@ def test_a_second_ctrl_c_stops_at_once(setup, tmp_path):
 def test_kill_9_leaves_no_decode_worker(setup, tmp_path):
     model, lib = setup
     out = tmp_path / "tags.csv"
-    proc = start(scan_cmd(model, lib, out))
-    wait_for_rows(proc, out, 5)
-    family = descendants(proc.pid)
-    os.kill(proc.pid, signal.SIGKILL)  # the scan alone, not its group: the workers must follow it
-    proc.wait(timeout=30)
+    # the scan alone, not its group: the workers must follow it by themselves
+    code, _, family = interrupt(model, lib, out, lambda proc: os.kill(proc.pid, signal.SIGKILL), after_rows=5)
+    assert code == -signal.SIGKILL
     no_process_left(family, seconds=5)
     rerun_completes(model, lib, out)
 
@@ -321,3 +325,42 @@ def test_a_file_still_being_written_is_partial_and_redone(tmp_path):
     assert done[0] == "done" and done[4] == "partial"
     assert "changed while it was read" in done[5] and "still being written" in done[5]
     assert done[6:8] == (before.st_size, before.st_mtime)  # the row records what the read began with
+
+
+@pytest.mark.parametrize("code, phrase", [
+    (28, "no space left"), (122, "quota"), (5, "I/O error"), (30, "read-only"), (2, "deleted or moved"),
+    (13, "permission is denied"),
+])
+def test_every_write_failure_says_what_and_what_to_do(tmp_path, monkeypatch, code, phrase):
+    import errno
+
+    from mictag.runtime import results
+
+    if code == 122 and not hasattr(errno, "EDQUOT"):
+        pytest.skip("no EDQUOT here")
+
+    def failing(fd, data):
+        raise OSError(code, os.strerror(code))
+
+    writer = results.CsvWriter(tmp_path / "t.csv", ["guitar"], fresh=True)
+    monkeypatch.setattr(results, "_write_all", failing)
+    with pytest.raises(results.OutputError) as info:
+        writer.write(results.FileResult("a.wav", 1, 0.0, 1.0, 1, "ok", "", np.array([0.5])))
+    message = str(info.value)
+    assert message.startswith(f"cannot write {tmp_path / 't.csv'}: ") and phrase in message
+    assert "rerun the same command" in message and len(message.splitlines()) == 1
+    writer.close(quiet=True)
+
+
+def test_a_scan_on_a_locked_output_stops_before_it_loads_anything(setup, tmp_path):
+    """Whoever holds the lock (here this process), a scan on that output, --ray included, exits 2."""
+    from mictag.runtime.output_lock import OutputLock
+
+    model, lib = setup
+    out = tmp_path / "tags.csv"
+    with OutputLock(out):
+        for extra in ([], ["--ray"]):
+            done = subprocess.run(scan_cmd(model, lib, out, *extra), capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2 and f"pid {os.getpid()}" in done.stderr, done.stderr
+            clean(done.stderr)
+    assert not out.exists()
