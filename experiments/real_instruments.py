@@ -17,7 +17,6 @@ import csv
 import json
 import re
 import shutil
-import subprocess
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from mictag import audio
+from mictag.corpus.packages import FetchError, fetch
 from mictag.labels import OPENMIC_LABELS
 
 LICENCES = {  # from usr/share/doc/<package>/copyright
@@ -79,10 +79,6 @@ _RULES = [(re.compile(pattern), label, why) for pattern, label, why in RULES]
 _SAME_TAKE = re.compile(r"_(heavy|medium|slight)_distorted(?=\d)")
 
 
-class FetchError(RuntimeError):
-    """apt-get or dpkg-deb is missing or failed; the message is one line."""
-
-
 @dataclass
 class Source:
     id: str  # "<package>/<path below usr/share>"
@@ -95,35 +91,10 @@ class Source:
         return _SAME_TAKE.sub("", self.id)
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
-    try:
-        subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise FetchError(f"{cmd[0]} not found: this needs a Debian/Ubuntu system (apt-get, dpkg-deb)") from None
-    except subprocess.CalledProcessError as exc:
-        lines = (exc.stderr or exc.stdout or "").strip().splitlines() or [f"exit status {exc.returncode}"]
-        raise FetchError(f"{' '.join(cmd)} failed: {lines[-1]}") from None
-
-
 def fetch_packages(cache_dir: Path) -> list[Path]:
     """Each package of LICENCES downloaded and unpacked in cache_dir (skipped where already
     unpacked); returns the unpacked roots, named like their .deb (<package>_<version>_<arch>)."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    roots = []
-    for package in LICENCES:
-        unpacked = sorted(p for p in cache_dir.glob(f"{package}_*") if p.is_dir() and p.suffix != ".partial")
-        if not unpacked:
-            if not list(cache_dir.glob(f"{package}_*.deb")):
-                _run(["apt-get", "download", package], cache_dir)
-            debs = sorted(cache_dir.glob(f"{package}_*.deb"))
-            if not debs:
-                raise FetchError(f"apt-get download {package} left no .deb in {cache_dir}")
-            partial = cache_dir / f"{debs[-1].stem}.partial"  # renamed once complete
-            shutil.rmtree(partial, ignore_errors=True)
-            _run(["dpkg-deb", "-x", str(debs[-1]), str(partial)], cache_dir)
-            unpacked = [partial.rename(cache_dir / debs[-1].stem)]
-        roots.append(unpacked[-1])
-    return roots
+    return list(fetch(LICENCES, cache_dir).values())
 
 
 def label_for(path: str) -> tuple[str | None, str]:
