@@ -414,6 +414,36 @@ def scan(library, out, model, ast, backbone, musicnn, backend, precision, batch_
 
 
 @main.group()
+def corpus() -> None:
+    """The training corpus: polyphonic clips rendered from recorded-instrument samples."""
+
+
+@corpus.command("build")
+@click.option("--out", required=True, type=click.Path(), help="Folder to write (audio/, labels.csv, SOURCES.md ...).")
+@click.option("--clips", type=int, default=3000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--packages", multiple=True, help="Debian packages to draw from (default: all the corpus knows).")
+@click.option("--cache", type=click.Path(), help="Where the packages are downloaded and unpacked "
+              "(default: $MICTAG_HOME/cache/debs).")
+@click.option("--workers", type=int, default=None, help="Render processes (default: the CPU count).")
+def corpus_build(out, clips, seed, packages, cache, workers) -> None:
+    """Build the corpus into OUT (apt-get download + dpkg-deb, no root; FluidSynth's library)."""
+    from mictag.corpus.build import CorpusSpec, build
+    from mictag.corpus.packages import FetchError
+    from mictag.corpus.synth import SynthError
+
+    from mictag.corpus.instruments import PACKAGES
+
+    spec = CorpusSpec(clips=clips, seed=seed, packages=tuple(packages) or PACKAGES)
+    try:
+        report = build(out, spec, cache, workers, on_message=_echo_err)
+    except (FetchError, SynthError) as exc:
+        raise MictagError(str(exc)) from None
+    click.echo(f"wrote {report['clips']} clips to {out} in {report['seconds']:.0f} s (recipe {report['recipe_digest']}); "
+               f"sources and licences in {out}/SOURCES.md")
+
+
+@main.group()
 def models() -> None:
     """The model cache: what is there, and getting the default model."""
 

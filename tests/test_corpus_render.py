@@ -59,6 +59,7 @@ def test_midi_file_holds_every_note_at_its_time(tmp_path):
     track = tracks[1]
     assert (0, 0xB2, bytes([0, 0])) in track and (0, 0xB2, bytes([32, 8])) in track  # bank 8
     assert (0, 0xC2, bytes([24])) in track and (0, 0xB2, bytes([7, 90])) in track
+    assert (0, 0xB2, bytes([2, 100])) in track and (0, 0xB2, bytes([11, 127])) in track  # breath, expression
     ons = [(t / division, d[0], d[1]) for t, s, d in track if s == 0x92]
     offs = [(t / division, d[0]) for t, s, d in track if s == 0x82]
     assert ons == [(0.0, 60, 100), (0.5, 64, 70), (1.25, 67, 127)]

@@ -11,6 +11,9 @@ from pathlib import Path
 
 TICKS_PER_BEAT = 480
 DRUM_CHANNEL = 9  # General MIDI channel 10
+# Controllers every part starts with: volume is the part's; expression full; breath (CC 2) at 100,
+# which MuseScore General's "Expr." presets read as their dynamics (silent without it).
+START_CONTROLLERS = ((11, 127), (2, 100))
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ def write_midi(path: str | Path, parts: list[Part]) -> Path:
             (0, bytes([0xB0 | ch, 32, part.bank & 0x7F])),  # bank select LSB
             (0, bytes([0xC0 | ch, part.program & 0x7F])),
             (0, bytes([0xB0 | ch, 7, part.volume & 0x7F])),
+            *((0, bytes([0xB0 | ch, cc, value])) for cc, value in START_CONTROLLERS),
         ]
         for n in part.notes:
             on = int(round(n.start * TICKS_PER_BEAT))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mictag.corpus.midi import Part
+from mictag.corpus.midi import START_CONTROLLERS, Part
 
 BLOCK = 64  # FluidSynth's internal block (FLUID_BUFSIZE): events take effect on these boundaries
 SETTLE_BLOCKS = 16  # silent blocks after a reset, before a part
@@ -45,9 +45,12 @@ def _library():
         ("fluid_synth_cc", i, [p, i, i, i]), ("fluid_synth_system_reset", i, [p]),
         ("fluid_synth_set_gain", None, [p, ctypes.c_float]),
         ("fluid_synth_write_float", i, [p, i, p, i, i, p, i, i]),
+        ("fluid_set_log_function", p, [i, p, p]),
     ):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
+    for level in (2, 3, 4):  # FLUID_WARN, INFO, DBG: e.g. "no preset on channel 9" before a program is chosen
+        lib.fluid_set_log_function(level, None, None)
     return lib
 
 
@@ -98,6 +101,8 @@ class Synth:
         if lib.fluid_synth_program_select(synth, ch, sfid, part.bank, part.program) != 0:
             raise SynthError(f"{font} has no preset {part.bank}:{part.program}")
         lib.fluid_synth_cc(synth, ch, 7, part.volume)
+        for cc, value in START_CONTROLLERS:
+            lib.fluid_synth_cc(synth, ch, cc, value)
         at = lambda t: int(round(t * self.rate / BLOCK)) * BLOCK  # noqa: E731  (on a block boundary)
         events = []
         for n in part.notes:
