@@ -27,6 +27,8 @@ import soundfile as sf
 
 from mictag import audio
 from mictag.corpus.packages import FetchError, fetch
+from mictag.corpus.recordings import RULES, label_for
+from mictag.corpus.recordings import take as take_of
 from mictag.labels import OPENMIC_LABELS
 
 LICENCES = {  # from usr/share/doc/<package>/copyright
@@ -38,47 +40,6 @@ RATE = audio.TARGET_RATE
 CLIP_S, MIN_TAIL_S, SILENCE_DBFS, MIN_TAKES = 3.0, 1.0, -60.0, 3
 SPLITS = ("train", "val", "test")
 
-# (regex searched in the lower-cased path below usr/share/, OpenMIC label or None = drop, why).
-# The first match wins, so drops that carve exceptions out of a later keep come first.
-RULES: list[tuple[str, str | None, str]] = [
-    (r"^sonic-pi/buffers/", None, "random-noise buffer, not an instrument"),
-    (r"/(shapes|waveforms)/", None, "single-cycle oscillator / LFO waveforms: synthetic"),
-    (r"/(basses|bassloops)/", None, "LMMS bass hits and loops (acid, rave, TB-303, techno): synthesizers"),
-    (r"/stringsnpads/", None, "string ensembles and synth/choir pads: ensemble or synthetic"),
-    (r"/beats/", None, "drum-machine hits and loops mixing kit pieces (drums + cymbals in one file)"),
-    (r"/(effects|misc)/", None, "sound effects, crowd, applause, metronome, breath: no OpenMIC class"),
-    (r"/(elec|glitch|mehackit|vinyl|misc)_", None, "Sonic Pi electronic, glitch, robot, vinyl, misc sounds"),
-    (r"/bass_", None, "Sonic Pi bass set (dnb, trance, drop, voxy...): synth basses"),
-    (r"/ambi_(?!choir|piano)", None, "ambient textures and drones: no single instrument"),
-    (r"/loop_(?!tabla)", None, "loops: full kits (drums + cymbals), electronic or found sounds"),
-    (r"/(bd|sn)_", None, "Sonic Pi production kicks/snares (808, haus, tek, dub...): mostly electronic"),
-    (r"/perc_", None, "bells, door, snaps, impacts, till: no OpenMIC class"),
-    (r"/(kick_(distorted|hardcore|hiphop)|snare_(electro|hiphop|harsh)|nasty_)", None,
-     "electronic or heavily processed drum hits"),
-    (r"/(clap|clav|shaker|wood|zap)\d", None, "handclap, claves, shaker, woodblock, zap: no OpenMIC class"),
-    (r"cowbell", None, "cowbell: no OpenMIC class"),
-    (r"harpsichord", None, "harpsichord: no OpenMIC class"),
-    (r"latin_brass", None, "brass section: several instruments"),
-    (r"(drums/|drum_)(hihat|cymbal|crash|ride|splash)", "cymbals", "hi-hats, crash/ride/splash cymbals"),
-    (r"(drums/|drum_)(kick|bassdrum|bass_|heavy_kick|snare|tom|rim|sidestick|roll)", "drums",
-     "acoustic kit drums: kick, snare (rim shots, roll), toms"),
-    (r"tabla", "drums", "tabla strokes and a tabla-only loop: AudioSet files Tabla under Drum"),
-    (r"bassslap", "bass", "slap electric bass guitar"),
-    (r"cello", "cello", "solo cello"),
-    (r"organ", "organ", "church pipe organ, electric organ"),
-    (r"piano", "piano", "acoustic and electric piano (OpenMIC piano includes Electric piano)"),
-    (r"flute", "flute", "solo flute"),
-    (r"guit", "guitar", "steel, Latin (acoustic) and electric guitar, clean or distorted"),
-    (r"trumpet", "trumpet", "solo trumpet"),
-    (r"violin", "violin", "solo violin: fingered, double stop, pizzicato"),
-    (r"choir", "voice", "sung choir"),
-]
-_RULES = [(re.compile(pattern), label, why) for pattern, label, why in RULES]
-# Processed copies of one take share its split: LMMS's steel_guitar_{heavy,medium,slight}_distorted01
-# are steel_guitar01 through distortion (waveform correlation up to 0.9 between them).
-_SAME_TAKE = re.compile(r"_(heavy|medium|slight)_distorted(?=\d)")
-
-
 @dataclass
 class Source:
     id: str  # "<package>/<path below usr/share>"
@@ -88,22 +49,13 @@ class Source:
 
     @property
     def take(self) -> str:
-        return _SAME_TAKE.sub("", self.id)
+        return take_of(self.id)
 
 
 def fetch_packages(cache_dir: Path) -> list[Path]:
     """Each package of LICENCES downloaded and unpacked in cache_dir (skipped where already
     unpacked); returns the unpacked roots, named like their .deb (<package>_<version>_<arch>)."""
     return list(fetch(LICENCES, cache_dir).values())
-
-
-def label_for(path: str) -> tuple[str | None, str]:
-    """(label or None, why) from the first rule matching ``path`` (below usr/share/)."""
-    lowered = path.lower()
-    for pattern, label, why in _RULES:
-        if pattern.search(lowered):
-            return label, why
-    return None, "no rule: not recognisably one OpenMIC instrument"
 
 
 def find_sources(roots: list[Path]) -> tuple[list[Source], list[dict], Counter]:

@@ -82,7 +82,7 @@ def test_no_source_or_register_is_heard_in_two_splits(tiny):
                 shared = set(splits[a]) & set(splits[b])
                 for source in shared:  # only register-split presets, with disjoint registers
                     ranges = {s: [p["pitches"] for r in records if r["split"] == s for p in r["parts"]
-                                  if p["source"] == source] for s in (a, b)}
+                                  if p["source"] == source and p["pitches"]] for s in (a, b)}
                     for lo_a, hi_a in ranges[a]:
                         for lo_b, hi_b in ranges[b]:
                             assert hi_a < lo_b or hi_b < lo_a, (source, a, b)
@@ -125,3 +125,35 @@ def test_evaluation_only_packages_never_reach_the_catalogue(tmp_path):
 
     with pytest.raises(FetchError, match="independent evaluation"):
         catalogue({"fluid-soundfont-gm": tmp_path, **_roots(tmp_path)}, seed=0)
+
+
+def test_recordings_join_the_catalogue_and_copies_of_a_take_share_a_split(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from mictag.corpus.build import CorpusSpec, build, catalogue
+
+    roots = _roots(tmp_path)
+    samples = tmp_path / "lmms-common_1.2.2_all" / "usr/share/lmms/samples"
+    (samples / "instruments").mkdir(parents=True)
+    (samples / "drums").mkdir()
+    t = np.arange(16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 330 * t) * np.exp(-3 * t)).astype(np.float32)
+    for name in ("steel_guitar01", "steel_guitar_heavy_distorted01", "steel_guitar02", "steel_guitar03"):
+        sf.write(samples / "instruments" / f"{name}.ogg", tone, 16000)
+    for name in ("kick01", "snare01", "tom01"):
+        sf.write(samples / "drums" / f"{name}.ogg", tone[:4000], 16000)
+    roots["lmms-common"] = samples.parents[3]
+    cat = catalogue(roots, seed=0)
+    recordings = [s for s in cat.sources if s.kind == "recording"]
+    assert {s.labels for s in recordings} == {("guitar",), ("drums",)} and len(recordings) == 7
+    split_of = {s.id: next(sp for sp in cat.splits if s.id in cat.splits[sp]) for s in recordings}
+    copy, original = (f"lmms-common/lmms/samples/instruments/{n}.ogg" for n in
+                      ("steel_guitar_heavy_distorted01", "steel_guitar01"))
+    assert split_of[copy] == split_of[original]
+    report = build(tmp_path / "c", CorpusSpec(clips=30, seconds=2.0, packages=("timgm6mb-soundfont", "lmms-common")),
+                   roots=roots, workers=1)
+    records = [json.loads(line) for line in (tmp_path / "c" / "clips.jsonl").read_text().splitlines()]
+    played = {p["source"] for r in records for p in r["parts"]}
+    assert played & {s.id for s in recordings}  # recordings are played into clips
+    assert not report["silent_clips"]

@@ -66,14 +66,19 @@ class Source:
 
     id: str
     labels: tuple[str, ...]
-    kind: str  # preset | soundfont-kit | hydrogen-kit
+    kind: str  # preset | soundfont-kit | hydrogen-kit | recording
     font: str = ""
     bank: int = 0
     program: int = 0
     low: int = 0
     high: int = 127
     role: str = "melody"
-    folder: str = ""  # hydrogen kits
+    folder: str = ""  # hydrogen kits; the file of a recording
+    group: str = ""  # what must share a split with it (a recording's processed copies); default: itself
+
+    @property
+    def unit(self) -> str:
+        return self.group or self.id
 
 
 @dataclass
@@ -109,6 +114,10 @@ def catalogue(roots: dict[str, Path], seed: int) -> Catalogue:
         for kit in find_kits(roots["hydrogen-drumkits"] / I.HYDROGEN_DIR):
             labels = tuple(lab for lab in ("drums", "cymbals") if kit.has(lab))
             sources.append(Source(kit.id, labels, "hydrogen-kit", folder=str(kit.folder)))
+    from mictag.corpus.recordings import find_recordings, take
+
+    sources += [Source(sid, (label,), "recording", role="recording", folder=str(path), group=take(sid))
+                for sid, label, path in find_recordings(roots)]
     return Catalogue(fonts, sources, split_sources(sources, seed))
 
 
@@ -120,10 +129,11 @@ def split_sources(sources: list[Source], seed: int) -> dict[str, dict[str, tuple
     out: dict[str, dict[str, tuple[int, int] | None]] = {s: {} for s in SPLITS}
     taken: set[str] = set()
     for label in OPENMIC_LABELS:
-        mine = sorted({s.id: s for s in sources if label in s.labels and s.id not in taken}.values(), key=lambda s: s.id)
-        if not mine:
+        mine = [s for s in sources if label in s.labels and s.id not in taken]
+        units = sorted({s.unit for s in mine})
+        if not units:
             continue
-        if len(mine) < 3 and all(s.kind == "preset" for s in mine):
+        if len(units) < 3 and all(s.kind == "preset" for s in mine):
             for s in mine:
                 third = (s.high - s.low) / 3
                 edges = [s.low, round(s.low + third), round(s.low + 2 * third), s.high]
@@ -131,12 +141,14 @@ def split_sources(sources: list[Source], seed: int) -> dict[str, dict[str, tuple
                     out[split][s.id] = (edges[k] + (1 if k else 0), edges[k + 1])
                 taken.add(s.id)
             continue
-        n = len(mine)
+        n = len(units)
         n_test, n_val = max(1, round(0.2 * n)), max(1, round(0.15 * n))
+        split_of = {}
         for rank, i in enumerate(rng.permutation(n)):
-            split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-            out[split][mine[i].id] = None
-            taken.add(mine[i].id)
+            split_of[units[i]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+        for s in mine:
+            out[split_of[s.unit]][s.id] = None
+            taken.add(s.id)
     return out
 
 
@@ -163,7 +175,9 @@ def plan_clip(i: int, spec: CorpusSpec, cat: Catalogue) -> dict:
         if kits:
             kit, _ = kits[int(rng.integers(len(kits)))]
             labels = ("drums", "cymbals") if pieces == "both" else (pieces,)
-            parts.append({"source": kit, "labels": labels, "role": "drums", "notes": drum_pattern(rng, song, pieces)})
+            notes = drum_pattern(rng, song, pieces) if kit.kind != "recording" else []
+            parts.append({"source": kit, "labels": labels, "role": "drums", "notes": notes,
+                          "seed": int(rng.integers(2**31))})
             used.add(kit.id)
     for label in chosen:
         if label in ("drums", "cymbals"):
@@ -173,8 +187,9 @@ def plan_clip(i: int, spec: CorpusSpec, cat: Catalogue) -> dict:
             continue
         source, register = options[int(rng.integers(len(options)))]
         low, high = register or (source.low, source.high)
-        parts.append({"source": source, "labels": (label,), "role": source.role,
-                      "notes": line(rng, song, source.role, low, high)})
+        notes = line(rng, song, source.role, low, high) if source.kind == "preset" else []
+        parts.append({"source": source, "labels": (label,), "role": source.role, "notes": notes,
+                      "seed": int(rng.integers(2**31))})
         used.add(source.id)
     for p in parts:
         p["gain_db"] = float(rng.uniform(-12, 0))
@@ -202,9 +217,16 @@ def render_clip(plan: dict, cat: Catalogue, spec: CorpusSpec) -> tuple[np.ndarra
             synth_items.append((cat.fonts[s.font], Part(channel, s.program, s.bank, p["notes"])))
             slots.append(k)
     audio: dict[int, np.ndarray] = dict(zip(slots, render_parts(synth_items, seconds, rate))) if synth_items else {}
+    from mictag.corpus.recordings import render_recording
+
+    beat = 60.0 / plan["song"]["bpm"]
     for k, p in enumerate(plan["parts"]):
         if p["source"].kind == "hydrogen-kit":
             audio[k] = render_kit(read_kit(Path(p["source"].folder)), p["notes"], seconds, rate)
+        elif p["source"].kind == "recording":
+            pitched = not set(p["labels"]) & {"drums", "cymbals"}
+            audio[k] = render_recording(p["source"].folder, np.random.default_rng(p["seed"]), beat, seconds, rate,
+                                        pitched)
     sounding = [k for k in range(len(plan["parts"])) if rms(audio[k]) > MIN_PART_RMS]
     if not sounding:
         return np.zeros(int(seconds * rate), np.float32), []
@@ -232,13 +254,14 @@ def _make(args) -> list[dict]:
         sf.write(out / audio_rel, x, spec.sample_rate, subtype="PCM_16", format="FLAC")
         write_midi(out / "midi" / f"{name}.mid", [
             Part(DRUM_CHANNEL if p["source"].kind != "preset" else min(k, 8), p["source"].program, p["source"].bank,
-                 p["notes"]) for k, p in enumerate(parts)])
+                 p["notes"]) for k, p in enumerate(parts) if p["notes"]])  # recordings play no notes
         labels = sorted({lab for p in parts for lab in p["labels"]}, key=OPENMIC_LABELS.index)
         records.append({"file": audio_rel, "split": plan["split"], "labels": labels, "song": plan["song"],
                         "room": plan["room"],
                         "parts": [{"source": p["source"].id, "labels": list(p["labels"]), "role": p["role"],
                                    "gain_db": round(p["gain_db"], 2), "notes": len(p["notes"]),
-                                   "pitches": [min(n.pitch for n in p["notes"]), max(n.pitch for n in p["notes"])]}
+                                   "pitches": [min(n.pitch for n in p["notes"]), max(n.pitch for n in p["notes"])]
+                                   if p["notes"] else None}
                                   for p in parts]})
     return records
 

@@ -20,7 +20,8 @@ FONTS = {
     "avl-black-pearl": ("avldrums.lv2-soundfont", "usr/share/sounds/sf2/Black_Pearl_4_LV2.sf2"),
     "avl-red-zeppelin": ("avldrums.lv2-soundfont", "usr/share/sounds/sf2/Red_Zeppelin_4_LV2.sf2"),
 }
-PACKAGES = ("musescore-general-soundfont", "timgm6mb-soundfont", "avldrums.lv2-soundfont", "hydrogen-drumkits")
+PACKAGES = ("musescore-general-soundfont", "timgm6mb-soundfont", "avldrums.lv2-soundfont", "hydrogen-drumkits",
+            "sonic-pi-samples", "lmms-common")
 LICENCE_NOTES = {
     "musescore-general-soundfont": "MIT (MuseScore General, by S. Christian Collins)",
     "timgm6mb-soundfont": "GPL-2 (TimGM6mb, by Tim Brechbill)",
