@@ -87,6 +87,23 @@ def _bn1d(c: int) -> nn.BatchNorm1d:
     return nn.BatchNorm1d(c, eps=TF_BN_EPS)
 
 
+def _conv_relu_bn_max(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``bn(relu(conv(x))).amax(frequency)``, (B, C, T, F') -> (B, C, T).
+
+    With frozen statistics, relu followed by the batch norm is monotone in each channel,
+    increasing where gamma >= 0 and decreasing where gamma < 0. So the maximum over frequency is
+    taken first, of the convolution's output times sign(gamma), and relu and the batch norm then
+    act on (B, C, T) instead of the 30-60x larger map: the same value, in a quarter of the
+    training step's time (the front end's map dominated it). A batch norm in training mode
+    (fine-tuning) needs the whole map for its statistics and takes the plain path."""
+    if bn.training:
+        return bn(torch.relu(conv(x))).amax(dim=3)
+    sign = torch.where(bn.weight < 0, -1.0, 1.0).to(conv.weight.dtype)
+    z = nn.functional.conv2d(x, conv.weight * sign[:, None, None, None], conv.bias * sign)
+    peak = z.max(dim=3).values  # its backward scatters into the argmax; amax's compares the whole map
+    return bn(torch.relu(peak * sign[:, None]).unsqueeze(3)).squeeze(3)
+
+
 class MusicnnBackbone(nn.Module):
     """What both networks share: an output layer ``out`` on ``forward_features``."""
 
@@ -139,10 +156,10 @@ class Musicnn(MusicnnBackbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn_input(x.unsqueeze(1))  # (B, 1, T, F)
         padded = nn.functional.pad(x, (0, 0, 3, 3))
-        front = [bn(torch.relu(conv(padded))).amax(dim=3) for conv, bn in zip(self.timbral, self.timbral_bn)]
+        front = [_conv_relu_bn_max(padded, conv, bn) for conv, bn in zip(self.timbral, self.timbral_bn)]
         for k, conv, bn in zip(self.temporal_kernels, self.temporal, self.temporal_bn):
             same = nn.functional.pad(x, (0, 0, (k - 1) // 2, k - 1 - (k - 1) // 2))  # TF "same"
-            front.append(bn(torch.relu(conv(same))).amax(dim=3))
+            front.append(_conv_relu_bn_max(same, conv, bn))
         front = torch.cat(front, dim=1)  # (B, 561, T)
         feats, h = [front], front
         for i, (conv, bn) in enumerate(zip(self.midend, self.midend_bn)):
