@@ -38,9 +38,9 @@ from ceilings import ceilings  # noqa: E402
 from mictag import __version__  # noqa: E402
 from mictag.cpu import cpu_info  # noqa: E402
 from mictag.export.onnx import convert_precision, export_onnx, metadata, write_int8  # noqa: E402
-from mictag.model.ast import ASTConfig  # noqa: E402
+from mictag.backbones.ast import ASTConfig  # noqa: E402
 from mictag.export.torch_artifact import TorchTagger  # noqa: E402
-from mictag.model.attention import set_kernel  # noqa: E402
+from mictag.backbones.attention import set_kernel  # noqa: E402
 from mictag.model.fbank import Fbank  # noqa: E402
 from mictag.timing import best_seconds  # noqa: E402
 from mictag.model.system import SystemConfig, build_system  # noqa: E402

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import save_result  # noqa: E402
 from scan import FORMATS, _music, _write  # noqa: E402
 
-from mictag import features  # noqa: E402
+from mictag import frontends  # noqa: E402
 from mictag.audio import AudioStream  # noqa: E402
-from mictag.musicnn_features import MUSICNN_MEL  # noqa: E402
+from mictag.frontends import MUSICNN_MEL  # noqa: E402
 
 
 def best_of(fn, repeats: int = 3) -> float:
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
                        "decoder": AudioStream(path).info.decoder}
         print(f"decode {fmt:5s} {args.seconds / seconds:8.0f}x realtime ({decode[fmt]['decoder']})", flush=True)
 
-    fronts = {"ast": features.AST_FBANK, "musicnn": MUSICNN_MEL}
+    fronts = {"ast": frontends.AST_FBANK, "musicnn": MUSICNN_MEL}
     fbank = {name: frontend_per_window(cfg, args.windows, work) for name, cfg in fronts.items()}
     for name, timings in fbank.items():
         window_s = fronts[name].window_seconds
@@ -76,7 +76,7 @@ def frontend_per_window(cfg, n: int, work: Path) -> dict[str, float]:
     """Seconds per window of one front end: numpy (the streaming path), torch, in an ONNX graph."""
     rng = np.random.default_rng(1)
     wave = (0.2 * rng.standard_normal((n, cfg.window_samples))).astype(np.float32)
-    timings = {"numpy": best_of(lambda: [features.log_mel(w, cfg) for w in wave]) / n}
+    timings = {"numpy": best_of(lambda: [frontends.log_mel(w, cfg) for w in wave]) / n}
     try:
         import onnxruntime as ort
         import torch

@@ -94,7 +94,7 @@ def decode_ceiling(entries, meta: dict, workers: int) -> dict:
 
 
 def _decode_count(job) -> tuple[int, float]:
-    from mictag.features import frontend_from_dict
+    from mictag.frontends import frontend_from_dict
 
     path, meta = job
     cfg = frontend_from_dict(meta["features"])
@@ -108,7 +108,7 @@ def _decode_count(job) -> tuple[int, float]:
 
 
 def engine_ceiling(backend, batch: int, seconds: float = 3.0) -> dict:
-    from mictag.features import frontend_from_dict
+    from mictag.frontends import frontend_from_dict
 
     cfg = frontend_from_dict(backend.meta["features"])
     shape = (batch, cfg.target_frames, cfg.num_mel_bins) if backend.variant == "fbank" else (batch, cfg.window_samples)
@@ -167,8 +167,8 @@ def _tiny_model(work: Path) -> Path:
     import torch
 
     from mictag.export.onnx import export_onnx, metadata
-    from mictag.features import FbankConfig
-    from mictag.model.ast import ASTConfig
+    from mictag.frontends import FbankConfig
+    from mictag.backbones.ast import ASTConfig
     from mictag.model.system import SystemConfig, build_system
 
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import save_result  # noqa: E402
 
 from mictag.cpu import cpu_info  # noqa: E402
-from mictag.model.ast import ASTConfig  # noqa: E402
+from mictag.backbones.ast import ASTConfig  # noqa: E402
 from mictag.model.system import SystemConfig, build_system  # noqa: E402
 from mictag.train.loss import masked_bce  # noqa: E402
 from mictag.train.trainer import autocast_dtype  # noqa: E402

@@ -91,7 +91,7 @@ def score(files: list[Path], model: Path, backend: str = "auto", precision: str 
 
     tagger = Tagger(model, backend=backend, precision=precision)
     if kernel:
-        from mictag.model.attention import set_kernel
+        from mictag.backbones.attention import set_kernel
 
         set_kernel(tagger.backend.module, kernel)
     t0 = time.perf_counter()

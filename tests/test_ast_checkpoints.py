@@ -21,9 +21,9 @@ transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from mictag.errors import CheckpointError, ModelNotFoundError  # noqa: E402
-from mictag.model import checkpoints  # noqa: E402
-from mictag.model.ast import AST, ASTConfig  # noqa: E402
-from mictag.model.checkpoints import load_ast, load_hf_dir, load_original  # noqa: E402
+from mictag.backbones import ast_checkpoints as checkpoints  # noqa: E402
+from mictag.backbones.ast import AST, ASTConfig  # noqa: E402
+from mictag.backbones.ast_checkpoints import load_ast, load_hf_dir, load_original  # noqa: E402
 
 ATOL = 1e-4
 EPS = 1e-6
@@ -542,7 +542,7 @@ def test_missing_relative_checkpoint_path_is_not_sent_to_the_hub(monkeypatch, tm
 @pytest.mark.parametrize("new_f", [2, 7])
 def test_resize_pos_embed_frequency_axis(new_f):
     """Same AST rule along frequency: centre crop at old//2 - new//2, else bilinear."""
-    from mictag.model.ast import resize_pos_embed
+    from mictag.backbones.ast import resize_pos_embed
 
     f0, t, d = 4, 6, 3
     pos = torch.randn(1, 2 + f0 * t, d, generator=torch.Generator().manual_seed(9))

@@ -20,7 +20,7 @@ def _python(code: str) -> str:
 def test_import_and_help_do_not_import_torch():
     out = _python(
         "import sys\n"
-        "import mictag, mictag.cli, mictag.features, mictag.labels\n"
+        "import mictag, mictag.cli, mictag.frontends, mictag.labels\n"
         "from click.testing import CliRunner\n"
         "r = CliRunner().invoke(mictag.cli.main, ['--help'])\n"
         "assert r.exit_code == 0, r.output\n"

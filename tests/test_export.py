@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mictag import features as F
+from mictag import frontends as F
 from mictag.cli import main
 from mictag.errors import CheckpointError
 

@@ -74,7 +74,7 @@ def test_openvino_fp32_equals_onnx_runtime(models, library):
 @needs_bf16
 @pytest.mark.parametrize("kernel", ["sdpa", "blocked"])
 def test_torch_bf16_is_within_the_bound_of_fp32(models, library, kernel):
-    from mictag.model.attention import set_kernel
+    from mictag.backbones.attention import set_kernel
 
     root, rels = library
     fp32, _ = _scores(models / "t.pt", root, rels, precision="fp32")
@@ -91,7 +91,7 @@ def test_torch_bf16_is_within_the_bound_of_fp32(models, library, kernel):
 def test_blocked_attention_equals_sdpa(dtype, atol):
     import torch
 
-    from mictag.model.attention import blocked_attention
+    from mictag.backbones.attention import blocked_attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 203, 16, generator=g).to(getattr(torch, dtype)) for _ in range(3))
@@ -104,7 +104,7 @@ def test_blocked_attention_equals_sdpa(dtype, atol):
 def test_the_attention_kernel_is_measured_once_and_remembered(tmp_path):
     import torch
 
-    from mictag.model.attention import KERNELS, fastest_kernel
+    from mictag.backbones.attention import KERNELS, fastest_kernel
 
     cache = tmp_path / "kernels.json"
     kernel, seconds = fastest_kernel(2, 70, 16, torch.float32, cache)

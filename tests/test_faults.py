@@ -150,17 +150,25 @@ def test_a_second_scan_on_the_same_output_stops_at_once_naming_the_first(setup, 
         line = second.stderr.strip()
         assert len(line.splitlines()) == 1 and f"pid {first.pid}" in line and "--wait" in line, line
         clean(second.stderr)
-        waiting = start(scan_cmd(model, lib, out, "--wait"))
-        time.sleep(1.0)
-        assert waiting.poll() is None  # queued behind the first
         assert first.wait(timeout=300) == 0
-        _, err = waiting.communicate(timeout=300)
-        assert waiting.returncode == 0 and "waiting for the scan with pid" in err, err
-        clean(err)
     finally:
-        for p in (first,):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    # --wait queues behind whoever holds the output (here the test itself, so that a loaded
+    # machine cannot finish the first scan before the waiting one reaches the lock)
+    from mictag.runtime.output_lock import OutputLock
+
+    with OutputLock(out):
+        waiting = start(scan_cmd(model, lib, out, "--wait"))
+        try:
+            time.sleep(3.0)
+            assert waiting.poll() is None  # queued
+        except BaseException:
+            os.killpg(waiting.pid, signal.SIGKILL)
+            raise
+    _, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0 and "waiting for the scan with pid" in err, err
+    clean(err)
     paths = rows(out)
     assert len(paths) == FILES and len(set(paths)) == FILES
 
@@ -301,7 +309,7 @@ def test_the_python_api_ends_its_workers_when_the_caller_stops(setup):
 
 # -- 5. files that change under the scan ---------------------------------------------------------
 def test_a_file_deleted_after_listing_is_an_error_row_saying_so(tmp_path):
-    from mictag.features import FbankConfig
+    from mictag.frontends import FbankConfig
     from mictag.runtime.pipeline import decode_file
 
     (message,) = decode_file(0, str(tmp_path / "gone.flac"), FbankConfig(target_frames=128), "fbank", 128, 1.0)
@@ -309,7 +317,7 @@ def test_a_file_deleted_after_listing_is_an_error_row_saying_so(tmp_path):
 
 
 def test_a_file_still_being_written_is_partial_and_redone(tmp_path):
-    from mictag.features import FbankConfig
+    from mictag.frontends import FbankConfig
     from mictag.runtime.pipeline import decode_file
 
     path = tmp_path / "growing.wav"

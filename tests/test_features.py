@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from mictag import features as F
+from mictag import frontends as F
 from mictag.model.fbank import Fbank
 
 SR = 16000

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mictag import features
-from mictag.musicnn_features import MUSICNN_MEL, slaney_hz_to_mel, slaney_mel_to_hz
+from mictag import frontends
+from mictag.frontends import MUSICNN_MEL, slaney_hz_to_mel, slaney_mel_to_hz
 
 librosa = pytest.importorskip("librosa")
 
@@ -45,7 +45,7 @@ def test_mel_matrix_equals_librosa():
 @pytest.mark.parametrize("name", list(_signals()))
 def test_log_mel_equals_librosa(name):
     y = _signals()[name].astype(np.float32)
-    ours = features.log_mel(features.edge_padded(y, MUSICNN_MEL), MUSICNN_MEL)
+    ours = frontends.log_mel(frontends.edge_padded(y, MUSICNN_MEL), MUSICNN_MEL)
     ref = np.log10(10000.0 * _librosa_mel(y) + 1.0)
     assert ours.shape == ref.shape == (1 + y.size // 256, 96)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-4)
@@ -58,20 +58,20 @@ def test_within_one_float16_step_of_the_original_pipeline():
     for name, y in _signals().items():
         mel = _librosa_mel(y).astype(np.float32).astype(np.float16)
         original = np.log10(10000 * mel + 1)  # float16 arithmetic, as in musicnn's extractor
-        ours = features.log_mel(features.edge_padded(y.astype(np.float32), MUSICNN_MEL), MUSICNN_MEL)
+        ours = frontends.log_mel(frontends.edge_padded(y.astype(np.float32), MUSICNN_MEL), MUSICNN_MEL)
         step = np.spacing(np.abs(original)).astype(np.float64)
         assert np.all(np.abs(ours - original.astype(np.float64)) <= step + 5e-4), name
     loud = (0.9 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)).astype(np.float32)
     with np.errstate(over="ignore"):
         assert np.isinf(np.log10(10000 * _librosa_mel(loud).astype(np.float16) + 1)).any()
-    assert np.isfinite(features.log_mel(features.edge_padded(loud, MUSICNN_MEL), MUSICNN_MEL)).all()
+    assert np.isfinite(frontends.log_mel(frontends.edge_padded(loud, MUSICNN_MEL), MUSICNN_MEL)).all()
 
 
 @pytest.mark.parametrize("chunk", [1, 100, 256, 257, 1000, 48128, 100000])
 def test_streaming_equals_one_shot(chunk):
     y = _signals()["chirp"].astype(np.float32)[: 3 * RATE + 77]
-    one_shot = features.log_mel(features.edge_padded(y, MUSICNN_MEL), MUSICNN_MEL)
-    stream = features.FbankStream(MUSICNN_MEL)
+    one_shot = frontends.log_mel(frontends.edge_padded(y, MUSICNN_MEL), MUSICNN_MEL)
+    stream = frontends.FbankStream(MUSICNN_MEL)
     parts = [stream.push(y[i : i + chunk]) for i in range(0, y.size, chunk)] + [stream.finish()]
     streamed = np.concatenate(parts)
     assert streamed.shape == one_shot.shape and stream.frames_emitted == one_shot.shape[0]
@@ -82,7 +82,7 @@ def test_streaming_equals_one_shot(chunk):
 def test_short_inputs_frame_count(n):
     """1 + n // 256 centred frames (none for no samples); inputs too short to reflect are zero-padded."""
     y = np.linspace(-0.5, 0.5, n, dtype=np.float32)
-    stream = features.FbankStream(MUSICNN_MEL)
+    stream = frontends.FbankStream(MUSICNN_MEL)
     frames = np.concatenate([stream.push(y), stream.finish()])
     assert frames.shape == ((1 + n // 256) if n else 0, 96)
     if n > 256:
@@ -95,8 +95,8 @@ def test_torch_module_equals_numpy():
 
     module = Fbank(MUSICNN_MEL, normalize=False)
     for name, y in _signals().items():
-        padded = features.edge_padded(y.astype(np.float32), MUSICNN_MEL)
-        ours = features.log_mel(padded, MUSICNN_MEL)
+        padded = frontends.edge_padded(y.astype(np.float32), MUSICNN_MEL)
+        ours = frontends.log_mel(padded, MUSICNN_MEL)
         with torch.no_grad():
             got = module.log_mel(torch.from_numpy(padded)[None])[0].numpy()
         diff = np.abs(got - ours)
@@ -109,20 +109,20 @@ def test_window_rule_and_model_input():
     from mictag.runtime.windows import frame_windows, sample_windows
 
     y = _signals()["noise"].astype(np.float32)[: 7 * RATE]
-    frames = features.log_mel(features.edge_padded(y, MUSICNN_MEL), MUSICNN_MEL)
+    frames = frontends.log_mel(frontends.edge_padded(y, MUSICNN_MEL), MUSICNN_MEL)
     chunks = [y[i : i + 5000] for i in range(0, y.size, 5000)]
     fw = list(frame_windows(iter(chunks), MUSICNN_MEL, 187))
     sw = list(sample_windows(iter(chunks), MUSICNN_MEL, 187))
-    assert [w.start_frame for w in fw] == [w.start_frame for w in sw] == features.window_starts(frames.shape[0], 187, 187)
+    assert [w.start_frame for w in fw] == [w.start_frame for w in sw] == frontends.window_starts(frames.shape[0], 187, 187)
     for f, s in zip(fw, sw):
         np.testing.assert_allclose(f.data[: f.valid], frames[f.start_frame : f.start_frame + f.valid], atol=1e-4)
         assert not f.data[f.valid :].any()
-        direct = features.log_mel(s.data[: s.valid], MUSICNN_MEL)
+        direct = frontends.log_mel(s.data[: s.valid], MUSICNN_MEL)
         assert direct.shape[0] == f.valid
         np.testing.assert_allclose(direct, f.data[: f.valid], atol=1e-4)
     spans = [w.seconds(MUSICNN_MEL) for w in fw]
     assert spans == [w.seconds(MUSICNN_MEL) for w in sw] and spans[0][0] == 0.0
     assert all(a[1] == pytest.approx(b[0]) for a, b in zip(spans, spans[1:]))  # windows tile the file
     assert 0 <= spans[-1][1] - y.size / RATE < 256 / RATE
-    whole = features.model_input(y[: 3 * RATE], MUSICNN_MEL)
+    whole = frontends.model_input(y[: 3 * RATE], MUSICNN_MEL)
     np.testing.assert_allclose(whole, frames[:187], atol=1e-4)  # no external normalisation

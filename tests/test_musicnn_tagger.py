@@ -13,10 +13,10 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from mictag import features
+from mictag import frontends
 from mictag.cli import main
 from mictag.labels import openmic_mtt_map
-from mictag.musicnn_features import MUSICNN_MEL
+from mictag.frontends import MUSICNN_MEL
 from musicnn_fixtures import fake_musicnn_tf, fake_musicnn_wheel
 
 ort = pytest.importorskip("onnxruntime")
@@ -116,7 +116,7 @@ def test_scan_with_musicnn_over_real_files(tmp_path, monkeypatch):
     assert rows["broken.mp3"]["status"] == "error" and rows["broken.mp3"]["error"]
     for name, (_, _, seconds) in durations.items():
         samples = int(round(seconds * 16000))
-        expected = len(features.window_starts(1 + samples // 256, 187, 187))
+        expected = len(frontends.window_starts(1 + samples // 256, 187, 187))
         assert rows[name]["status"] == "ok" and int(rows[name]["windows"]) == expected, name
         assert float(rows[name]["duration_s"]) == pytest.approx(seconds, abs=1e-3)
         assert all(0.0 <= float(rows[name][label]) <= 1.0 for label in EXPRESSIBLE)

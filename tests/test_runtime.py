@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from mictag import features as F
+from mictag import frontends as F
 from mictag.audio import AudioError
 from mictag.cli import main
 from mictag.runtime.backends import ModelError, open_backend

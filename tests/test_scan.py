@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from library import DANGLING, DURATIONS, LONG, M4A, SILENT, TRUNCATED, make_library
 from library import signal as tone_signal
-from mictag import features as F
+from mictag import frontends as F
 from mictag.cli import main
 from mictag.labels import OPENMIC_LABELS
 from mictag.runtime.results import columns
@@ -204,7 +204,7 @@ def torch_reference(ast, path: Path) -> np.ndarray:
 
 def test_scores_equal_the_tagger_api_and_a_pytorch_reference(lib, models, scanned, tiny_ast_dir):
     from mictag import Tagger
-    from mictag.model.checkpoints import load_ast
+    from mictag.backbones.ast_checkpoints import load_ast
 
     root, _, _ = lib
     rows = by_path(read_rows(scanned[1]))

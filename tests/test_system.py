@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mictag import features as F
-from mictag.features import FbankConfig
+from mictag import frontends as F
+from mictag.frontends import FbankConfig
 from mictag.labels import AUDIOSET_NUM_CLASSES, OPENMIC_LABELS, audioset_labels, openmic_audioset_map
-from mictag.model.ast import ASTConfig
+from mictag.backbones.ast import ASTConfig
 from mictag.model.mappers import ManyToOneMapper
 from mictag.model.reprogram import CNNReprogrammer, NoiseReprogrammer, UNetReprogrammer
 from mictag.model.system import SystemConfig, build_system, parameter_table

@@ -1,1 +1,3 @@
-"""Frozen backbones other than the AST (musicnn) and what reading their weights needs."""
+"""The frozen, pretrained networks and their loaders: the AudioSet AST (``ast``, ``ast_checkpoints``,
+``attention``) and musicnn (``musicnn``, ``musicnn_weights``, ``tf_bundle``), behind one interface
+(``frozen``). What is trained around them is in :mod:`mictag.model`."""

@@ -18,9 +18,8 @@ from torch import nn
 
 from mictag.digest import file_digest
 from mictag.errors import ConfigError
-from mictag.features import FbankConfig
+from mictag.frontends import FbankConfig, MusicnnMelConfig
 from mictag.labels import MTT_LABELS, audioset_labels, openmic_audioset_map, openmic_mtt_map
-from mictag.musicnn_features import MusicnnMelConfig
 
 BACKBONES = ("ast", "musicnn")
 DEFAULT_MUSICNN = "MTT_musicnn"
@@ -68,7 +67,7 @@ def weights_file(kind: str, source: str | os.PathLike) -> Path:
 
         path = _musicnn_file(source)
         return path if path.is_file() else require_weights(str(source))
-    from mictag.model.checkpoints import weights_file as ast_weights_file
+    from mictag.backbones.ast_checkpoints import weights_file as ast_weights_file
 
     return ast_weights_file(source)
 
@@ -107,6 +106,6 @@ def load_backbone(kind: str, source: str | os.PathLike, input_frames: int | None
             weights = load_weights(str(source))  # checked against the manifest's sha256
         cfg = MusicnnConfig(tags=musicnn_tags(source, path))
         return load_musicnn(weights, cfg if input_frames is None else replace(cfg, frames=input_frames))
-    from mictag.model.checkpoints import load_ast
+    from mictag.backbones.ast_checkpoints import load_ast
 
     return load_ast(source, input_frames=input_frames)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mictag import features
-from mictag.features import frontend_from_dict
+from mictag import frontends
+from mictag.frontends import frontend_from_dict
 
 FRONT_END_PREFIXES = ("/fbank/", "/finish/")
 QUANTISED_OPS = ("MatMul", "Gemm", "Conv")
@@ -103,7 +103,7 @@ def calibration_windows(meta: dict, audio_dir: str | os.PathLike | None = None, 
             w[: min(n, x.size)] = x[:n]
             feeds.append({"windows": w[None], "valid_samples": np.array([min(n, x.size)], np.int64)})
         else:
-            frames, valid = features.pad_frames(features.log_mel(features.edge_padded(x, cfg), cfg), cfg)
+            frames, valid = frontends.pad_frames(frontends.log_mel(frontends.edge_padded(x, cfg), cfg), cfg)
             feeds.append({"frames": frames[None].astype(np.float32), "valid_frames": np.array([valid], np.int64)})
     return feeds, source
 

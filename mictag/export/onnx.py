@@ -4,7 +4,7 @@ Two variants from the same weights:
 - ``waveform``: inputs ``windows`` (batch, window_samples) float32 16 kHz and ``valid_samples``
   (batch,) int64; the fbank, its fbank-domain padding and the normalisation run in the graph.
 - ``fbank``: inputs ``frames`` (batch, target_frames, mel_bins) raw log-mel (as
-  :func:`mictag.features.log_mel` gives) and ``valid_frames`` (batch,) int64, for the runtime's
+  :func:`mictag.frontends.log_mel` gives) and ``valid_frames`` (batch,) int64, for the runtime's
   streaming-mel path.
 Outputs: ``probabilities`` (batch, labels), ``logits`` and ``embedding``. The batch axis is
 dynamic. Metadata (key ``mictag``, JSON) carries everything the runtime needs.

@@ -17,7 +17,7 @@ from torch import nn
 
 from mictag.errors import CheckpointError
 from mictag.export.onnx import ExportGraph
-from mictag.model.attention import fastest_kernel, set_kernel
+from mictag.backbones.attention import fastest_kernel, set_kernel
 from mictag.model.system import SystemConfig, build_system, new_backbone
 from mictag.train.checkpoint import load_payload
 

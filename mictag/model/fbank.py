@@ -1,5 +1,5 @@
 """The front ends as torch modules, built from the same matrices as the numpy paths (the AST's
-Kaldi fbank, :mod:`mictag.features`; musicnn's mel, :mod:`mictag.musicnn_features`): batched,
+Kaldi fbank, :mod:`mictag.frontends.kaldi_fbank`; musicnn's mel, :mod:`mictag.frontends.musicnn_mel`): batched,
 differentiable and exportable to ONNX (a strided Conv1d, squares, two matmuls and a log)."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mictag.features import AST_FBANK, LOG_FLOOR, FbankConfig
-from mictag.musicnn_features import MusicnnMelConfig
+from mictag.frontends import AST_FBANK, LOG_FLOOR, FbankConfig, MusicnnMelConfig
 
 
 class FrameFinish(nn.Module):

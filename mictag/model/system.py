@@ -14,16 +14,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mictag.backbones.ast import AST, ASTConfig
 from mictag.backbones.frozen import check_kind, frontend_for, openmic_source_map, source_labels
 from mictag.backbones.musicnn import MusicnnConfig, build_musicnn
-from mictag.features import FbankConfig, frontend_from_dict
+from mictag.frontends import FbankConfig, MusicnnMelConfig, frontend_from_dict
 from mictag.labels import OPENMIC_LABELS
-from mictag.model.ast import AST, ASTConfig
 from mictag.model.baselines import CNNBaseline
 from mictag.model.fbank import Fbank
 from mictag.model.mappers import Mapper, build_mapper
 from mictag.model.reprogram import Reprogrammer, build_reprogrammer
-from mictag.musicnn_features import MusicnnMelConfig
 
 BASELINES = ("cnn-bs", "finetune")
 

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Iterable
 from multiprocessing.connection import wait
 
-from mictag.features import frontend_from_dict
+from mictag.frontends import frontend_from_dict
 
 QUEUE_WINDOWS = 64  # messages (mostly windows) in flight between decoders and the model
 PR_SET_PDEATHSIG = 1

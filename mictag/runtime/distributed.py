@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mictag.errors import MictagError
-from mictag.features import frontend_from_dict
+from mictag.frontends import frontend_from_dict
 from mictag.runtime.backends import model_metadata, open_backend
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.pipeline import ScanOptions, Scoring, _FileState, decode_file

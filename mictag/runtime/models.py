@@ -115,7 +115,7 @@ def default_model(ast: str | os.PathLike | None = None, on_message=None, backbon
     if built:
         return built[0]
     try:
-        from mictag.model.checkpoints import resolve_hub
+        from mictag.backbones.ast_checkpoints import resolve_hub
 
         local = resolve_hub(DEFAULT_HUB_ID, download=False)  # the cache only; pulling is explicit
     except (ImportError, ModelNotFoundError):
@@ -140,7 +140,7 @@ def default_musicnn_model(model: str = "MTT_musicnn", on_message=None) -> Path:
 def pull(repo_id: str = DEFAULT_HUB_ID, on_message=None, int8: bool | None = None) -> Path:
     """Download (or find in the cache) an AudioSet AST, verify it, build and cache its tagger."""
     try:
-        from mictag.model.checkpoints import resolve_hub
+        from mictag.backbones.ast_checkpoints import resolve_hub
     except ImportError:
         raise MictagError("`mictag models pull` needs the [train] extra: pip install 'mictag[train]'") from None
     local = resolve_hub(repo_id)
@@ -170,7 +170,7 @@ def listing() -> list[tuple[str, str]]:
                  and not p.name.endswith(VARIANT_SUFFIXES)]
         rows += [(f"musicnn weights {p.stem}", str(p)) for p in sorted((models_dir() / "musicnn").glob("*.safetensors"))]
     try:
-        from mictag.model.checkpoints import resolve_hub
+        from mictag.backbones.ast_checkpoints import resolve_hub
 
         rows.append((f"AudioSet AST {DEFAULT_HUB_ID}", str(resolve_hub(DEFAULT_HUB_ID, download=False))))
     except (ImportError, MictagError):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mictag.audio import CHUNK_SECONDS, AudioError, AudioStream
-from mictag.features import FbankConfig, frontend_from_dict, hop_frames
+from mictag.frontends import FbankConfig, frontend_from_dict, hop_frames
 from mictag.runtime.backends import Backend
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.results import FileResult

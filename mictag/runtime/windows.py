@@ -4,7 +4,7 @@
 windows of ``target_frames`` are sliced from that frame stream every ``hop`` frames, so
 overlapping windows cost no extra front-end work (the fbank-input graph).
 ``sample_windows``: the same windows as raw 16 kHz samples (the waveform-input graph).
-Both follow :func:`mictag.features.window_starts`: the last window may be partial and is padded in
+Both follow :func:`mictag.frontends.window_starts`: the last window may be partial and is padded in
 the fbank domain through its valid count; a file with no frames still yields one window. A centred
 front end (musicnn's) frames the stream with its edge padding, so sample windows carry it too.
 """
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mictag import features
-from mictag.features import FbankConfig
+from mictag import frontends
+from mictag.frontends import FbankConfig
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Window:
         rate, shift = cfg.sample_rate, cfg.frame_shift
         start = self.start_frame * shift
         if cfg.edge_pad:
-            frames = self.valid if self.data.ndim == 2 else features.frame_count(self.valid, cfg)
+            frames = self.valid if self.data.ndim == 2 else frontends.frame_count(self.valid, cfg)
             return start / rate, (start + frames * shift) / rate
         if self.data.ndim == 2:
             return start / rate, (start + self.valid * shift + (cfg.frame_length - shift if self.valid else 0)) / rate
@@ -45,7 +45,7 @@ class Window:
 
 def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> Iterator[Window]:
     """Windows of raw log-mel frames from a stream of 16 kHz chunks."""
-    stream = features.FbankStream(cfg)
+    stream = frontends.FbankStream(cfg)
     size = cfg.target_frames
     buf = np.zeros((0, cfg.num_mel_bins), np.float32)
     buf_start = 0  # frame index of buf[0]
@@ -73,7 +73,7 @@ def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> I
     if last.shape[0]:
         buf = np.concatenate([buf, last]) if buf.shape[0] else last
     total = stream.frames_emitted
-    for start in features.window_starts(total, hop, size)[index:]:
+    for start in frontends.window_starts(total, hop, size)[index:]:
         yield cut(start, total)
 
 
@@ -96,7 +96,7 @@ def sample_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> 
         index += 1
         return w
 
-    padder = features.EdgePadder(cfg.edge_pad)
+    padder = frontends.EdgePadder(cfg.edge_pad)
 
     def padded() -> Iterator[np.ndarray]:
         for chunk in chunks:
@@ -110,5 +110,5 @@ def sample_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> 
             yield cut(index * step)
             drop = min(index * step - buf_start, buf.shape[0])
             buf, buf_start = buf[drop:], buf_start + drop
-    for start in features.window_starts(features.frame_count(total, cfg), hop, cfg.target_frames)[index:]:
+    for start in frontends.window_starts(frontends.frame_count(total, cfg), hop, cfg.target_frames)[index:]:
         yield cut(start * cfg.frame_shift)

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mictag import audio, features
+from mictag import audio, frontends
 from mictag.digest import config_digest, file_digest
-from mictag.features import FbankConfig
+from mictag.frontends import FbankConfig
 
 
 def window_frames(path: str | os.PathLike, cfg: FbankConfig) -> tuple[np.ndarray, int]:
     """Raw log-mel frames of the first window of a file, zero-padded, and the valid count.
 
     Decodes only as much audio as the window needs (through the shared decoder)."""
-    stream = features.FbankStream(cfg)
+    stream = frontends.FbankStream(cfg)
     got = []
     for chunk in audio.stream(path, chunk_seconds=cfg.window_seconds + 0.1):
         got.append(stream.push(chunk))
@@ -33,7 +33,7 @@ def window_frames(path: str | os.PathLike, cfg: FbankConfig) -> tuple[np.ndarray
     else:
         got.append(stream.finish())
     frames = np.concatenate(got) if got else np.zeros((0, cfg.num_mel_bins), np.float32)
-    return features.pad_frames(frames, cfg)
+    return frontends.pad_frames(frames, cfg)
 
 
 class FbankCache:

@@ -1,7 +1,7 @@
 """The Audio Spectrogram Transformer (Gong et al., 2021), configurable, with fused-qkv SDPA blocks.
 
 Parameter names follow the original implementation (a DeiT ``v`` without its ``v.``), so the
-original checkpoint loads by renaming its head alone; see :mod:`mictag.model.checkpoints`.
+original checkpoint loads by renaming its head alone; see :mod:`mictag.backbones.ast_checkpoints`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from mictag.model.attention import DEFAULT_BLOCK, attend
+from mictag.backbones.attention import DEFAULT_BLOCK, attend
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class ASTConfig:
 
 class Attention(nn.Module):
     """Multi-head self-attention; the kernel (SDPA, or blocked bf16 matmuls on a CPU) is set by
-    :func:`mictag.model.attention.set_kernel` and does not change the weights."""
+    :func:`mictag.backbones.attention.set_kernel` and does not change the weights."""
 
     def __init__(self, cfg: ASTConfig):
         super().__init__()

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mictag.errors import CheckpointError, ModelNotFoundError
-from mictag.model.ast import AST, ASTConfig, resize_pos_embed
+from mictag.backbones.ast import AST, ASTConfig, resize_pos_embed
 
 DEFAULT_HUB_ID = "MIT/ast-finetuned-audioset-10-10-0.4593"
 ORIGINAL_FILENAME = "audioset_10_10_0.4593.pth"

@@ -5,7 +5,7 @@ hop_length=256, n_mels=96)`` (librosa 0.7: centred frames with reflect padding, 
 window, power spectrum, Slaney mel scale with area-normalised triangles from 0 Hz to Nyquist),
 cast the mel power to float16 and took ``log10(10000 mel + 1)`` in float16 arithmetic; the network
 sees 3-s patches of 187 frames. The periodic window and the DFT fold into one (512 -> 2*257) matrix, as
-the AST's Kaldi fbank does (:mod:`mictag.features`), so the same streaming, window rule, torch
+the AST's Kaldi fbank does (:mod:`mictag.frontends.kaldi_fbank`), so the same streaming, window rule, torch
 module and exported graph serve both front ends.
 
 Centring is the one structural difference: frame t is centred on sample ``t * 256``, so a file
@@ -23,7 +23,6 @@ from functools import cached_property
 
 import numpy as np
 
-from mictag.features import samples_for_frames
 
 def slaney_hz_to_mel(freq_hz: np.ndarray | float) -> np.ndarray:
     """Slaney's Auditory Toolbox mel scale: linear (3 per 200 Hz) below 1 kHz, logarithmic above."""
@@ -72,6 +71,8 @@ class MusicnnMelConfig:
     @property
     def window_samples(self) -> int:
         """Padded-stream samples that make exactly ``target_frames`` frames (48,128 for 3 s)."""
+        from mictag.frontends.framing import samples_for_frames  # framing's defaults import kaldi_fbank
+
         return samples_for_frames(self.target_frames, self)
 
     @property
