@@ -199,7 +199,7 @@ def aggregate(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, required=True, help="a corpus (mictag corpus build) or a labelled folder")
+    ap.add_argument("--data", type=Path, help="a corpus (mictag corpus build) or a labelled folder")
     ap.add_argument("--cross-domain", type=Path, default=None,
                     help="experiments/real_instruments.py's output: test on its recordings unheard in training")
     ap.add_argument("--musicnn", default="MTT_musicnn", help="musicnn model in the cache, or a .safetensors file")
@@ -212,7 +212,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="train only these (default: the whole plan; none: only the zero-training tagger)")
     ap.add_argument("--work", type=Path, default=mictag_home() / "experiments" / "musicnn-reprogramming")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (runs already in it are skipped)")
+    ap.add_argument("--table", action="store_true", help="print the table of --out's runs so far and stop")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.out.read_text("utf-8"))))
+        return 0
+    if args.data is None:
+        ap.error("--data is required")
     args.cache = args.work / "cache"
     out = args.out or RESULTS / f"musicnn-reprogramming-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

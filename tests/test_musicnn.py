@@ -110,7 +110,7 @@ def test_models_pull_musicnn_converts_a_wheel_and_verifies_it(tmp_path, monkeypa
     result = CliRunner().invoke(main, ["models", "pull", "musicnn"])
     assert result.exit_code == 0, result.output
     assert "CC BY-NC-SA" in result.output and "MTT_musicnn: 64 tensors" in result.output
-    assert "musicnn tagger ready" in result.output
+    assert "musicnn zero-training tagger ready" in result.output
     weights = musicnn_weights.load_weights("MTT_musicnn")
     for name, array in tensors.items():
         if "Adam" in name or name in ("beta1_power", "global_step"):

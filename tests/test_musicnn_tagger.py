@@ -107,8 +107,9 @@ def test_scan_with_musicnn_over_real_files(tmp_path, monkeypatch):
     (lib / "broken.mp3").write_bytes(b"ID3" + bytes(500))
     wheel = fake_musicnn_wheel(tmp_path / "musicnn-0.1.0-py3-none-any.whl", lambda i: fake_musicnn_tf(seed=i))
     result = _run(["models", "pull", "musicnn", "--wheel", str(wheel)])
-    assert result.exit_code == 0 and "musicnn tagger ready" in result.output, result.output
-    result = _run(["scan", str(lib), "--backbone", "musicnn", "--out", str(tmp_path / "tags.csv"), "--workers", "1"])
+    assert result.exit_code == 0 and "musicnn zero-training tagger ready" in result.output, result.output
+    result = _run(["scan", str(lib), "--backbone", "musicnn", "--zero-training", "--out", str(tmp_path / "tags.csv"),
+                   "--workers", "1"])
     assert result.exit_code == 1, result.output  # one file failed, the rest are tagged
     with open(tmp_path / "tags.csv", newline="") as f:
         rows = {r["path"]: r for r in csv.DictReader(f)}

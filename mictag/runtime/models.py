@@ -6,13 +6,16 @@ many-to-one map), built once from an AudioSet AST found locally and cached as
 (≈350 MB, ``MIT/ast-finetuned-audioset-10-10-0.4593``) into the Hugging Face cache, checks its
 sha256 and builds that tagger; building needs the ``[train]`` extra (torch), scanning does not.
 
-``--backbone musicnn`` does the same with musicnn (MTT) and its MagnaTagATune -> OpenMIC map
-(8 of the 20 labels): ``mictag models pull musicnn`` converts its weights and builds
-``musicnn-zero-training-<sha12>.onnx``.
+``--backbone musicnn`` uses musicnn (MTT): ``mictag models pull musicnn`` converts its weights and
+builds two taggers: ``musicnn-openmic20`` (the default: a reprogrammer and mapper trained on the
+generated corpus, shipped inside the package, all 20 labels; :mod:`mictag.runtime.shipped`) and the
+zero-training one with the fixed MagnaTagATune -> OpenMIC map (8 of the 20 labels;
+``--zero-training``), ``musicnn-zero-training-<sha12>.onnx``. Neither needs Hugging Face.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -24,7 +27,11 @@ DEFAULT_HUB_ID = "MIT/ast-finetuned-audioset-10-10-0.4593"
 HOW_TO_GET_ONE = (
     "no model to scan with: run `mictag models pull` once online (downloads the ~350 MB AudioSet AST and "
     "builds the zero-training tagger), or pass --ast PATH (audioset_10_10_0.4593.pth or a Hugging Face "
-    "model directory), or --model an exported .onnx / .engine / .pt")
+    "model directory), or --model an exported .onnx / .engine / .pt. Without the AST (offline, no Hugging "
+    "Face access) you can tag now with musicnn: `mictag models pull musicnn` (or `--wheel musicnn-0.1.0-py3-none-any.whl` "
+    "offline), then `mictag scan LIBRARY --backbone musicnn --out tags.csv` (all 20 labels)")
+NEEDS_MUSICNN_BUILD = ("the {name} tagger is not built yet and building it needs torch: run `mictag models pull "
+                       "musicnn` where the [train] extra is installed, or scan with --zero-training")
 
 
 VARIANT_SUFFIXES = (".int8.onnx", ".partial.onnx")  # beside a tagger, not taggers of their own
@@ -43,6 +50,13 @@ def cached_taggers(backbone: str = "ast") -> list[Path]:
     d = models_dir()
     found = [p for p in d.glob(f"{_tagger_prefix(backbone)}*.onnx") if not p.name.endswith(VARIANT_SUFFIXES)] \
         if d.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def cached_shipped(name: str) -> list[Path]:
+    """Builds of the shipped tagger ``name`` in the cache, newest first."""
+    d = models_dir()
+    found = [p for p in d.glob(f"{name}-*.onnx") if not p.name.endswith(VARIANT_SUFFIXES)] if d.is_dir() else []
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -92,6 +106,12 @@ def build_default_tagger(source: str | os.PathLike, on_message=None, backbone: s
         tmp = target.with_name(target.name + ".partial.onnx")
         export_onnx(system, tmp, meta, "fbank")
         os.replace(tmp, target)
+    ensure_int8(target, int8, on_message)
+    return target
+
+
+def ensure_int8(target: Path, int8: bool | None, on_message=None) -> None:
+    """Calibrate ``target``'s int8 variant beside it where :func:`wants_int8` and it is missing."""
     if wants_int8(int8) and not int8_path(target).is_file():
         from mictag.export.onnx import write_int8
         from mictag.metadata import read_metadata
@@ -101,13 +121,49 @@ def build_default_tagger(source: str | os.PathLike, on_message=None, backbone: s
         _, record = write_int8(target, read_metadata(target))
         if on_message:
             on_message(f"int8 variant: max |dp| {record['max_abs_dp']:.3f} from fp32 on {record['windows']} windows")
+
+
+def build_shipped_tagger(name: str, on_message=None, int8: bool | None = None) -> Path:
+    """A shipped tagger (:mod:`mictag.runtime.shipped`) built against the user's backbone, once."""
+    try:
+        from mictag.export.shipped import build_shipped
+    except ImportError:
+        raise MictagError(NEEDS_MUSICNN_BUILD.format(name=name)) from None
+    target = build_shipped(name, models_dir(), on_message)
+    ensure_int8(target, int8, on_message)
     return target
 
 
+def shipped_tagger(name: str, on_message=None) -> Path:
+    """The built shipped tagger ``name``: found by its weights' and backbone's sha256 (no torch),
+    else built (torch)."""
+    from mictag.digest import file_digest
+    from mictag.runtime import shipped
+
+    record = shipped.provenance(name)
+    ref = record["backbone"]
+    if ref["kind"] != "musicnn":
+        raise MictagError(f"shipped taggers on a {ref['kind']} backbone are not supported")
+    built = models_dir() / shipped.built_name(name, file_digest(require_musicnn_weights(ref["source"])))
+    if built.is_file():
+        return built
+    if importlib.util.find_spec("torch") is None:
+        raise MictagError(NEEDS_MUSICNN_BUILD.format(name=name))
+    return build_shipped_tagger(name, on_message)
+
+
 def default_model(ast: str | os.PathLike | None = None, on_message=None, backbone: str = "ast",
-                  musicnn: str = "MTT_musicnn") -> Path:
-    """What ``mictag scan`` uses without ``--model``: the zero-training tagger of ``backbone``."""
+                  musicnn: str = "MTT_musicnn", zero_training: bool = False) -> Path:
+    """What ``mictag scan`` uses without ``--model``: for the AST its zero-training tagger; for
+    musicnn the shipped 20-label tagger (MTT_musicnn), or with ``zero_training`` (or another
+    musicnn model) the zero-training one."""
     if backbone == "musicnn":
+        from mictag.runtime.shipped import DEFAULT_SHIPPED, available, provenance
+
+        name = DEFAULT_SHIPPED["musicnn"]
+        if not zero_training and name in available() and musicnn == provenance(name)["backbone"]["source"]:
+            require_musicnn_weights(musicnn)
+            return shipped_tagger(name, on_message)
         return default_musicnn_model(musicnn, on_message)
     if ast:
         return build_default_tagger(ast, on_message)
@@ -127,14 +183,20 @@ def default_musicnn_model(model: str = "MTT_musicnn", on_message=None) -> Path:
     """The zero-training tagger of a musicnn ``model`` converted by `mictag models pull musicnn`:
     found by its weights' sha256 (no torch needed), else built; with no weights, the error says
     how to get them."""
-    from mictag.backbones.musicnn_weights import MODELS, require_weights
     from mictag.digest import file_digest
+
+    weights = require_musicnn_weights(model)
+    built = models_dir() / f"{_tagger_prefix('musicnn')}{file_digest(weights)[:12]}.onnx"
+    return built if built.is_file() else build_default_tagger(model, on_message, backbone="musicnn")
+
+
+def require_musicnn_weights(model: str) -> Path:
+    """The converted weights of a musicnn ``model``; the error says how to get them."""
+    from mictag.backbones.musicnn_weights import MODELS, require_weights
 
     if model not in MODELS:
         raise MictagError(f"unknown musicnn model {model!r}: choose one of {', '.join(MODELS)}")
-    weights = require_weights(model)
-    built = models_dir() / f"{_tagger_prefix('musicnn')}{file_digest(weights)[:12]}.onnx"
-    return built if built.is_file() else build_default_tagger(model, on_message, backbone="musicnn")
+    return require_weights(model)
 
 
 def pull(repo_id: str = DEFAULT_HUB_ID, on_message=None, int8: bool | None = None) -> Path:
@@ -159,14 +221,29 @@ def _source_of(tagger: Path) -> str:
 
 def listing() -> list[tuple[str, str]]:
     """(what, where) for the models mictag can use here."""
+    from mictag.runtime import shipped
+
     rows = [(f"zero-training tagger ({p.stat().st_size / 1e6:.0f} MB)", str(p)) for p in cached_taggers()]
-    rows += [(f"musicnn zero-training tagger, {_source_of(p)} ({p.stat().st_size / 1e6:.1f} MB)", str(p))
-             for p in cached_taggers("musicnn")]
+    zero = {}
+    for name in shipped.available():
+        record = shipped.provenance(name)
+        zero.update({record["backbone"]["source"]: record.get("zero_training_baseline")})
+        for p in cached_shipped(name):
+            rows.append((f"{name} tagger (musicnn default): {shipped.summary(record)} ({p.stat().st_size / 1e6:.1f} MB)",
+                         str(p)))
+    for p in cached_taggers("musicnn"):
+        source, baseline = _source_of(p), None
+        baseline = zero.get(source)
+        scores = (f"; corpus test macro F1 {baseline['test']['macro_f1']:.3f} on its {len(baseline['labels'])} labels"
+                  if baseline else "")
+        rows.append((f"musicnn zero-training tagger, {source} (--zero-training; MTT map{scores}; "
+                     f"{p.stat().st_size / 1e6:.1f} MB)", str(p)))
+    built = cached_taggers() + cached_taggers("musicnn") + [p for n in shipped.available() for p in cached_shipped(n)]
     rows += [(f"  its int8 variant ({int8_path(p).stat().st_size / 1e6:.0f} MB)", str(int8_path(p)))
-             for p in cached_taggers() + cached_taggers("musicnn") if int8_path(p).is_file()]
+             for p in built if int8_path(p).is_file()]
     if models_dir().is_dir():
         rows += [("exported model", str(p)) for p in sorted(models_dir().glob("*"))
-                 if p.suffix in (".onnx", ".engine", ".pt") and "zero-training-" not in p.name
+                 if p.suffix in (".onnx", ".engine", ".pt") and p not in built and "zero-training-" not in p.name
                  and not p.name.endswith(VARIANT_SUFFIXES)]
         rows += [(f"musicnn weights {p.stem}", str(p)) for p in sorted((models_dir() / "musicnn").glob("*.safetensors"))]
     try:

@@ -1,0 +1,158 @@
+"""The shipped musicnn-openmic20 tagger: its packaged record and weights fit its system; built
+against a musicnn (here a random one laid out as the original), it scans with all 20 labels and
+its own thresholds, equals the PyTorch system, and `--zero-training` keeps the 8-label map."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from mictag.cli import main
+from mictag.labels import OPENMIC_LABELS
+from mictag.runtime import shipped
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from musicnn_fixtures import fake_musicnn_tf, fake_musicnn_wheel  # noqa: E402
+
+NAME = "musicnn-openmic20"
+
+
+def test_the_packaged_tagger_fits_its_system_with_20_labels_and_thresholds():
+    from safetensors.numpy import load_file
+
+    from mictag.digest import file_digest
+    from mictag.model.system import SystemConfig, build_system
+    from mictag.train.checkpoint import trained_state
+
+    assert NAME in shipped.available()
+    record = shipped.provenance(NAME)
+    assert tuple(record["labels"]) == OPENMIC_LABELS and len(record["thresholds"]) == 20
+    assert all(0.0 < t < 1.0 for t in record["thresholds"])
+    weights = shipped.weights_path(NAME)
+    assert file_digest(weights) == record["weights"]["sha256"] and weights.stat().st_size < 200_000
+    assert record["backbone"]["kind"] == "musicnn" and len(record["backbone"]["sha256"]) == 64
+    assert record["corpus"]["recipe_digest"] and record["recipe"]["seed"] == record["seed"]
+    assert record["metrics"]["test"]["macro_f1"] > 0.5 and "mean_validation_macro_f1" in record["selection"]
+    cfg = SystemConfig.from_dict(record["system"])
+    assert cfg.labels == OPENMIC_LABELS and cfg.backbone == "musicnn"
+    expected = trained_state(build_system(cfg))  # a random backbone of the recorded shape
+    tensors = load_file(str(weights))
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {k: tuple(v.shape) for k, v in expected.items()}
+    assert sum(v.size for v in tensors.values()) < 50_000  # kilobytes, not a backbone
+
+
+@pytest.fixture
+def packaged(tmp_path, monkeypatch):
+    """A shipped tagger trained (here: seeded at random) against the fake MTT_musicnn that a fake
+    wheel installs, packaged into a folder that stands for the package's."""
+    from mictag.backbones.frozen import backbone_reference, load_backbone
+    from mictag.export.shipped import package
+    from mictag.model.system import SystemConfig, build_system
+    from mictag.train.checkpoint import save_model
+
+    monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
+    wheel = fake_musicnn_wheel(tmp_path / "musicnn-0.1.0-py3-none-any.whl", lambda i: fake_musicnn_tf(seed=i))
+    from mictag.backbones.musicnn_weights import pull
+
+    pull(str(wheel))
+    record = shipped.provenance(NAME)
+    cfg = SystemConfig.from_dict(record["system"])
+    torch.manual_seed(3)
+    model = build_system(cfg, backbone=load_backbone("musicnn", "MTT_musicnn"))
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    thresholds = np.linspace(0.3, 0.7, 20)
+    model_file = save_model(tmp_path / "model.pt", model, cfg, backbone_reference("musicnn", "MTT_musicnn"),
+                            thresholds, record["recipe"], {})
+    folder = tmp_path / "taggers"
+    package(model_file, NAME, thresholds, {"corpus": record["corpus"], "seed": 0, "metrics": record["metrics"]}, folder)
+    monkeypatch.setattr(shipped, "TAGGERS_DIR", folder)
+    return wheel, model, thresholds
+
+
+def _library(root):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(root / "a.flac", (0.2 * rng.standard_normal((16000 * 5, 2))).astype(np.float32), 16000)
+    sf.write(root / "b.ogg", (0.2 * rng.standard_normal(22050 * 2)).astype(np.float32), 22050)
+    (root / "broken.mp3").write_bytes(b"ID3" + bytes(300))
+    return root
+
+
+def test_pull_builds_it_and_scan_uses_it_with_20_labels(packaged, tmp_path):
+    wheel, model, thresholds = packaged
+    runner = CliRunner()
+    result = runner.invoke(main, ["models", "pull", "musicnn", "--wheel", str(wheel), "--no-int8"])
+    assert result.exit_code == 0 and f"{NAME} tagger ready" in result.output, result.output
+    listed = runner.invoke(main, ["models", "list"]).output
+    assert f"{NAME} tagger (musicnn default)" in listed and "corpus test macro F1" in listed
+    assert "musicnn zero-training tagger, MTT_musicnn (--zero-training" in listed
+    lib = _library(tmp_path / "lib")
+    result = runner.invoke(main, ["scan", str(lib), "--backbone", "musicnn", "--out", str(tmp_path / "t.csv"),
+                                  "--workers", "1", "--backend", "ort-cpu"])
+    assert result.exit_code == 1, result.output  # the broken file fails, the rest are tagged
+    with open(tmp_path / "t.csv", newline="") as f:
+        rows = {r["path"]: r for r in csv.DictReader(f)}
+    assert list(rows["a.flac"])[7:-1] == list(OPENMIC_LABELS)
+    for name in ("a.flac", "b.ogg"):
+        probs = np.array([float(rows[name][label]) for label in OPENMIC_LABELS])
+        tags = {t for t in rows[name]["tags"].split(";") if t}
+        assert tags == {label for label, p, t in zip(OPENMIC_LABELS, probs, thresholds) if p >= t}  # its thresholds
+    result = runner.invoke(main, ["scan", str(lib), "--backbone", "musicnn", "--zero-training", "--out",
+                                  str(tmp_path / "z.csv"), "--workers", "1"])
+    with open(tmp_path / "z.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[7:-1] == ["cello", "drums", "flute", "guitar", "piano", "synthesizer", "violin", "voice"]
+
+
+def test_the_built_tagger_equals_the_pytorch_system(packaged):
+    from mictag.metadata import read_metadata
+    from mictag.model.fbank import FrameFinish
+    from mictag.runtime.models import shipped_tagger
+
+    _, model, thresholds = packaged
+    path = shipped_tagger(NAME)
+    meta = read_metadata(path)
+    assert meta["labels"] == list(OPENMIC_LABELS) and np.allclose(meta["thresholds"], thresholds)
+    assert meta["shipped"]["name"] == NAME and meta["metrics"]
+    rng = np.random.default_rng(1)
+    frames = (3 * rng.standard_normal((3, 187, 96)) + 1).astype(np.float32)
+    valid = np.array([187, 187, 100], np.int64)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"frames": frames, "valid_frames": valid})[0]
+    finish = FrameFinish(model.cfg.fbank, normalize=model.cfg.normalize_input)
+    with torch.inference_mode():
+        want = torch.sigmoid(model.eval()(finish(torch.from_numpy(frames), torch.from_numpy(valid)))).numpy()
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_another_musicnn_conversion_is_refused_and_zero_training_still_works(packaged, tmp_path):
+    """The shipped weights were trained on one backbone: a musicnn with other weights must not be
+    dressed in them."""
+    (tmp_path / "other").mkdir()
+    wheel = fake_musicnn_wheel(tmp_path / "other" / "musicnn-0.1.0-py3-none-any.whl",
+                               lambda i: fake_musicnn_tf(seed=i + 10))
+    runner = CliRunner()
+    result = runner.invoke(main, ["models", "pull", "musicnn", "--wheel", str(wheel), "--no-int8"])
+    assert result.exit_code == 0, result.output
+    assert f"{NAME} not built" in result.output and "scan with --zero-training" in result.output
+
+
+def test_without_the_ast_the_message_offers_the_musicnn_tagger(tmp_path, monkeypatch):
+    monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    (tmp_path / "lib").mkdir()
+    sf.write(tmp_path / "lib" / "a.wav", np.zeros(16000, np.float32), 16000)
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "lib"), "--out", str(tmp_path / "t.csv")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "mictag models pull musicnn" in result.output and "--backbone musicnn" in result.output
