@@ -339,9 +339,13 @@ class _Progress:
               "Default: the zero-training tagger (see `mictag models`).")
 @click.option("--ast", "ast", help="Without --model: build the zero-training tagger from this AudioSet AST.")
 @click.option("--backbone", type=click.Choice(["ast", "musicnn"]), default="ast", show_default=True,
-              help="Without --model: whose zero-training tagger (musicnn: 3-s windows, 8 of the 20 labels).")
+              help="Without --model: the AST's zero-training tagger, or musicnn's musicnn-openmic20 tagger "
+              "(3-s windows, all 20 labels, trained on the generated corpus; works offline).")
+@click.option("--zero-training", is_flag=True, help="With --backbone musicnn: the fixed MagnaTagATune map "
+              "instead (no training; 8 of the 20 labels).")
 @click.option("--musicnn", "musicnn", default="MTT_musicnn", show_default=True,
-              help="With --backbone musicnn: MTT_musicnn or MTT_vgg (converted by `mictag models pull musicnn`).")
+              help="With --backbone musicnn: MTT_musicnn or MTT_vgg (converted by `mictag models pull musicnn`; "
+              "MTT_vgg has only the zero-training tagger).")
 @click.option("--backend", type=click.Choice(["auto", "openvino", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch"]),
               default="auto", show_default=True, help="auto: the fastest path here whose deviation from fp32 is "
               "bounded (shown by `mictag info` and in the summary).")
@@ -362,10 +366,12 @@ class _Progress:
 @click.option("--retry-failed", is_flag=True, help="Resume, redoing only the files that failed before.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line or summary.")
 @click.option("--wait", is_flag=True, help="If another scan is writing --out, wait for it to end instead of stopping.")
+@click.option("--write-tags", "write_file_tags", is_flag=True, help="Then write each file's instruments into its own "
+              "metadata, as `mictag write-tags` does.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run as a Ray Data pipeline: join the cluster at ADDRESS, or start a local Ray without one.")
-def scan(library, out, model, ast, backbone, musicnn, backend, precision, batch_size, hop, aggregate, threshold, include,
-         exclude, workers, fmt, segments, overwrite, retry_failed, quiet, wait, ray_address) -> None:
+def scan(library, out, model, ast, backbone, zero_training, musicnn, backend, precision, batch_size, hop, aggregate, threshold, include,
+         exclude, workers, fmt, segments, overwrite, retry_failed, quiet, wait, write_file_tags, ray_address) -> None:
     """Tag every audio file under LIBRARY: one row per file in --out.
 
     Ctrl-C (or SIGTERM, SIGHUP) stops it after the files in progress, a second one at once; rerun
@@ -384,7 +390,8 @@ def scan(library, out, model, ast, backbone, musicnn, backend, precision, batch_
     with StopSignals() as stop:
         try:
             if model is None:
-                model = str(default_model(ast, on_message=say, backbone=backbone, musicnn=musicnn))
+                model = str(default_model(ast, on_message=say, backbone=backbone, musicnn=musicnn,
+                                          zero_training=zero_training))
             workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
             if threshold is not None and not 0.0 <= threshold <= 1.0:
                 raise MictagError(f"--threshold must be between 0 and 1, not {threshold}")
@@ -410,7 +417,18 @@ def scan(library, out, model, ast, backbone, musicnn, backend, precision, batch_
         click.echo(summary_line(summary), err=True)  # said even with --quiet: the table is incomplete
         sys.exit(stop.exit_code)
     say(summary_line(summary))
-    sys.exit(summary.exit_code)
+    code = summary.exit_code
+    if write_file_tags:
+        from mictag.filetags.write import summary_line as tags_summary_line, write_tags as write_tags_of
+
+        with StopSignals() as stop:
+            written = write_tags_of(out, library, on_message=say, should_stop=stop)
+        if written.interrupted:
+            click.echo(tags_summary_line(written), err=True)
+            sys.exit(stop.exit_code)
+        say(tags_summary_line(written))
+        code = max(code, written.exit_code)
+    sys.exit(code)
 
 
 @main.group()
@@ -470,8 +488,9 @@ def models_pull(repo_id, wheel, int8) -> None:
     """Download the AudioSet AST (~350 MB, into the Hugging Face cache; only when not cached),
     verify its sha256 and build the zero-training tagger that `mictag scan` uses by default.
 
-    `mictag models pull musicnn` instead fetches the musicnn 0.1.0 wheel with pip and converts its
-    TensorFlow checkpoints to safetensors (TensorFlow is never needed)."""
+    `mictag models pull musicnn` instead fetches the musicnn 0.1.0 wheel with pip (or takes --wheel),
+    converts its TensorFlow checkpoints to safetensors (TensorFlow is never needed) and builds the
+    musicnn-openmic20 tagger (shipped in the package, all 20 labels) and the zero-training one."""
     if repo_id == "musicnn":
         from mictag.backbones.musicnn_weights import LICENCE_NOTE, cache_dir, pull as pull_musicnn
 
@@ -483,7 +502,8 @@ def models_pull(repo_id, wheel, int8) -> None:
             from mictag.runtime.models import build_default_tagger
 
             path = build_default_tagger("MTT_musicnn", _echo_err, backbone="musicnn", int8=int8)
-            click.echo(f"musicnn tagger ready: {path} (`mictag scan --backbone musicnn`)")
+            click.echo(f"musicnn zero-training tagger ready: {path} (`mictag scan --backbone musicnn --zero-training`)")
+            _pull_shipped(int8)
         return
     from mictag.runtime.models import DEFAULT_HUB_ID, pull
 
@@ -491,9 +511,34 @@ def models_pull(repo_id, wheel, int8) -> None:
     click.echo(f"default tagger ready: {path}")
 
 
+def _pull_shipped(int8) -> None:
+    """Build the shipped musicnn tagger; a backbone it was not trained on leaves the zero-training one."""
+    from mictag.errors import CheckpointError
+    from mictag.runtime.models import build_shipped_tagger
+    from mictag.runtime.shipped import DEFAULT_SHIPPED, available, provenance, summary
+
+    name = DEFAULT_SHIPPED["musicnn"]
+    if name not in available():
+        return
+    try:
+        path = build_shipped_tagger(name, _echo_err, int8=int8)
+    except CheckpointError as exc:
+        click.echo(f"mictag: warning: {name} not built: {exc}", err=True)
+        return
+    click.echo(f"{name} tagger ready: {path} (`mictag scan --backbone musicnn`; {summary(provenance(name))})")
+
+
 def _need(module: str, what: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise MictagError(f"{what} needs {module}: pip install 'mictag[train]'")
+
+
+# Commands that live beside what they drive (each module imports only click at import time).
+from mictag.filetags.command import write_tags  # noqa: E402
+from mictag.report.command import report  # noqa: E402
+
+main.add_command(write_tags)
+main.add_command(report)
 
 
 if __name__ == "__main__":  # pragma: no cover

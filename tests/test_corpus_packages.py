@@ -26,3 +26,12 @@ def test_an_unpacked_package_is_reused_and_its_licence_read(tmp_path):
     assert version(root) == "1.3-5"
     assert licence(root, "timgm6mb-soundfont") == "GPL-2, GPL-2+"
     assert licence(tmp_path / "nothing_1_all", "nothing") == "no copyright file in the package"
+
+
+def test_a_free_form_copyright_file_gives_the_line_that_names_its_licence(tmp_path):
+    """musescore-general-soundfont's file is not DEP-5: its "Licence:" heading stands alone."""
+    doc = tmp_path / "usr" / "share" / "doc" / "musescore-general-soundfont"
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text("This package was debianised by someone on a date.\n\nLicence:\n\n"
+                                   "MuseScore_General_HQ SoundFont (MIT, parts PD or CC0):\n\nCopyright 2018\n")
+    assert licence(tmp_path, "musescore-general-soundfont") == "MuseScore_General_HQ SoundFont (MIT, parts PD or CC0):"

@@ -23,7 +23,10 @@ FONTS = {
 PACKAGES = ("musescore-general-soundfont", "timgm6mb-soundfont", "avldrums.lv2-soundfont", "hydrogen-drumkits",
             "sonic-pi-samples", "lmms-common")
 LICENCE_NOTES = {
-    "musescore-general-soundfont": "MIT (MuseScore General, by S. Christian Collins)",
+    # Its copyright file says it adapts Fluid (R3) Mono GM, which is also the source of two of the
+    # packages kept for the independent evaluation: an evaluation on those shares sample lineage.
+    "musescore-general-soundfont": "MIT (MuseScore General, by S. Christian Collins, adapted from Fluid (R3) "
+                                   "Mono GM by Michael Cowgill and Frank Wen's Fluid (R3) GM)",
     "timgm6mb-soundfont": "GPL-2 (TimGM6mb, by Tim Brechbill)",
     "avldrums.lv2-soundfont": "CC-BY-SA 4.0 (AVL Drumkits, by Glen MacArthur)",
     "hydrogen-drumkits": "GPL-2+ and CC (see the package's copyright file, kit by kit)",

@@ -69,5 +69,9 @@ def licence(root: Path, name: str) -> str:
         text = path.read_text("utf-8", errors="replace")
     except OSError:
         return "no copyright file in the package"
-    found = sorted({m.strip() for m in re.findall(r"^License:\s*(.+)$", text, re.M)})
-    return ", ".join(found) if found else text.strip().splitlines()[0][:200]
+    found = sorted({m.strip() for m in re.findall(r"^Licen[cs]e:[ \t]*(\S.*)$", text, re.M)})
+    if found:
+        return ", ".join(found)
+    # Not machine-readable: the first line that names a licence, else the first line.
+    named = re.search(r"^.*\b(MIT|ISC|BSD|Apache|MPL|L?GPL|CC[- ]?BY|CC0|public domain)\b.*$", text, re.M | re.I)
+    return (named.group(0) if named else text.strip().splitlines()[0]).strip()[:200]

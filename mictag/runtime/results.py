@@ -231,7 +231,7 @@ def read_rows(path: Path, fmt: str) -> list[dict]:
     if fmt == "csv":
         return list(csv.DictReader(io.StringIO(text)))
     rows = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): U+2028 and friends may sit raw inside a JSON string
         if line.strip():
             try:
                 rows.append(json.loads(line))
@@ -273,7 +273,7 @@ def write_parquet(journal: Path, out: Path, labels: list[str]) -> None:
 
 def same_file(row: dict, size: int, mtime: float) -> bool:
     try:
-        return int(row["size_bytes"]) == size and math.isclose(float(row["mtime"]), mtime, abs_tol=1e-3)
+        return int(row["size_bytes"]) == size and math.isclose(float(row["mtime"]), mtime, rel_tol=0.0, abs_tol=1e-3)
     except (KeyError, TypeError, ValueError):
         return False
 
