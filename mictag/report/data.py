@@ -426,6 +426,10 @@ def _thresholds(table: Table, sidecar: dict | None) -> tuple[list, str]:
     given = (sidecar or {}).get("threshold")
     if isinstance(given, (int, float)):
         return [float(given)] * L, "option"
+    recorded = (sidecar or {}).get("thresholds")  # scans since the sidecar records them
+    if (isinstance(recorded, list) and len(recorded) == L and list((sidecar or {}).get("labels") or table.labels)
+            == list(table.labels) and all(isinstance(t, (int, float)) for t in recorded)):
+        return [float(t) for t in recorded], "model"
     out = []
     for j in range(L):
         s, t = table.scores[:, j], table.tagged[:, j]
@@ -460,7 +464,8 @@ def _problems(table: Table) -> dict:
 def _model(sidecar: dict | None, labels: list[str]) -> dict:
     if sidecar is None:
         return {"known": False}
-    out = {"known": True, "sha256": str(sidecar.get("model_sha256", "")), "aggregate": sidecar.get("aggregate"),
+    out = {"known": True, "sha256": str(sidecar.get("model_sha256", "")), "name": str(sidecar.get("model_name") or ""),
+           "aggregate": sidecar.get("aggregate"),
            "hop_frames": sidecar.get("hop_frames"), "threshold": sidecar.get("threshold")}
     if isinstance(sidecar.get("labels"), list) and list(sidecar["labels"]) != labels:
         out["labels_differ"] = True  # the sidecar was rewritten by a later scan with other labels

@@ -91,13 +91,16 @@ def _model_line(m: dict) -> str:
     if not m["known"]:
         return "unknown: TAGS has no sidecar (TAGS.mictag.json) beside it"
     hop = f", hop {m['hop_frames']} frames" if m.get("hop_frames") is not None else ""
-    return f"sha256 {m['sha256'][:16]}..., aggregate {m.get('aggregate')}{hop}"
+    name = f"{m['name']}, " if m.get("name") else ""
+    return f"{name}sha256 {m['sha256'][:16]}..., aggregate {m.get('aggregate')}{hop}"
 
 
 def _threshold_line(d: dict) -> str:
     h = d["hist"]
     if h["threshold_kind"] == "option":
         return f"{h['threshold'][0]:g} for every label (the scan's --threshold)"
+    if h["threshold_kind"] == "model":
+        return "the model's own, one per label (dashed in the histograms)"
     found = sum(t is not None for t in h["threshold"])
     return (f"the model's own, one per label (the sidecar does not record them): the histograms mark each "
             f"label's lowest tagged score ({found} of {len(h['threshold'])} labels separate cleanly)")
@@ -390,7 +393,7 @@ function drawHists() {
     if (thr !== null && thr !== undefined) {
       const x = pad + thr * (W - 2 * pad);
       const line = s("line", {x1: x, x2: x, y1: pad, y2: pad + ph, class: "thr"});
-      line.appendChild(s("title", {}, (H0.threshold_kind === "option" ? "threshold " : "lowest tagged score ") + thr));
+      line.appendChild(s("title", {}, (H0.threshold_kind === "inferred" ? "lowest tagged score " : "threshold ") + thr));
       svg.appendChild(line);
     }
     [[0, "start"], [0.5, "middle"], [1, "end"]].forEach(([v, anchor]) =>

@@ -116,7 +116,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
             previous = json.loads(state_file.read_text("utf-8"))
         except (OSError, ValueError):
             previous = None
-        if previous != fingerprint:
+        if not isinstance(previous, dict) or {k: previous.get(k) for k in fingerprint} != fingerprint:
             say(f"{out} was written with another model or other options: starting it afresh")
             fresh = True
     entries = discover(library, include, exclude)
@@ -135,7 +135,10 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
         if len(kept) != len(rows):
             rewrite(journal, row_fmt, labels, kept)
         entries = [e for e in entries if e.rel not in done]
-    write_text_synced(state_file, json.dumps(fingerprint))
+    # Beside the fingerprint, for readers of the output (report, write-tags): which model, and the
+    # thresholds its tags were cut at. Not compared on resume: the sha256 already decides.
+    about = {"model_name": Path(model).name, "thresholds": [float(t) for t in scoring.thresholds]}
+    write_text_synced(state_file, json.dumps({**fingerprint, **about}))
     writer = (CsvWriter if row_fmt == "csv" else JsonlWriter)(journal, labels, fresh)
     seg_writer = None
     if segments is not None:
