@@ -96,31 +96,22 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, m
     return engine_path
 
 
-def run_engine(engine_path: str | os.PathLike, feeds: dict) -> dict:
-    """Run a serialized engine once on numpy ``feeds`` (through torch's CUDA tensors); returns the
-    outputs as numpy arrays. For verification; the runtime has its own backend."""
-    import numpy as np
-    import torch
+_RUNNERS: dict[str, object] = {}  # engine path -> its EngineRunner (context and buffers kept)
 
-    trt = _import_tensorrt()
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-    context = engine.create_execution_context()
-    keep, outputs = [], {}
-    for name, array in feeds.items():
-        t = torch.from_numpy(np.ascontiguousarray(array)).cuda()
-        keep.append(t)
-        context.set_input_shape(name, tuple(t.shape))
-        context.set_tensor_address(name, t.data_ptr())
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            dtype = torch.float16 if engine.get_tensor_dtype(name) == trt.float16 else torch.float32
-            t = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device="cuda")
-            outputs[name] = t
-            context.set_tensor_address(name, t.data_ptr())
-    stream = torch.cuda.Stream()
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise MictagError(f"TensorRT failed to run {engine_path}")
-    stream.synchronize()
-    return {name: t.float().cpu().numpy() for name, t in outputs.items()}
+
+def run_engine(engine_path: str | os.PathLike, feeds: dict) -> dict:
+    """Run a serialized engine on numpy ``feeds``; returns every output as a float32 (or integer)
+    numpy array. The engine is deserialized once per process and its runner (execution context,
+    buffers) kept for later calls on the same file. For verification; scans use the runtime's
+    ``TensorRTBackend``, which copies back only the probabilities."""
+    import numpy as np
+
+    from mictag.runtime.tensorrt_engine import EngineRunner, load_engine
+
+    engine = load_engine(engine_path)
+    key = str(engine.path)
+    runner = _RUNNERS.get(key)
+    if runner is None or runner.engine is not engine:  # first call, or the file was rebuilt
+        runner = _RUNNERS[key] = EngineRunner(engine, outputs=None)
+    out = runner.run(feeds)
+    return {name: a.astype(np.float32) if a.dtype.kind == "f" else a for name, a in out.items()}

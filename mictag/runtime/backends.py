@@ -8,12 +8,19 @@
   with native bf16).
 ``auto`` takes the fastest path whose deviation is bounded, for the model, the engines installed
 and the CPU (:mod:`mictag.runtime.choice`); the plan it made is ``backend.plan``.
+
+Every backend has ``run(x, valid)`` (synchronous) and ``submit(x, valid) -> Submitted`` with
+``Submitted.result()``: the GPU backends (tensorrt, ort-cuda, ort-trt, torch on CUDA) return from
+``submit`` once the batch is copied into their own staging, so a caller that submits batch n+1
+before fetching batch n overlaps n+1's upload with n's compute. ``in_flight`` says how many
+batches a backend usefully holds at once (1: ``submit`` runs the batch before it returns).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +37,39 @@ class ModelError(MictagError):
     """A model file that cannot be used: missing, foreign, or without mictag metadata."""
 
 
+class Submitted:
+    """A batch handed to :meth:`Backend.submit`. ``result()`` waits for it and returns its
+    probabilities, (rows, labels) float32, an array of its own (the same one on later calls)."""
+
+    __slots__ = ("rows", "_fetch", "_value")
+
+    def __init__(self, rows: int, fetch: Callable[[], np.ndarray] | None = None, value: np.ndarray | None = None):
+        self.rows, self._fetch, self._value = rows, fetch, value
+
+    def result(self) -> np.ndarray:
+        if self._value is None:
+            self._value = np.asarray(self._fetch(), np.float32)
+            self._fetch = None
+        return self._value
+
+
+def _in_parts(submit_one: Callable[[np.ndarray, np.ndarray], object], x: np.ndarray, valid: np.ndarray,
+              limit: int) -> Submitted:
+    """``submit_one`` on slices of at most ``limit`` rows, as one batch."""
+    parts = [submit_one(x[i : i + limit], valid[i : i + limit]) for i in range(0, x.shape[0], limit)]
+    if len(parts) == 1:
+        return Submitted(x.shape[0], parts[0].result)
+    return Submitted(x.shape[0], lambda: np.concatenate([p.result() for p in parts]))
+
+
 class Backend:
-    """``run(x, valid) -> probabilities`` on a batch of windows; ``meta`` describes the model."""
+    """``run(x, valid) -> probabilities`` on a batch of windows; ``meta`` describes the model.
+    ``submit`` / ``Submitted.result`` split the two halves of ``run`` (see the module docstring)."""
 
     name = ""
     meta: dict
     preferred_batch = 8
+    in_flight = 1  # batches worth holding in flight: 2 where submit returns before the GPU is done
     plan: EnginePlan | None = None
 
     @property
@@ -48,43 +82,121 @@ class Backend:
         return self.meta.get("variant", "waveform")
 
     def run(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Probabilities (rows, labels) for windows ``x`` with ``valid`` samples (or frames) each."""
+        return self.submit(x, valid).result()
+
+    def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
+        """Start scoring a batch; ``x`` and ``valid`` may be reused once this returns. A backend
+        without a pipeline runs the batch here."""
+        if type(self).run is Backend.run:
+            raise NotImplementedError(f"{type(self).__name__} implements neither run nor submit")
+        return Submitted(x.shape[0], value=np.asarray(self.run(x, valid), np.float32))
+
+    def result(self, handle: Submitted) -> np.ndarray:
+        """``handle.result()``: the probabilities of a submitted batch."""
+        return handle.result()
+
+    def _empty(self) -> Submitted:
+        return Submitted(0, value=np.zeros((0, len(self.meta["labels"])), np.float32))
+
+
+def submit_batch(backend, x: np.ndarray, valid: np.ndarray) -> Submitted:
+    """``backend.submit(x, valid)``, also for wrappers that only have ``run`` (the int8 check)."""
+    submit = getattr(backend, "submit", None)
+    if submit is not None:
+        return submit(x, valid)
+    return Submitted(x.shape[0], value=np.asarray(backend.run(x, valid), np.float32))
+
+
+def pipeline_depth(backend) -> int:
+    """How many submitted batches ``backend`` usefully holds unfetched (1 for wrappers without one)."""
+    return int(getattr(backend, "in_flight", 1))
 
 
 def _input_names(variant: str) -> tuple[str, str]:
     return ("windows", "valid_samples") if variant == "waveform" else ("frames", "valid_frames")
 
 
+def _row_shapes(meta: dict, names: tuple[str, str]) -> dict[str, tuple[int, ...]]:
+    """The shape of one row of each model input, from the model's metadata."""
+    if meta.get("variant", "waveform") == "waveform":
+        window: tuple[int, ...] = (int(meta["window_samples"]),)
+    else:
+        from mictag.frontends import frontend_from_dict
+
+        cfg = frontend_from_dict(meta["features"])
+        window = (cfg.target_frames, cfg.num_mel_bins)
+    return {names[0]: window, names[1]: ()}
+
+
 class OrtBackend(Backend):
+    """ONNX Runtime. On the CUDA and TensorRT providers the session runs behind IO binding
+    (:mod:`mictag.runtime.ort_binding`): device buffers per batch bucket, bound once, uploads of
+    batch n+1 while batch n runs, only the probabilities read back; the TensorRT provider caches
+    its engines beside the model. ``io_binding`` forces it on or off (the CPU provider runs plain
+    ``session.run`` unless asked)."""
+
     PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
                  "ort-trt": "TensorrtExecutionProvider"}
 
-    def __init__(self, path: Path, name: str, threads: int | None = None):
+    def __init__(self, path: Path, name: str, threads: int | None = None, precision: str = "fp32",
+                 io_binding: bool | None = None, batch: int | None = None):
         import onnxruntime as ort
 
-        from mictag.metadata import check_metadata
+        from mictag.metadata import check_metadata, read_metadata
 
         provider = self.PROVIDERS[name]
-        if provider not in ort.get_available_providers():
+        available = tuple(ort.get_available_providers())
+        if provider not in available:
             raise ModelError(f"backend {name} needs ONNX Runtime's {provider}, which this installation lacks "
-                             f"(it has {', '.join(ort.get_available_providers())})")
+                             f"(it has {', '.join(available)})")
+        self.name = name
+        self.preferred_batch = batch or (4 if name == "ort-cpu" else 64)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         try:
+            if name == "ort-cpu":
+                providers: list = [provider]
+            else:
+                from mictag.runtime.ort_binding import provider_options
+
+                meta = read_metadata(path)
+                names = _input_names(meta.get("variant", "waveform"))
+                providers = provider_options(name, Path(path), _row_shapes(meta, names), self.preferred_batch,
+                                             precision, available)
             self.session = ort.InferenceSession(str(path), options, providers=providers)
             self.meta = check_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         except MictagError as exc:
             raise ModelError(str(exc)) from None
         except Exception as exc:
             raise ModelError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
-        self.name = name
+        if provider not in self.session.get_providers():
+            # ONNX Runtime falls back to the CPU when a provider fails to start; say so, don't crawl.
+            raise ModelError(f"ONNX Runtime could not start its {provider} for {path} (its 'EP Error' above says why); "
+                             f"it would run on {', '.join(self.session.get_providers())}")
         self.inputs = _input_names(self.variant)
-        self.preferred_batch = 4 if name == "ort-cpu" else 64
+        self.bound = None
+        if (name != "ort-cpu") if io_binding is None else io_binding:
+            from mictag.runtime.ort_binding import BoundSession
+
+            device = "cpu" if name == "ort-cpu" else "cuda"
+            self.bound = BoundSession(self.session, self.inputs, self.preferred_batch, device=device)
+            self.in_flight = 2
 
     def run(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        if self.bound is not None:
+            return self.submit(x, valid).result()
         return self.session.run(["probabilities"], {self.inputs[0]: x, self.inputs[1]: valid.astype(np.int64)})[0]
+
+    def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
+        if self.bound is None:
+            return super().submit(x, valid)
+        if x.shape[0] == 0:
+            return self._empty()
+        labels = len(self.meta["labels"])
+        return _in_parts(lambda a, v: self.bound.submit(a, v, labels), np.asarray(x, np.float32),
+                         np.asarray(valid), self.bound.max_batch)
 
 
 class OpenVINOBackend(Backend):
@@ -115,12 +227,15 @@ class OpenVINOBackend(Backend):
 
 
 class TorchBackend(Backend):
-    """The torch artifact. On a GPU: bf16 by default, torch.compile in reduce-overhead mode (CUDA
-    graphs) with batches padded to one static size so the graph is captured once, and inputs
-    staged through pinned host buffers with non-blocking copies."""
+    """The torch artifact. On a GPU (:mod:`mictag.runtime.torch_cuda`): bf16 by default; windows
+    staged through pinned buffers and uploaded on a side stream, double-buffered, so that batch
+    n+1's upload overlaps batch n's compute; each batch padded to a bucket (powers of two up to
+    ``batch``) whose CUDA graph is captured on first use and replayed after (``graphs=False``:
+    eager). ``compile`` adds torch.compile (inductor, without its own CUDA graphs)."""
 
     def __init__(self, path: Path, device: str | None = None, precision: str | None = None,
-                 compile: bool | None = None, batch: int | None = None):
+                 compile: bool | None = None, batch: int | None = None, graphs: bool | None = None,
+                 buckets: tuple[int, ...] | None = None):
         import torch
 
         from mictag.export.torch_artifact import load_torch_artifact
@@ -129,60 +244,86 @@ class TorchBackend(Backend):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.cuda = self.device.startswith("cuda")
         precision = precision or ("bf16" if self.cuda or cpu_info().bf16 else "fp32")
-        self.compiled = self.cuda if compile is None else compile
+        self.compiled = bool(compile)
         if self.cuda:
             torch.backends.cudnn.allow_tf32 = False  # the fbank conv must stay exact fp32
         try:
-            self.module, self.meta = load_torch_artifact(path, self.device, precision, compile=self.compiled)
+            # On CUDA our own graphs replace torch.compile's reduce-overhead mode (which captures
+            # per shape on the current stream and cannot share our streams).
+            self.module, self.meta = load_torch_artifact(path, self.device, precision,
+                                                         compile=self.compiled and not self.cuda)
         except MictagError as exc:
             raise ModelError(str(exc)) from None
+        if self.compiled and self.cuda:
+            self.module = torch.compile(self.module, dynamic=False)
         self.name = "torch"
         self.precision = precision
-        self.preferred_batch = batch or (64 if self.cuda else 4)
-        self._pinned: dict[tuple, object] = {}
+        self.preferred_batch = batch or (buckets[-1] if buckets else (64 if self.cuda else 4))
+        self.pipeline = None
+        if self.cuda:
+            from mictag.runtime.torch_cuda import CudaPipeline
 
-    def _stage(self, array: np.ndarray):
-        """Host array -> device tensor, through a reused pinned buffer on CUDA."""
-        torch = self.torch
-        src = torch.from_numpy(np.ascontiguousarray(array))
-        if not self.cuda:
-            return src
-        key = (tuple(src.shape), src.dtype)
-        buf = self._pinned.get(key)
-        if buf is None:
-            buf = self._pinned[key] = torch.empty(src.shape, dtype=src.dtype, pin_memory=True)
-        buf.copy_(src)
-        return buf.to(self.device, non_blocking=True)
+            names = _input_names(self.variant)
+            row = _row_shapes(self.meta, names)[names[0]]
+            self.pipeline = CudaPipeline(torch, self.module, self.device, row, row[0], len(self.meta["labels"]),
+                                         self.preferred_batch, buckets, graphs=True if graphs is None else graphs)
+            self.in_flight = 2
+
+    @property
+    def notes(self) -> list[str]:
+        """What did not go as planned (a CUDA graph that could not be captured)."""
+        return self.pipeline.notes if self.pipeline is not None else []
 
     def run(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        n = x.shape[0]
-        if self.compiled and self.cuda and n != self.preferred_batch:
-            if n > self.preferred_batch:
-                step = self.preferred_batch
-                return np.concatenate([self.run(x[i : i + step], valid[i : i + step]) for i in range(0, n, step)])
-            pad = self.preferred_batch - n  # one static shape: the CUDA graph is captured once
-            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            valid = np.concatenate([valid, np.zeros(pad, valid.dtype)])
-        with self.torch.inference_mode():
-            out = self.module(self._stage(x), self._stage(valid.astype(np.int64)))[0]
-            return out[:n].float().cpu().numpy()
+        if self.pipeline is not None:
+            return self.submit(x, valid).result()
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(x)),
+                              torch.from_numpy(np.ascontiguousarray(valid, np.int64)))[0]
+            return out.float().numpy()
+
+    def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
+        if self.pipeline is None:
+            return super().submit(x, valid)
+        if x.shape[0] == 0:
+            return self._empty()
+        return _in_parts(self.pipeline.submit, x, valid, self.pipeline.max_batch)
 
 
 class TensorRTBackend(Backend):
-    def __init__(self, path: Path):
-        from mictag.export.tensorrt import metadata_path, run_engine
+    """A serialized TensorRT engine (:mod:`mictag.runtime.tensorrt_engine`): deserialized once per
+    process, one execution context, double-buffered device and pinned buffers sized for the
+    profile's largest batch, uploads on a copy stream overlapping compute, only the probabilities
+    copied back. ``memory``: the CUDA memory API (default: cuda-python, else torch)."""
+
+    def __init__(self, path: Path, memory=None):
+        from mictag.export.tensorrt import metadata_path
+        from mictag.runtime.tensorrt_engine import EngineRunner, load_engine
 
         meta_file = metadata_path(path)
         if not meta_file.is_file():
             raise ModelError(f"{path} has no metadata beside it ({meta_file.name}): rebuild it with `mictag export --engine`")
         self.meta = json.loads(meta_file.read_text("utf-8"))
-        self.path, self._run = path, run_engine
+        self.path = path
         self.name = "tensorrt"
         self.inputs = _input_names(self.variant)
-        self.preferred_batch = self.meta.get("engine", {}).get("batch", [1, 32, 128])[1]
+        try:
+            self.runner = EngineRunner(load_engine(path), memory, outputs=("probabilities",))
+        except MictagError as exc:
+            raise ModelError(str(exc)) from None
+        missing = [n for n in self.inputs if n not in {s.name for s in self.runner.engine.inputs}]
+        if missing:
+            raise ModelError(f"{path} has no input {', '.join(missing)}: rebuild it with `mictag export --engine`")
+        self.preferred_batch = self.runner.engine.opt_batch
+        self.in_flight = len(self.runner.slots)
 
-    def run(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        return self._run(self.path, {self.inputs[0]: x, self.inputs[1]: valid.astype(np.int64)})["probabilities"]
+    def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
+        try:
+            pending = self.runner.submit({self.inputs[0]: x, self.inputs[1]: valid})
+        except MictagError as exc:
+            raise ModelError(str(exc)) from None
+        return Submitted(x.shape[0], lambda: pending.result()["probabilities"])
 
 
 def model_kind(path: Path) -> str:
@@ -283,7 +424,7 @@ def _load(plan: EnginePlan, threads: int | None) -> Backend:
     elif plan.backend == "openvino":
         engine = OpenVINOBackend(plan.model, plan.precision, threads, plan.rest)
     else:
-        engine = OrtBackend(plan.model, plan.backend, threads)
+        engine = OrtBackend(plan.model, plan.backend, threads, plan.precision)
     engine.plan = plan
     return engine
 
