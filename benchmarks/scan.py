@@ -23,8 +23,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine import save_result  # noqa: E402
-
 from mictag.runtime.backends import open_backend  # noqa: E402
 from mictag.runtime.discovery import discover  # noqa: E402
 from mictag.runtime.pipeline import ScanOptions, decode_file  # noqa: E402
@@ -133,6 +131,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    from engine import save_result  # here, not at the top: spawned workers import this module without torch
+
     work = Path(tempfile.mkdtemp(prefix="mictag-scan-bench-"))
     model = args.model
     if args.tiny or model is None:
