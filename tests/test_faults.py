@@ -24,6 +24,20 @@ from mictag.cli import main
 FILES = 300
 
 
+def _shm_names() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_left_in_dev_shm():
+    """After every fault here, /dev/shm holds nothing of the scans': their window slots are shared
+    memory without a name (a named segment, ``psm_*``, would need someone alive to unlink it)."""
+    before = _shm_names()
+    yield
+    left = {n for n in _shm_names() - before if n.startswith("psm_") or "mictag" in n}
+    assert not left, f"left in /dev/shm: {sorted(left)}"
+
+
 @pytest.fixture(scope="module")
 def setup(tiny_ast_dir, tmp_path_factory):
     """A tiny tagger and a library slow enough to be stopped midway (300 files of 8 s)."""
@@ -286,8 +300,9 @@ def test_kill_9_leaves_no_decode_worker(setup, tmp_path):
     model, lib = setup
     out = tmp_path / "tags.csv"
     # the scan alone, not its group: the workers must follow it by themselves
-    code, _, family = interrupt(model, lib, out, lambda proc: os.kill(proc.pid, signal.SIGKILL), after_rows=5)
+    code, err, family = interrupt(model, lib, out, lambda proc: os.kill(proc.pid, signal.SIGKILL), after_rows=5)
     assert code == -signal.SIGKILL
+    clean(err)  # the resource tracker outlives the scan: it would name anything left to clean up
     no_process_left(family, seconds=5)
     rerun_completes(model, lib, out)
 

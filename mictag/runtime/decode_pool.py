@@ -5,10 +5,21 @@
   ``done``/``error`` messages; then it gets the next file. So the scan always knows which file a
   worker holds (a dead worker becomes an error row for exactly that file), and "take no new
   files" is simply not sending one.
+- Windows do not cross the pipe (``feed="shm"``): each worker seat has an arena of
+  ``SLOTS_PER_WORKER`` window slots in anonymous shared memory (:mod:`mictag.runtime.shm_slots`).
+  The worker cuts a window straight into a free slot and sends the slot's number; the scan copies
+  the window into its batch (:meth:`DecodePool.fill`) and sends the slot back (``("free", n)``)
+  on the same pipe. A worker with no free slot waits for one: the slots bound memory and let
+  decoders run ahead of the model. ``feed="pickle"`` sends pickled arrays instead (platforms
+  that cannot hand a spawned process a descriptor).
 - A reader thread in the scan moves messages from the pipes into a bounded queue
-  (``QUEUE_WINDOWS``): decoders run ahead of the model, and memory stays bounded.
-- Pipes, a thread-safe queue and no ``multiprocessing.Queue``: no named semaphores to leak, so
-  the resource tracker has nothing to warn about, even after kill -9.
+  (``QUEUE_WINDOWS``), so the scan's loop never waits on a particular worker.
+- A dead worker's replacement takes its seat and arena, and gets the slots the scan is not
+  still holding (the dead one's windows that were sent are scored; the rest is its file's
+  error row).
+- Pipes, a thread-safe queue, no ``multiprocessing.Queue`` and shared memory without a name: no
+  named semaphore or segment to leak, so the resource tracker has nothing to warn about and
+  ``/dev/shm`` nothing to keep, even after kill -9.
 - Workers die with the scan on every path: on Linux through ``PR_SET_PDEATHSIG`` (the kernel
   sends SIGKILL when the scan's thread that started them ends, kill -9 included), elsewhere
   through a thread that checks every second that the parent is still there. They ignore SIGINT
@@ -26,12 +37,19 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import wait
 
-from mictag.frontends import frontend_from_dict
+import numpy as np
 
-QUEUE_WINDOWS = 64  # messages (mostly windows) in flight between decoders and the model
+from mictag.frontends import frontend_from_dict
+from mictag.runtime.shm_slots import InheritedArena, SlotArena, shared_memory_available
+from mictag.runtime.windows import window_shape
+
+QUEUE_WINDOWS = 64  # messages in flight between the pipes and the scan's loop
+# Window slots per worker: enough to decode on while the model runs a batch (a GPU's 64 windows
+# take ~30 ms; a worker decodes a window in ~20 ms), few enough that 16 workers hold 84 MB.
+SLOTS_PER_WORKER = 8
 PR_SET_PDEATHSIG = 1
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -72,13 +90,37 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk_seconds: float) -> None:
+class _Closed(BaseException):
+    """The scan closed the pipe while the worker waited for a slot. (Not an Exception: the decoder's
+    catch-all, which turns errors into a file's error row, must let it through.)"""
+
+
+def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk_seconds: float,
+            arena: SlotArena | None = None, source: Callable[..., Iterator[tuple]] | None = None) -> None:
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scan handles the terminal's signals
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    from mictag.runtime.pipeline import decode_file  # the worker's own import (spawned process)
+    if source is None:
+        from mictag.runtime.pipeline import decode_file as source  # the worker's own import (spawned)
 
     cfg = frontend_from_dict(cfg_dict)
+    free: deque[int] = deque()  # slots this worker may write
+    lent: set[int] = set()  # slots taken for a window not yet sent
+
+    def take() -> np.ndarray:
+        """A free slot to cut the next window into, waiting for the scan to give one back."""
+        while not free:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                raise _Closed from None
+            if message is None or message[0] != "free":  # mid-file the scan only gives slots back
+                raise _Closed
+            free.extend(message[1:])
+        slot = free.popleft()
+        lent.add(slot)
+        return arena.view(slot)
+
     while True:
         try:
             job = conn.recv()
@@ -86,62 +128,101 @@ def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk
             return  # the scan closed our pipe
         if job is None:
             return
-        fid, path = job
+        if job[0] == "free":
+            free.extend(job[1:])
+            continue
+        _, fid, path = job
         try:
-            for message in decode_file(fid, path, cfg, variant, hop, chunk_seconds):
+            for message in source(fid, path, cfg, variant, hop, chunk_seconds, alloc=take if arena else None):
+                if arena is not None and message[0] == "win":
+                    slot = arena.index_of(message[4])
+                    lent.discard(slot)
+                    message = (*message[:4], slot, *message[5:])
                 conn.send(message)
-        except (BrokenPipeError, EOFError, OSError):
+        except (BrokenPipeError, EOFError, OSError, _Closed):
             return
+        free.extend(lent)  # cut but not sent (a file with no audio keeps no window)
+        lent.clear()
 
 
-class _Slot:
-    __slots__ = ("process", "conn", "fid")
+class _Seat:
+    """A worker's place in the pool: its process and pipe, the file it holds and, with the shm
+    feed, its slot arena and the slots the scan holds (sent by a worker, not yet given back).
+    ``lock`` orders what the reader thread and the scan's loop send on the pipe, and the
+    hand-over of the arena from a dead worker to its replacement."""
 
-    def __init__(self, process, conn):
-        self.process, self.conn, self.fid = process, conn, None
+    __slots__ = ("process", "conn", "fid", "arena", "held", "lock")
+
+    def __init__(self, arena: SlotArena | None):
+        self.process = self.conn = self.fid = None
+        self.arena, self.held, self.lock = arena, set(), threading.Lock()
+
+    def send(self, message) -> None:
+        """Send under ``lock`` (held by the caller); a dead worker's pipe is noticed by the reader."""
+        if self.conn is not None:
+            try:
+                self.conn.send(message)
+            except (BrokenPipeError, OSError):
+                pass
 
 
 class DecodePool:
     """``workers`` decode processes over ``jobs`` ((file id, path) pairs, taken in order).
-    :meth:`get` returns the next message (or None after ``timeout``); :meth:`stop_taking` lets
-    the workers finish their files but starts no new ones; :meth:`close` ends everything."""
+    :meth:`get` returns the next message (or None after ``timeout``); a "win" message's window is
+    copied out with :meth:`fill`; :meth:`stop_taking` lets the workers finish their files but
+    starts no new ones; :meth:`close` ends everything. ``feed`` is "shm" (slots; "pickle" where
+    this platform has no shared memory to hand over) or "pickle"; ``source`` replaces
+    :func:`~mictag.runtime.pipeline.decode_file` in the workers (importable by name)."""
 
     def __init__(self, jobs: Iterable[tuple[int, str]], workers: int, cfg_dict: dict, variant: str, hop: int,
-                 chunk_seconds: float):
+                 chunk_seconds: float, feed: str = "auto", source: Callable[..., Iterator[tuple]] | None = None,
+                 slots: int = SLOTS_PER_WORKER):
         self._ctx = mp.get_context("spawn")
         self._todo = deque(jobs)
         self._args = (os.getpid(), cfg_dict, variant, hop, chunk_seconds)
+        self._source = source
+        self.feed = "shm" if feed in ("shm", "auto") and shared_memory_available() else "pickle"
+        shape = window_shape(frontend_from_dict(cfg_dict), variant)
         self._out: queue.Queue = queue.Queue(maxsize=QUEUE_WINDOWS)
         self._lock = threading.Lock()
         self._taking = True
         self._closed = threading.Event()
-        self._slots: list[_Slot] = []
-        for _ in range(max(1, min(workers, len(self._todo) or 1))):
-            slot = self._start()
-            self._dispatch(slot)
+        self._seats: list[_Seat] = []
+        self._retired: list = []  # processes of dead workers, closed at the end
+        try:
+            for _ in range(max(1, min(workers, len(self._todo) or 1))):
+                seat = _Seat(SlotArena.create(slots, shape) if self.feed == "shm" else None)
+                self._seats.append(seat)
+                self._start(seat)
+                self._dispatch(seat)
+        except BaseException:
+            self._reader = None
+            self.close()
+            raise
         self._reader = threading.Thread(target=self._read, name="decode-reader", daemon=True)
         self._reader.start()
 
     # -- the reader thread --------------------------------------------------------------------
-    def _start(self) -> _Slot:
+    def _start(self, seat: _Seat) -> None:
+        """Start a worker in ``seat`` and give it the seat's slots that the scan does not hold."""
         mine, theirs = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=_worker, args=(theirs, *self._args), daemon=True)
+        arena: InheritedArena | None = seat.arena.for_child() if seat.arena else None
+        process = self._ctx.Process(target=_worker, args=(theirs, *self._args, arena, self._source), daemon=True)
         with single_threaded_children():
             process.start()
         theirs.close()
-        slot = _Slot(process, mine)
-        self._slots.append(slot)
-        return slot
+        with seat.lock:
+            seat.process, seat.conn = process, mine
+            if seat.arena is not None:
+                seat.send(("free", *(i for i in range(seat.arena.count) if i not in seat.held)))
 
-    def _dispatch(self, slot: _Slot) -> None:
-        """Give ``slot`` its next file, or tell it to exit."""
+    def _dispatch(self, seat: _Seat) -> None:
+        """Give ``seat``'s worker its next file, or tell it to exit."""
         with self._lock:
             job = self._todo.popleft() if self._taking and self._todo else None
-        slot.fid = job[0] if job else None
-        try:
-            slot.conn.send(job)
-        except (BrokenPipeError, OSError):
-            pass  # its death is noticed by the reader
+        seat.fid = job[0] if job else None
+        with seat.lock:
+            seat.send(("job", *job) if job else None)
 
     def _put(self, message: tuple) -> bool:
         while not self._closed.is_set():
@@ -155,39 +236,46 @@ class DecodePool:
     def _read(self) -> None:
         try:
             while not self._closed.is_set():
-                live = [s for s in self._slots if s.conn is not None]
+                live = [s for s in self._seats if s.conn is not None]
                 if not live:
                     self._put(("idle",))
                     return
                 for conn in wait([s.conn for s in live], timeout=0.2):
-                    slot = next(s for s in live if s.conn is conn)
+                    seat = next(s for s in live if s.conn is conn)
                     try:
                         message = conn.recv()
                     except (EOFError, OSError):
-                        self._ended(slot)
+                        self._ended(seat)
                         continue
+                    if message[0] == "win" and seat.arena is not None:
+                        with seat.lock:
+                            seat.held.add(message[4])
+                        message = (*message[:4], (seat, message[4]), *message[5:])
                     if not self._put(message):
                         return
                     if message[0] in ("done", "error"):
-                        self._dispatch(slot)
+                        self._dispatch(seat)
         except Exception as exc:  # never a silent hang: the scan reports it and stops
             self._put(("fatal", f"{type(exc).__name__}: {exc}"))
 
-    def _ended(self, slot: _Slot) -> None:
+    def _ended(self, seat: _Seat) -> None:
         """A worker's pipe closed: it exited after being told to, or it died holding a file."""
-        slot.conn.close()
-        slot.conn = None
-        slot.process.join(timeout=5)
-        if slot.fid is None:
+        with seat.lock:
+            seat.conn.close()
+            seat.conn = None
+        seat.process.join(timeout=5)
+        if seat.fid is None:
             return
-        code = slot.process.exitcode
+        code = seat.process.exitcode
         why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        self._put(("error", slot.fid, f"the decoder crashed on this file ({why})"))
-        slot.fid = None
+        self._put(("error", seat.fid, f"the decoder crashed on this file ({why})"))
+        seat.fid = None
         with self._lock:
             more = self._taking and bool(self._todo)
         if more and not self._closed.is_set():
-            self._dispatch(self._start())
+            self._retired.append(seat.process)
+            self._start(seat)
+            self._dispatch(seat)
 
     # -- the scan's side ----------------------------------------------------------------------
     def get(self, timeout: float = 0.2) -> tuple | None:
@@ -196,24 +284,48 @@ class DecodePool:
         except queue.Empty:
             return None
 
+    def fill(self, out: np.ndarray, message: tuple) -> None:
+        """Copy a "win" message's window into ``out`` (a row of the scan's batch); with the shm feed,
+        give its slot back to the worker that now sits in the seat."""
+        data = message[4]
+        if isinstance(data, np.ndarray):  # the pickle feed
+            out[...] = data
+            return
+        seat, slot = data
+        out[...] = seat.arena.view(slot)
+        with seat.lock:
+            seat.held.discard(slot)
+            seat.send(("free", slot))
+
     def stop_taking(self) -> None:
         with self._lock:
             self._taking = False
 
     def close(self) -> None:
-        """End the reader and every worker (terminated if still busy) and release their pipes."""
+        """End the reader and every worker (terminated if still busy), release their pipes and the
+        slot arenas (whose memory goes with the last process that maps it)."""
         self.stop_taking()
         self._closed.set()
-        self._reader.join(timeout=5)
-        for slot in self._slots:
-            if slot.process.is_alive():
-                slot.process.terminate()
-        for slot in self._slots:
-            slot.process.join(timeout=5)
-            if slot.process.is_alive():
-                slot.process.kill()
-                slot.process.join(timeout=5)
-            if slot.conn is not None:
-                slot.conn.close()
-                slot.conn = None
-            slot.process.close()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        processes = [p for p in (*self._retired, *(s.process for s in self._seats)) if p is not None]
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+            process.close()
+        for seat in self._seats:  # (no lock: the reader is gone, and a second Ctrl-C may have left it held)
+            if seat.conn is not None:
+                seat.conn.close()
+                seat.conn = None
+            if seat.arena is not None:
+                seat.arena.close()
+        while True:  # messages left in the queue refer to the seats: let them go
+            try:
+                self._out.get_nowait()
+            except queue.Empty:
+                break

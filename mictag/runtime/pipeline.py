@@ -4,11 +4,12 @@ per-file aggregation.
 Decoding runs in worker processes (:mod:`mictag.runtime.decode_pool`: a crashing native decoder
 takes down only its worker; the file it held becomes an error row and a fresh worker takes its
 place). Workers stream each file in chunks, compute its log-mel frames once and cut windows from
-them (or raw sample windows for a waveform-input model), and the windows reach the scan through
-a bounded queue, so memory stays bounded however long a file is. The main process fills batches
-from windows of ANY files, runs the model once per batch and aggregates each file's windows when
-its last one is scored. ``scan(..., should_stop=)`` stops taking files when asked and returns
-what has finished.
+them (or raw sample windows for a waveform-input model). The windows reach the scan through
+shared-memory slots, a fixed number per worker (only the slot's number crosses the pipe, not a
+pickled array), so memory stays bounded however long a file is. The main process copies each
+window into the batch it is filling, from windows of ANY files (one array, reused batch after
+batch), runs the model once per batch and aggregates each file's windows when its last one is
+scored. ``scan(..., should_stop=)`` stops taking files when asked and returns what has finished.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from mictag.frontends import FbankConfig, frontend_from_dict, hop_frames
 from mictag.runtime.backends import Backend
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.results import FileResult
-from mictag.runtime.windows import frame_windows, sample_windows
+from mictag.runtime.windows import Alloc, frame_windows, sample_windows, window_shape
 
+FEEDS = ("auto", "shm", "pickle")
 
 
 @dataclass
@@ -38,6 +40,9 @@ class ScanOptions:
     workers: int = 1  # decode processes; 0 decodes in the calling process
     segments: bool = False
     chunk_seconds: float = CHUNK_SECONDS
+    # How windows travel from decode workers: "shm" (shared-memory slots), "pickle" (pickled
+    # through the pipe: where no descriptor can be handed to a worker), "auto" (shm where possible).
+    feed: str = "auto"
 
 
 def _peak_tracked(stream: AudioStream, state: dict) -> Iterator[np.ndarray]:
@@ -63,11 +68,13 @@ def _changed(path: str, before: os.stat_result) -> str:
     return "the file was modified while it was read: rerun to tag it as it is then"
 
 
-def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, chunk_seconds: float) -> Iterator[tuple]:
+def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, chunk_seconds: float,
+                alloc: Alloc | None = None) -> Iterator[tuple]:
     """Messages for one file: ("win", fid, index, start_frame, data, valid, (t0, t1)) ... then
     ("done", fid, duration_s, windows, status, note, size_bytes, mtime) or ("error", fid, reason).
     size and mtime are the file's when its read began: what the row (and resume) records. A file
-    that changes while it is read is ``partial``, so that the next run does it again."""
+    that changes while it is read is ``partial``, so that the next run does it again. ``data`` is
+    cut into an ``alloc()`` array if given (a worker's shared-memory slot), else a fresh one."""
     try:
         try:
             before = os.stat(path)
@@ -80,7 +87,7 @@ def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, c
         state = {"peak": 0.0}
         cut = frame_windows if variant == "fbank" else sample_windows
         n = 0
-        for w in cut(_peak_tracked(stream, state), cfg, hop):
+        for w in cut(_peak_tracked(stream, state), cfg, hop, alloc):
             if stream.samples == 0:
                 break  # nothing decoded: no window worth scoring
             yield ("win", fid, w.index, w.start_frame, w.data, w.valid, w.seconds(cfg))
@@ -111,6 +118,45 @@ class _FileState:
     probs: dict
     segments: list
     done: tuple | None = None
+
+
+class _Batch:
+    """The windows waiting for the model, copied in as they arrive, from any files, into one array
+    that is reused batch after batch: a fresh array per batch (what ``np.stack`` gave) costs page
+    faults on every byte, 1.5 GB/s of them at a GPU's rate. The backend reads the array only
+    during its ``run``; the next window overwrites it after."""
+
+    def __init__(self, size: int, shape: tuple[int, ...]):
+        self.size, self.shape = size, shape
+        self.x: np.ndarray | None = None  # allocated at the first window
+        self.items: list[tuple] = []  # (fid, index, valid, (t0, t1)) of the windows in x, in order
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, msg: tuple, fill: Callable[[np.ndarray, tuple], None]) -> bool:
+        """Copy a "win" message's window in with ``fill(row, msg)``; True once the batch is full."""
+        if self.x is None:
+            self.x = np.empty((self.size, *self.shape), np.float32)
+        fill(self.x[len(self.items)], msg)
+        self.items.append((msg[1], msg[2], msg[5], msg[6]))
+        return len(self.items) >= self.size
+
+    def drop(self, fid: int) -> None:
+        """Forget the windows of a file that failed (the others move up)."""
+        keep = [i for i, item in enumerate(self.items) if item[0] != fid]
+        if len(keep) < len(self.items):
+            self.x[: len(keep)] = self.x[keep]
+            self.items = [self.items[i] for i in keep]
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+        """The windows (a view of the reused array), their valid counts and items; empties the batch."""
+        items, self.items = self.items, []
+        return self.x[: len(items)], np.asarray([item[2] for item in items], np.int64), items
+
+
+def _copy_window(row: np.ndarray, msg: tuple) -> None:
+    row[...] = msg[4]
 
 
 class Scoring:
@@ -148,11 +194,17 @@ class Scoring:
 
 class Scanner:
     """Scores files with a loaded backend. ``scan(entries)`` yields one FileResult per entry, in the
-    order files finish."""
+    order files finish. ``source`` turns a file into messages, as :func:`decode_file` (the
+    default) does; another one (a benchmark's, replaying ready windows) must be importable by
+    name in a spawned worker."""
 
-    def __init__(self, backend: Backend, options: ScanOptions | None = None):
+    def __init__(self, backend: Backend, options: ScanOptions | None = None,
+                 source: Callable[..., Iterator[tuple]] | None = None):
         self.backend = backend
         self.options = options or ScanOptions()
+        if self.options.feed not in FEEDS:
+            raise ValueError(f"feed must be one of {', '.join(FEEDS)}, not {self.options.feed!r}")
+        self.source = source or decode_file
         self.scoring = Scoring(backend.meta, self.options)
         sc = self.scoring
         self.labels, self.cfg, self.variant, self.hop, self.thresholds = sc.labels, sc.cfg, sc.variant, sc.hop, sc.thresholds
@@ -171,7 +223,7 @@ class Scanner:
     def _inline(self, entries: list[FileEntry]) -> Iterator[tuple]:
         for fid, e in enumerate(entries):
             yield ("start", fid, os.getpid())
-            yield from decode_file(fid, e.path, self.cfg, self.variant, self.hop, self.options.chunk_seconds)
+            yield from self.source(fid, e.path, self.cfg, self.variant, self.hop, self.options.chunk_seconds)
 
     def scan(self, entries: Iterable[FileEntry], on_progress: Callable[[dict], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> Iterator[FileResult]:
@@ -179,26 +231,24 @@ class Scanner:
         started; the windows already decoded are scored and the files they complete are yielded."""
         entries = list(entries)
         states = {fid: _FileState(e, {}, []) for fid, e in enumerate(entries)}
-        pending: list[tuple] = []
+        batch = _Batch(self.batch_size, window_shape(self.cfg, self.variant))
+        fill = _copy_window  # how a window gets into the batch; the decode pool's own with workers
         finished = 0
         errors = 0
         stopping = should_stop or (lambda: False)
 
         def flush() -> Iterator[FileResult]:
-            nonlocal pending
-            if not pending:
+            if not len(batch):
                 return
-            x = np.stack([p[4] for p in pending])
-            valid = np.asarray([p[5] for p in pending], np.int64)
+            x, valid, items = batch.take()
             probs = self.backend.run(x, valid)
-            for p, row in zip(pending, probs):
-                st = states.get(p[1])
+            for (fid, index, _, seconds), row in zip(items, probs):
+                st = states.get(fid)
                 if st is not None:
-                    st.probs[p[2]] = row
-                    st.segments.append((p[2], p[6]))
-            self.windows_scored += len(pending)
-            touched = {p[1] for p in pending}
-            pending = []
+                    st.probs[index] = row
+                    st.segments.append((index, seconds))
+            self.windows_scored += len(items)
+            touched = {item[0] for item in items}
             for fid in touched:
                 yield from complete(fid)
 
@@ -215,8 +265,7 @@ class Scanner:
             nonlocal finished, errors
             kind, fid = msg[0], msg[1]
             if kind == "win":
-                pending.append(msg)
-                if len(pending) >= self.batch_size:
+                if batch.add(msg, fill):
                     yield from flush()
             elif kind == "done":
                 states[fid].done = msg
@@ -224,7 +273,7 @@ class Scanner:
             elif kind == "error":
                 st = states.pop(fid, None)
                 if st is not None:
-                    pending[:] = [p for p in pending if p[1] != fid]
+                    batch.drop(fid)
                     finished += 1
                     errors += 1
                     e = st.entry
@@ -245,19 +294,21 @@ class Scanner:
             for fid, e in enumerate(entries):
                 if stopping():
                     break
-                for msg in decode_file(fid, e.path, self.cfg, self.variant, self.hop, self.options.chunk_seconds):
+                for msg in self.source(fid, e.path, self.cfg, self.variant, self.hop, self.options.chunk_seconds):
                     yield from handle(msg)
                     report()
             yield from flush()
         else:
-            yield from self._run_workers(entries, states, handle, flush, report, stopping)
+            from mictag.runtime.decode_pool import DecodePool
+
+            pool = DecodePool(((fid, e.path) for fid, e in enumerate(entries)), self.options.workers,
+                              self.cfg.to_dict(), self.variant, self.hop, self.options.chunk_seconds,
+                              feed=self.options.feed, source=None if self.source is decode_file else self.source)
+            fill = pool.fill  # copies the window out of its slot and gives the slot back
+            yield from self._run_workers(pool, states, handle, flush, report, stopping)
         report(force=True)
 
-    def _run_workers(self, entries, states, handle, flush, report, stopping) -> Iterator[FileResult]:
-        from mictag.runtime.decode_pool import DecodePool
-
-        pool = DecodePool(((fid, e.path) for fid, e in enumerate(entries)), self.options.workers,
-                          self.cfg.to_dict(), self.variant, self.hop, self.options.chunk_seconds)
+    def _run_workers(self, pool, states, handle, flush, report, stopping) -> Iterator[FileResult]:
         try:
             while states:
                 if stopping():

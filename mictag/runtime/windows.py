@@ -7,17 +7,40 @@ overlapping windows cost no extra front-end work (the fbank-input graph).
 Both follow :func:`mictag.frontends.window_starts`: the last window may be partial and is padded in
 the fbank domain through its valid count; a file with no frames still yields one window. A centred
 front end (musicnn's) frames the stream with its edge padding, so sample windows carry it too.
+Each window is cut into an array of :func:`window_shape`, a fresh one or, given ``alloc``, one the
+caller provides (a decode worker's shared-memory slot: :mod:`mictag.runtime.shm_slots`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from mictag import frontends
 from mictag.frontends import FbankConfig
+
+
+Alloc = Callable[[], np.ndarray]  # an array of window_shape to cut the next window into
+
+
+def window_shape(cfg: FbankConfig, variant: str) -> tuple[int, ...]:
+    """A model window's array: (target_frames, mel_bins) raw log-mel frames for the fbank-input
+    graph (``variant`` "fbank"), (window_samples,) 16 kHz samples for the waveform-input one."""
+    return (cfg.target_frames, cfg.num_mel_bins) if variant == "fbank" else (cfg.window_samples,)
+
+
+def _filled(alloc: Alloc | None, shape: tuple[int, ...], piece: np.ndarray) -> np.ndarray:
+    """``piece`` zero-padded to ``shape``, in a fresh array or in the one ``alloc`` gives."""
+    if alloc is None:
+        out = np.zeros(shape, np.float32)
+        out[: piece.shape[0]] = piece
+        return out
+    out = alloc()
+    out[: piece.shape[0]] = piece
+    out[piece.shape[0] :] = 0  # a reused buffer holds an older window
+    return out
 
 
 @dataclass
@@ -43,8 +66,10 @@ class Window:
         return start / rate, (start + self.valid) / rate
 
 
-def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> Iterator[Window]:
-    """Windows of raw log-mel frames from a stream of 16 kHz chunks."""
+def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int, alloc: Alloc | None = None
+                  ) -> Iterator[Window]:
+    """Windows of raw log-mel frames from a stream of 16 kHz chunks (each in an ``alloc()`` array
+    if given)."""
     stream = frontends.FbankStream(cfg)
     size = cfg.target_frames
     buf = np.zeros((0, cfg.num_mel_bins), np.float32)
@@ -55,9 +80,7 @@ def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> I
         nonlocal index
         rel = start - buf_start
         piece = buf[rel : rel + size]
-        out = np.zeros((size, cfg.num_mel_bins), np.float32)
-        out[: piece.shape[0]] = piece
-        w = Window(index, start, out, piece.shape[0])
+        w = Window(index, start, _filled(alloc, (size, cfg.num_mel_bins), piece), piece.shape[0])
         index += 1
         return w
 
@@ -77,7 +100,8 @@ def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> I
         yield cut(start, total)
 
 
-def sample_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> Iterator[Window]:
+def sample_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int, alloc: Alloc | None = None
+                   ) -> Iterator[Window]:
     """The same windows as :func:`frame_windows`, as zero-padded 16 kHz samples."""
     size = cfg.window_samples
     step = hop * cfg.frame_shift
@@ -90,9 +114,7 @@ def sample_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int) -> 
         nonlocal index
         rel = start_sample - buf_start
         piece = buf[rel : rel + size]
-        out = np.zeros(size, np.float32)
-        out[: piece.shape[0]] = piece
-        w = Window(index, start_sample // cfg.frame_shift, out, piece.shape[0])
+        w = Window(index, start_sample // cfg.frame_shift, _filled(alloc, (size,), piece), piece.shape[0])
         index += 1
         return w
 
