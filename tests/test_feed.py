@@ -267,3 +267,48 @@ def test_the_pipeline_benchmark_reports_both_feeds(tmp_path):
         assert row["windows"] == (9 if row in result["rows"] else 100) and row["windows_per_s"] > 0
         assert row["parent_cpu_us_per_window"] > 0
     assert result["cpu"] and "cpu_flags" in result["machine"] and set(result["projection"]) == {"pickle", "shm"}
+
+
+class PipelinedProbe(ProbeBackend):
+    """The probe as a GPU backend behaves: ``submit`` stages a copy and returns before scoring;
+    the scores are computed only when fetched. Counts how many batches were in flight at once."""
+
+    in_flight = 2
+
+    def __init__(self, variant: str):
+        super().__init__(variant)
+        self.outstanding = self.most_outstanding = 0
+
+    def submit(self, x, valid):
+        from mictag.runtime.backends import Submitted
+
+        staged, counts = x.copy(), valid.copy()  # the caller may reuse x at once
+        self.outstanding += 1
+        self.most_outstanding = max(self.most_outstanding, self.outstanding)
+
+        def fetch():
+            self.outstanding -= 1
+            return ProbeBackend.run(self, staged, counts)
+
+        return Submitted(len(x), fetch)
+
+    def run(self, x, valid):
+        return self.submit(x, valid).result()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_pipelined_backend_scores_every_window_in_its_place(lib, workers):
+    """With two batches in flight (batch n+1 staged while n computes), every file's scores and
+    segments equal those of the one-at-a-time path, and nothing is left in flight."""
+    _, entries = lib
+    reference = _scan(lib, "waveform", workers=workers)
+    backend = PipelinedProbe("waveform")
+    scanner = Scanner(backend, ScanOptions(hop_seconds=0.64, segments=True, workers=workers))
+    got = {r.path: r for r in scanner.scan(entries)}
+    assert backend.most_outstanding == 2 and backend.outstanding == 0
+    assert set(got) == set(reference)
+    for path, ref in reference.items():
+        assert (got[path].status, got[path].windows) == (ref.status, ref.windows), path
+        if ref.scores is not None:
+            np.testing.assert_array_equal(got[path].scores, ref.scores, err_msg=path)
+            assert got[path].segments == ref.segments, path

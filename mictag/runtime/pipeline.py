@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from mictag.audio import CHUNK_SECONDS, AudioError, AudioStream
 from mictag.frontends import FbankConfig, frontend_from_dict, hop_frames
-from mictag.runtime.backends import Backend
+from mictag.runtime.backends import Backend, pipeline_depth, submit_batch
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.results import FileResult
 from mictag.runtime.windows import Alloc, frame_windows, sample_windows, window_shape
@@ -101,7 +102,7 @@ def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, c
         elif stream.partial or changed:
             yield ("done", fid, duration, n, "partial", changed or stream.partial, *seen)
         elif state["peak"] == 0.0:
-            yield ("done", fid, duration, n, "ok", "digital silence", *seen)
+            yield ("done", fid, duration, n, "ok", SILENCE, *seen)
         else:
             yield ("done", fid, duration, n, "ok", "", *seen)
     except AudioError as exc:
@@ -110,6 +111,11 @@ def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, c
         yield ("error", fid, "out of memory while decoding")
     except Exception as exc:  # a decoder bug must not end the scan: report it on the file
         yield ("error", fid, f"{type(exc).__name__}: {exc}")
+
+
+# The note of a file whose every sample is zero: it is scored, but gets no tags (no instrument
+# plays in it, whatever a model trained on music makes of zeros).
+SILENCE = "digital silence"
 
 
 @dataclass
@@ -184,7 +190,8 @@ class Scoring:
         if n:
             probs = np.stack([st.probs[i] for i in range(n)])
             res.scores = probs.max(axis=0) if self.options.aggregate == "max" else probs.mean(axis=0)
-            res.tags = [label for label, s, t in zip(self.labels, res.scores, self.thresholds) if s >= t]
+            res.tags = [] if note == SILENCE else [label for label, s, t in zip(self.labels, res.scores, self.thresholds)
+                                                   if s >= t]
             if self.options.segments:
                 res.segments = [{"start": round(t0, 3), "end": round(t1, 3),
                                  "scores": [round(float(v), 6) for v in st.probs[i]]}
@@ -237,20 +244,28 @@ class Scanner:
         errors = 0
         stopping = should_stop or (lambda: False)
 
-        def flush() -> Iterator[FileResult]:
-            if not len(batch):
-                return
-            x, valid, items = batch.take()
-            probs = self.backend.run(x, valid)
-            for (fid, index, _, seconds), row in zip(items, probs):
-                st = states.get(fid)
-                if st is not None:
-                    st.probs[index] = row
-                    st.segments.append((index, seconds))
-            self.windows_scored += len(items)
-            touched = {item[0] for item in items}
-            for fid in touched:
-                yield from complete(fid)
+        # Batches submitted and not yet fetched: a GPU backend stages batch n+1 while n computes
+        # (depth 2); a CPU backend computes in submit (depth 1), so each is fetched at once.
+        depth = max(1, pipeline_depth(self.backend))
+        in_flight: deque = deque()
+
+        def flush(drain: bool = False) -> Iterator[FileResult]:
+            """Submit the pending batch, then fetch until fewer than ``depth`` are in flight (all
+            of them with ``drain``: when nothing else is arriving, and at the end)."""
+            if len(batch):
+                x, valid, items = batch.take()
+                in_flight.append((items, submit_batch(self.backend, x, valid)))  # x may be reused now
+            while in_flight and (drain or len(in_flight) >= depth):
+                items, handle = in_flight.popleft()
+                probs = handle.result()
+                for (fid, index, _, seconds), row in zip(items, probs):
+                    st = states.get(fid)
+                    if st is not None:  # a file that failed meanwhile keeps no scores
+                        st.probs[index] = row
+                        st.segments.append((index, seconds))
+                self.windows_scored += len(items)
+                for fid in {item[0] for item in items}:
+                    yield from complete(fid)
 
         def complete(fid: int) -> Iterator[FileResult]:
             nonlocal finished
@@ -297,7 +312,7 @@ class Scanner:
                 for msg in self.source(fid, e.path, self.cfg, self.variant, self.hop, self.options.chunk_seconds):
                     yield from handle(msg)
                     report()
-            yield from flush()
+            yield from flush(drain=True)
         else:
             from mictag.runtime.decode_pool import DecodePool
 
@@ -316,11 +331,11 @@ class Scanner:
                     break
                 msg = pool.get(timeout=0.2)
                 if msg is None:
-                    yield from flush()  # nothing arriving: do not let a partial batch wait
+                    yield from flush(drain=True)  # nothing arriving: do not let a partial batch wait
                     report()
                     continue
                 if msg[0] == "idle":  # every worker has exited: score what is pending; the rest is lost
-                    yield from flush()
+                    yield from flush(drain=True)
                     for fid in list(states):
                         yield from handle(("error", fid, "no decoder processed this file"))
                     break
@@ -328,6 +343,6 @@ class Scanner:
                     raise RuntimeError(f"the decode pool failed: {msg[1]}")
                 yield from handle(msg)
                 report()
-            yield from flush()
+            yield from flush(drain=True)
         finally:
             pool.close()
