@@ -187,3 +187,31 @@ def test_pytorch_vgg_reproduces_the_original_tensorflow_network(real_musicnn_wei
     np.testing.assert_allclose(logits, golden["logits"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(features, golden["features"], atol=1e-4, rtol=0)
     assert np.abs(golden["logits"]).max() > 1
+
+
+def test_the_weights_digest_is_of_the_tensors_not_of_the_file(tmp_path):
+    """safetensors writes its header's metadata in a varying order: two conversions of one wheel
+    differ as files. The digest a trained model records must not."""
+    import json
+    import struct
+
+    from mictag.backbones.musicnn_weights import tensor_digest
+    from mictag.digest import file_digest
+    from safetensors.numpy import save_file
+
+    tensors = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.ones(4, np.float32)}
+    first = tmp_path / "first.safetensors"
+    save_file(tensors, str(first), metadata={"source": "x", "licence": "y"})
+    raw = first.read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    header["__metadata__"] = dict(reversed(list(header["__metadata__"].items())))  # the other order
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    second = tmp_path / "second.safetensors"
+    second.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+    assert file_digest(first) != file_digest(second)
+    assert tensor_digest(first) == tensor_digest(second)
+    changed = dict(tensors, a=np.full(4, 2.0, np.float32))
+    save_file(changed, str(tmp_path / "changed.safetensors"))
+    assert tensor_digest(tmp_path / "changed.safetensors") != tensor_digest(first)

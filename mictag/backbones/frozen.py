@@ -73,9 +73,27 @@ def weights_file(kind: str, source: str | os.PathLike) -> Path:
 
 
 def backbone_reference(kind: str, source: str | os.PathLike) -> dict:
-    """Where a frozen backbone came from and the sha256 of its weights file."""
+    """Where a frozen backbone came from and the sha256 of its weights: of the file for the AST
+    (the hub's own blob name), of the tensors for musicnn's conversions (see
+    :func:`mictag.backbones.musicnn_weights.tensor_digest`)."""
     path = weights_file(kind, source)
-    return {"kind": kind, "source": str(source), "file": path.name, "sha256": file_digest(path)}
+    return {"kind": kind, "source": str(source), "file": path.name, "sha256": weights_digest(kind, path)}
+
+
+def weights_digest(kind: str, path: Path) -> str:
+    if check_kind(kind) == "musicnn":
+        from mictag.backbones.musicnn_weights import tensor_digest
+
+        return tensor_digest(path)
+    return file_digest(path)
+
+
+def same_weights(kind: str, source: str | os.PathLike, recorded: str) -> tuple[bool, str]:
+    """Whether ``source``'s weights are the ones ``recorded`` names (their digest now, or, for a
+    musicnn model recorded before tensor digests, the file's sha256), and the digest found."""
+    path = weights_file(kind, source)
+    actual = weights_digest(kind, path)
+    return recorded in (actual, file_digest(path) if kind == "musicnn" else actual), actual
 
 
 def musicnn_tags(source: str | os.PathLike, path: Path) -> str:

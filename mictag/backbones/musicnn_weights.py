@@ -85,6 +85,30 @@ def convert_wheel(wheel: Path, models: tuple[str, ...] = MODELS) -> dict[str, di
     return manifest
 
 
+def tensor_digest(path: str | Path) -> str:
+    """sha256 of a safetensors file's tensors (names, dtypes, shapes and bytes, by name), not of
+    the file: the library writes its header's metadata in an order that changes between runs, so
+    two conversions of one wheel differ as files and agree here. Standard library only."""
+    import hashlib
+    import struct
+
+    path = Path(path)
+    with path.open("rb") as f:
+        try:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        except (struct.error, ValueError) as exc:
+            raise MictagError(f"{path} is not a safetensors file ({exc})") from None
+        data = f.read()
+    h = hashlib.sha256()
+    for name in sorted(k for k in header if k != "__metadata__"):
+        entry = header[name]
+        begin, end = entry["data_offsets"]
+        h.update(json.dumps([name, entry["dtype"], entry["shape"]]).encode())
+        h.update(data[begin:end])
+    return h.hexdigest()
+
+
 def pull(wheel: str | Path | None = None) -> dict[str, dict]:
     """Fetch (or take ``wheel``) and convert musicnn's checkpoints; never imports TensorFlow."""
     if wheel:

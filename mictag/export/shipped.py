@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from mictag.backbones.frozen import backbone_reference, load_backbone
+from mictag.backbones.frozen import backbone_reference, load_backbone, same_weights
 from mictag.digest import file_digest
 from mictag.errors import CheckpointError
 from mictag.model.system import SystemConfig, build_system
@@ -24,6 +24,11 @@ def package(model_file: str | os.PathLike, name: str, thresholds, record: dict, 
 
     payload = read_model(model_file)
     cfg = SystemConfig.from_dict(payload["system"])
+    ref = payload["backbone"]
+    same, _ = same_weights(cfg.backbone, ref["source"], ref["sha256"])
+    if not same:
+        raise CheckpointError(f"{model_file} was trained on other {cfg.backbone} weights than {ref['source']} here")
+    backbone = backbone_reference(cfg.backbone, ref["source"])  # the digest users' copies are checked against
     if cfg.baseline == "finetune":
         raise CheckpointError("a fine-tuned backbone is megabytes, not a shipped tagger's kilobytes: ship a "
                               "reprogrammed or mapper-only system")
@@ -34,7 +39,7 @@ def package(model_file: str | os.PathLike, name: str, thresholds, record: dict, 
     os.chmod(weights, 0o644)  # a package file: readable by everyone who installs it
     full = {
         "name": name, "system_name": cfg.system_name, "system": cfg.to_dict(), "labels": list(cfg.labels),
-        "thresholds": [float(t) for t in thresholds], "backbone": payload["backbone"], "recipe": payload["recipe"],
+        "thresholds": [float(t) for t in thresholds], "backbone": backbone, "recipe": payload["recipe"],
         "trainable": int(sum(v.numel() for k, v in tensors.items() if not k.endswith(("running_mean", "running_var",
                                                                                           "num_batches_tracked")))),
         "trained_with": payload.get("mictag_version"),
@@ -55,11 +60,11 @@ def load_shipped(name: str, source: str | os.PathLike | None = None) -> tuple[to
     cfg = SystemConfig.from_dict(record["system"])
     ref = record["backbone"]
     source = source or ref["source"]
-    actual = backbone_reference(cfg.backbone, source)
-    if actual["sha256"] != ref["sha256"]:
-        raise CheckpointError(f"the shipped tagger {name} was trained on {ref['file']} (sha256 {ref['sha256'][:12]}...), "
-                              f"but {source} has sha256 {actual['sha256'][:12]}...: scan with --zero-training, or pull the "
-                              f"original musicnn 0.1.0 weights")
+    same, actual = same_weights(cfg.backbone, source, ref["sha256"])
+    if not same:
+        raise CheckpointError(f"the shipped tagger {name} was trained on {ref['file']} (weights sha256 {ref['sha256'][:12]}...), "
+                              f"but {source} has {actual[:12]}...: scan with --zero-training, or pull the original "
+                              f"musicnn 0.1.0 weights")
     weights_file = weights_path(name)
     if file_digest(weights_file) != record["weights"]["sha256"]:
         raise CheckpointError(f"{weights_file} does not match its record (sha256): reinstall mictag")
@@ -80,7 +85,7 @@ def build_shipped(name: str, models_dir: Path, on_message=None, source: str | os
 
     record = provenance(name)
     kind = record["system"]["backbone"]
-    backbone_sha = backbone_reference(kind, source or record["backbone"]["source"])["sha256"]
+    backbone_sha = backbone_reference(kind, source or record["backbone"]["source"])["sha256"]  # of the tensors
     target = models_dir / built_name(name, backbone_sha)
     if target.is_file():
         return target

@@ -137,14 +137,15 @@ def build_shipped_tagger(name: str, on_message=None, int8: bool | None = None) -
 def shipped_tagger(name: str, on_message=None) -> Path:
     """The built shipped tagger ``name``: found by its weights' and backbone's sha256 (no torch),
     else built (torch)."""
-    from mictag.digest import file_digest
     from mictag.runtime import shipped
 
     record = shipped.provenance(name)
     ref = record["backbone"]
     if ref["kind"] != "musicnn":
         raise MictagError(f"shipped taggers on a {ref['kind']} backbone are not supported")
-    built = models_dir() / shipped.built_name(name, file_digest(require_musicnn_weights(ref["source"])))
+    from mictag.backbones.musicnn_weights import tensor_digest
+
+    built = models_dir() / shipped.built_name(name, tensor_digest(require_musicnn_weights(ref["source"])))
     if built.is_file():
         return built
     if importlib.util.find_spec("torch") is None:

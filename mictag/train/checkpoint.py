@@ -10,8 +10,7 @@ from pathlib import Path
 import torch
 
 from mictag import __version__
-from mictag.backbones.frozen import load_backbone, weights_file
-from mictag.digest import file_digest
+from mictag.backbones.frozen import load_backbone, same_weights
 from mictag.errors import CheckpointError
 from mictag.model.system import SystemConfig, build_system
 
@@ -81,8 +80,8 @@ def load_model(path: str | os.PathLike, source: str | os.PathLike | None = None,
         if not source:
             raise CheckpointError(f"{path} does not say which {cfg.backbone} backbone it was trained on: pass {option}")
         if verify_backbone and ref.get("sha256"):
-            actual = file_digest(weights_file(cfg.backbone, source))
-            if actual != ref["sha256"]:
+            same, actual = same_weights(cfg.backbone, source, ref["sha256"])
+            if not same:
                 raise CheckpointError(
                     f"{path} was trained on the frozen {cfg.backbone.replace('ast', 'AST')} {ref.get('file')} (sha256 {ref['sha256'][:12]}...), "
                     f"but {source} has sha256 {actual[:12]}...: pass the original backbone with {option}")
