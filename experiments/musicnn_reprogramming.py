@@ -166,7 +166,7 @@ def train_run(args, name: str, labels: str, seed: int, splits: Splits, cross: li
     test_scores = trainer.scores(test)
     run = {"system": name, "labels": labels, "seed": seed, "trainable": trainer.model.num_trainable(),
            "seconds": time.perf_counter() - t0, "best_epoch": result["metrics"]["best_epoch"],
-           "val_macro_f1": result["metrics"]["val_macro_f1"], "model": result["model"],
+           "val_macro_f1": result["metrics"]["val_macro_f1"], "model": _relative(result["model"], args.work),
            "epoch_seconds": [h["seconds"] for h in result["history"]],
            "test": summary(present_report(splits.labels, test, test_scores)),
            "test_tuned_macro_f1": result["metrics"]["test_tuned_thresholds"]["macro_f1"],
@@ -177,6 +177,14 @@ def train_run(args, name: str, labels: str, seed: int, splits: Splits, cross: li
         run["cross_domain"] = summary(present_report(splits.labels, data, scores))
         run["cross_domain_expressible"] = present_report(splits.labels, data, scores, expressible).summary()
     return run
+
+
+def _relative(path: str, work: Path) -> str:
+    """A run's model file relative to --work (the results name no machine's folders)."""
+    try:
+        return str(Path(path).relative_to(work))
+    except ValueError:
+        return Path(path).name
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -236,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpu": cpu_info().describe(), "torch": torch.__version__,
                     "threads": torch.get_num_threads()},
         "backbone": backbone_reference("musicnn", args.musicnn),
-        "data": {"path": str(args.data), "labels": list(labels), "test_labels": "full truth" if has_truth else "given",
+        "data": {"name": args.data.name, "labels": list(labels), "test_labels": "full truth" if has_truth else "given",
                  "corpus": _corpus_recipe(args.data),
                  **{s: {"clips": len(splits["masked"].split(s)),
                         "known_labels": int(sum(e.mask.sum() for e in splits["masked"].split(s)))}

@@ -24,6 +24,7 @@ import torch
 from musicnn_reprogramming import FULL_CSV, corpus_splits, cross_domain_examples, present_report, summary
 
 from mictag.model.fbank import FrameFinish
+from mictag.paths import mictag_home
 from mictag.train.cache import FbankCache
 from mictag.train.checkpoint import load_model
 from mictag.train.metrics import tune_thresholds
@@ -56,13 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--cross-domain", type=Path, default=None)
+    ap.add_argument("--work", type=Path, default=mictag_home() / "experiments" / "musicnn-reprogramming",
+                    help="the experiment's --work: its runs' model files are named relative to it")
     ap.add_argument("--cache", type=Path, default=None, help="feature cache (default: the experiment's)")
     ap.add_argument("--dry-run", action="store_true", help="choose and report, package nothing")
     args = ap.parse_args(argv)
     if not (args.data / FULL_CSV).is_file():
         raise SystemExit(f"{args.data} has no {FULL_CSV}: choosing needs the full truth on validation")
     result = json.loads(args.results.read_text("utf-8"))
-    cache = args.cache or Path(result["runs"][0]["model"]).parent.parent / "cache"
+    for run in result["runs"]:
+        run["model"] = str(args.work / run["model"])  # absolute names (older results) stay as they are
+    cache = args.cache or args.work / "cache"
     full = corpus_splits(args.data, "full")
     groups: dict[str, list[dict]] = {}
     for run in result["runs"]:
