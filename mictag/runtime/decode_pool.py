@@ -22,8 +22,10 @@
   ``/dev/shm`` nothing to keep, even after kill -9.
 - Workers die with the scan on every path: on Linux through ``PR_SET_PDEATHSIG`` (the kernel
   sends SIGKILL when the scan's thread that started them ends, kill -9 included), elsewhere
-  through a thread that checks every second that the parent is still there. They ignore SIGINT
-  and SIGHUP, which a terminal sends to the whole process group: the scan decides when they stop.
+  through a thread that checks every second that the parent is still there. They ignore SIGINT,
+  SIGHUP and SIGTERM, which a terminal, a service manager or ``kill -- -PGID`` send to the whole
+  process group: the scan decides when they stop (it finishes the files in progress), and kills
+  them itself when it must.
 """
 
 from __future__ import annotations
@@ -98,8 +100,8 @@ class _Closed(BaseException):
 def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk_seconds: float,
             arena: SlotArena | None = None, source: Callable[..., Iterator[tuple]] | None = None) -> None:
     die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scan handles the terminal's signals
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):  # the scan handles the group's signals
+        signal.signal(sig, signal.SIG_IGN)
     if source is None:
         from mictag.runtime.pipeline import decode_file as source  # the worker's own import (spawned)
 
@@ -311,12 +313,9 @@ class DecodePool:
         processes = [p for p in (*self._retired, *(s.process for s in self._seats)) if p is not None]
         for process in processes:
             if process.is_alive():
-                process.terminate()
+                process.kill()  # workers ignore SIGTERM; they hold nothing the kernel does not free
         for process in processes:
             process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=5)
             process.close()
         for seat in self._seats:  # (no lock: the reader is gone, and a second Ctrl-C may have left it held)
             if seat.conn is not None:
