@@ -29,16 +29,6 @@ class EngineSpec:
     workspace_gb: float = 8.0
 
 
-def _import_tensorrt():
-    try:
-        import tensorrt as trt
-    except Exception as exc:  # absent, or a stub package that cannot load its libraries
-        raise MictagError(NEEDS_TRT) from exc
-    if not hasattr(trt, "Builder"):
-        raise MictagError(NEEDS_TRT)
-    return trt
-
-
 def metadata_path(engine_path: str | os.PathLike) -> Path:
     return Path(str(engine_path) + ".json")
 
@@ -46,7 +36,9 @@ def metadata_path(engine_path: str | os.PathLike) -> Path:
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, meta: dict,
                  spec: EngineSpec = EngineSpec(), timing_cache: str | os.PathLike | None = None) -> Path:
     """Build and write a serialized engine for ``onnx_path``; returns its path."""
-    trt = _import_tensorrt()
+    from mictag.runtime.tensorrt_engine import import_tensorrt
+
+    trt = import_tensorrt("Builder", NEEDS_TRT)
     if not spec.min_batch <= spec.opt_batch <= spec.max_batch:
         raise MictagError(f"batch sizes must satisfy min <= opt <= max, got {spec.min_batch}/{spec.opt_batch}/{spec.max_batch}")
     logger = trt.Logger(trt.Logger.WARNING)

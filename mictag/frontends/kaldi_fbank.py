@@ -16,10 +16,12 @@ this is what makes a file's frames independent of how it is cut into chunks.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+
+from mictag.frontends.spectral import SpectralFrontEnd
 
 # float32 machine epsilon: Kaldi's log floor (torchaudio uses torch.finfo(float32).eps).
 LOG_FLOOR = float(np.finfo(np.float32).eps)
@@ -38,7 +40,7 @@ def kaldi_mel(freq_hz: np.ndarray | float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class FbankConfig:
+class FbankConfig(SpectralFrontEnd):
     """The log-mel front end of an AST-family model. The defaults are AudioSet AST's."""
 
     kind = "kaldi-fbank"
@@ -64,29 +66,6 @@ class FbankConfig:
     def edge_pad(self) -> int:
         """Samples padded at each end of a file before framing: none (Kaldi's snip_edges)."""
         return 0
-
-    @property
-    def num_bins(self) -> int:
-        """Number of one-sided DFT bins (257 for a 512-point DFT)."""
-        return self.n_fft // 2 + 1
-
-    @property
-    def window_samples(self) -> int:
-        """Samples that make exactly ``target_frames`` frames: 164,080 for AST."""
-        from mictag.frontends.framing import samples_for_frames  # framing's defaults import this module
-
-        return samples_for_frames(self.target_frames, self)
-
-    @property
-    def window_seconds(self) -> float:
-        return self.target_frames * self.frame_shift / self.sample_rate
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FbankConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     @cached_property
     def frame_matrix(self) -> np.ndarray:
@@ -127,14 +106,6 @@ class FbankConfig:
         down = (right - bin_mel) / (right - center)
         weights = np.maximum(0.0, np.minimum(up, down))
         return np.concatenate([weights, np.zeros((1, self.num_mel_bins))], axis=0)
-
-    @cached_property
-    def frame_matrix_f32(self) -> np.ndarray:
-        return self.frame_matrix.astype(np.float32)
-
-    @cached_property
-    def mel_matrix_f32(self) -> np.ndarray:
-        return self.mel_matrix.astype(np.float32)
 
     def compress(self, mel: np.ndarray) -> np.ndarray:
         """Mel energies -> natural log, floored at float32 epsilon (Kaldi)."""

@@ -18,10 +18,12 @@ exceeds 6.55 (a loud tone), which no model should see.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+
+from mictag.frontends.spectral import SpectralFrontEnd
 
 
 def slaney_hz_to_mel(freq_hz: np.ndarray | float) -> np.ndarray:
@@ -39,7 +41,7 @@ def slaney_mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class MusicnnMelConfig:
+class MusicnnMelConfig(SpectralFrontEnd):
     """musicnn's log-mel front end (MTT and MSD models alike)."""
 
     kind = "librosa-mel"
@@ -63,28 +65,6 @@ class MusicnnMelConfig:
     def edge_pad(self) -> int:
         """Reflect padding at each end of a file: librosa's ``center=True``."""
         return self.n_fft // 2
-
-    @property
-    def num_bins(self) -> int:
-        return self.n_fft // 2 + 1
-
-    @property
-    def window_samples(self) -> int:
-        """Padded-stream samples that make exactly ``target_frames`` frames (48,128 for 3 s)."""
-        from mictag.frontends.framing import samples_for_frames  # framing's defaults import kaldi_fbank
-
-        return samples_for_frames(self.target_frames, self)
-
-    @property
-    def window_seconds(self) -> float:
-        return self.target_frames * self.frame_shift / self.sample_rate
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MusicnnMelConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     @cached_property
     def frame_matrix(self) -> np.ndarray:
@@ -112,14 +92,6 @@ class MusicnnMelConfig:
         upper = ramps[2:] / fdiff[1:, None]
         weights = np.maximum(0.0, np.minimum(lower, upper)) * (2.0 / (hz[2:] - hz[:-2]))[:, None]
         return np.ascontiguousarray(weights.T)
-
-    @cached_property
-    def frame_matrix_f32(self) -> np.ndarray:
-        return self.frame_matrix.astype(np.float32)
-
-    @cached_property
-    def mel_matrix_f32(self) -> np.ndarray:
-        return self.mel_matrix.astype(np.float32)
 
     def compress(self, mel: np.ndarray) -> np.ndarray:
         """Mel power -> log10(10000 mel + 1)."""

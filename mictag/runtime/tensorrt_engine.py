@@ -32,14 +32,15 @@ NEEDS_TRT = ("running a TensorRT engine needs TensorRT and an NVIDIA GPU; instal
 PROFILE = 0  # mictag engines have one optimisation profile (over the batch axis)
 
 
-def import_tensorrt():
-    """The ``tensorrt`` module, or a :class:`MictagError` saying what to install."""
+def import_tensorrt(needs: str = "Runtime", message: str = NEEDS_TRT):
+    """The ``tensorrt`` module, or a :class:`MictagError` (``message``) saying what to install;
+    ``needs`` is the class the caller uses (a stub package lacks it)."""
     try:
         import tensorrt as trt
     except Exception as exc:  # absent, or a stub package that cannot load its libraries
-        raise MictagError(NEEDS_TRT) from exc
-    if not hasattr(trt, "Runtime"):
-        raise MictagError(NEEDS_TRT)
+        raise MictagError(message) from exc
+    if not hasattr(trt, needs):
+        raise MictagError(message)
     return trt
 
 
