@@ -52,6 +52,20 @@ def tuned(labels, data, scores_: np.ndarray, thresholds: np.ndarray) -> dict:
     return {"macro_f1": report.macro_f1, "positive_f1": report.positive_f1}
 
 
+def _prior(path: Path, seeds: int) -> dict[str, float]:
+    if seeds < 1:
+        raise SystemExit("--prior needs --prior-seeds: how many seeds its means cover")
+    return json.loads(path.read_text("utf-8"))["selection"]["mean_validation_macro_f1"]
+
+
+def _mean(runs: list[dict], prior: float | None, prior_seeds: int) -> float:
+    """The mean over every seed: the prior's mean stands for seeds below prior_seeds where given."""
+    if prior is None:
+        return float(np.mean([r["full_val_macro_f1"] for r in runs]))
+    rest = [r["full_val_macro_f1"] for r in runs if r["seed"] >= prior_seeds]
+    return float((prior * prior_seeds + sum(rest)) / (prior_seeds + len(rest)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, required=True)
@@ -60,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=mictag_home() / "experiments" / "musicnn-reprogramming",
                     help="the experiment's --work: its runs' model files are named relative to it")
     ap.add_argument("--cache", type=Path, default=None, help="feature cache (default: the experiment's)")
+    ap.add_argument("--prior", type=Path, default=None,
+                    help="an earlier packaged record (mictag/data/taggers/*.json): its per-system validation means "
+                         "stand for the runs of seeds below --prior-seeds whose scores and model files are gone")
+    ap.add_argument("--prior-seeds", type=int, default=0, help="how many seeds (0 .. N-1) --prior's means cover")
     ap.add_argument("--dry-run", action="store_true", help="choose and report, package nothing")
     args = ap.parse_args(argv)
     if not (args.data / FULL_CSV).is_file():
@@ -69,18 +87,31 @@ def main(argv: list[str] | None = None) -> int:
         run["model"] = str(args.work / run["model"])  # absolute names (older results) stay as they are
     cache = args.cache or args.work / "cache"
     full = corpus_splits(args.data, "full")
+    prior = _prior(args.prior, args.prior_seeds) if args.prior else {}
     groups: dict[str, list[dict]] = {}
     for run in result["runs"]:
         if run["system"] in NOT_SHIPPABLE:
             continue
-        val, data = scores(run["model"], full.val, cache)
-        run = {**run, "full_val_macro_f1": present_report(full.labels, data, val).macro_f1, "val_scores": val}
-        groups.setdefault(f"{run['system']} ({run['labels']} labels)", []).append(run)
-        print(f"{run['system']} {run['labels']} seed {run['seed']}: val macro F1 (full truth) "
-              f"{run['full_val_macro_f1']:.4f}", file=sys.stderr, flush=True)
-    table = {g: float(np.mean([r["full_val_macro_f1"] for r in rs])) for g, rs in groups.items()}
+        group = f"{run['system']} ({run['labels']} labels)"
+        value = run.get("full_val_macro_f1")
+        if value is None and Path(run["model"]).is_file():
+            val, data = scores(run["model"], full.val, cache)
+            value = present_report(full.labels, data, val).macro_f1
+        elif value is None and not (group in prior and run["seed"] < args.prior_seeds):
+            raise SystemExit(f"{run['system']} {run['labels']} seed {run['seed']}: no full_val_macro_f1 in "
+                             f"{args.results.name} and no model file {run['model']}; rerun it or pass --prior")
+        groups.setdefault(group, []).append({**run, "full_val_macro_f1": value})
+        shown = "from --prior" if value is None else f"{value:.4f}"
+        print(f"{group} seed {run['seed']}: val macro F1 (full truth) {shown}", file=sys.stderr, flush=True)
+    table = {g: _mean(rs, prior.get(g) if any(r["full_val_macro_f1"] is None for r in rs) else None,
+                      args.prior_seeds) for g, rs in groups.items()}
     best_group = max(table, key=table.get)
-    best = max(groups[best_group], key=lambda r: r["full_val_macro_f1"])
+    known = [r for r in groups[best_group] if r["full_val_macro_f1"] is not None and Path(r["model"]).is_file()]
+    missing = sorted(r["seed"] for r in groups[best_group] if r not in known)
+    if missing:  # its best seed must be known: retrain those seeds (same seed, same files) first
+        raise SystemExit(f"{best_group} wins, but seeds {missing} have no score or model file here: rerun them")
+    best = max(known, key=lambda r: r["full_val_macro_f1"])
+    best["val_scores"], _ = scores(best["model"], full.val, cache)
     val_data = load_split(full.val, FbankCache(cache, load_model(best["model"])[0].cfg.fbank))
     thresholds = tune_thresholds(val_data.target, val_data.mask, best["val_scores"])
     test_scores, test_data = scores(best["model"], full.test, cache)
@@ -97,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": result["data"]["corpus"], "seed": best["seed"], "trained_on_labels": best["labels"],
         "selection": {"rule": "best mean validation macro F1 (full truth) over seeds; its best seed",
                       "mean_validation_macro_f1": table, "excluded": NOT_SHIPPABLE,
+                      "seeds": {g: sorted(r["seed"] for r in rs) for g, rs in groups.items()},
+                      "validation_macro_f1": {g: {str(r["seed"]): r["full_val_macro_f1"] for r in rs
+                                                  if r["full_val_macro_f1"] is not None} for g, rs in groups.items()},
+                      **({"prior": {"file": args.prior.name, "seeds": args.prior_seeds}} if args.prior else {}),
                       "experiment": args.results.name},
         "thresholds_tuned_on": "the corpus's validation split, full truth",
         "metrics": metrics,
