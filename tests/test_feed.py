@@ -312,3 +312,42 @@ def test_a_pipelined_backend_scores_every_window_in_its_place(lib, workers):
         if ref.scores is not None:
             np.testing.assert_array_equal(got[path].scores, ref.scores, err_msg=path)
             assert got[path].segments == ref.segments, path
+
+
+def noisy_windows(fid, path, cfg, variant, hop, chunk_seconds, alloc=None):
+    """numbered_windows, after writing as a native decoder does (straight to descriptor 2) and as
+    Python does (sys.stderr)."""
+    os.write(2, b"NATIVE-DECODER-NOISE\n")
+    print("PYTHON-WORKER-MESSAGE", file=sys.stderr, flush=True)
+    yield from numbered_windows(fid, path, cfg, variant, hop, chunk_seconds, alloc)
+
+
+_NOISY_POOL = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_feed import CFG, noisy_windows
+from mictag.runtime.decode_pool import DecodePool
+pool = DecodePool([(0, "2")], 1, CFG.to_dict(), "waveform", CFG.target_frames, 1.0, feed="pickle", source=noisy_windows)
+kinds, deadline = [], time.monotonic() + 60
+while "done" not in kinds and time.monotonic() < deadline:
+    msg = pool.get(timeout=0.2)
+    if msg is not None:
+        kinds.append(msg[0])
+pool.close()
+print(kinds)
+"""
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_native_decoder_text_on_stderr_is_dropped_python_messages_kept(keep):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "MICTAG_DECODER_STDERR"}
+    if keep:
+        env["MICTAG_DECODER_STDERR"] = "1"
+    code = _NOISY_POOL.format(tests=str(Path(__file__).parent))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['win', 'win', 'done']"
+    assert "PYTHON-WORKER-MESSAGE" in out.stderr
+    assert ("NATIVE-DECODER-NOISE" in out.stderr) == keep

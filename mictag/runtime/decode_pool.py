@@ -26,6 +26,11 @@
   SIGHUP and SIGTERM, which a terminal, a service manager or ``kill -- -PGID`` send to the whole
   process group: the scan decides when they stop (it finishes the files in progress), and kills
   them itself when it must.
+- What the native decoders print on the process's standard error (libmpg123's "part2_3_length too
+  large", "Trying to resync..." on a damaged MP3) goes nowhere: a file that fails already gets an
+  error row that says why, and a file that decoded needs no word. Python's own messages from a
+  worker still reach the terminal. ``MICTAG_DECODER_STDERR=1`` keeps the decoders' text (to debug
+  one).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ QUEUE_WINDOWS = 64  # messages in flight between the pipes and the scan's loop
 SLOTS_PER_WORKER = 8
 PR_SET_PDEATHSIG = 1
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+KEEP_DECODER_STDERR = "MICTAG_DECODER_STDERR"
 
 
 class single_threaded_children:
@@ -92,6 +98,21 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def silence_native_stderr() -> None:
+    """Point file descriptor 2 (where C libraries write) at the null device, and ``sys.stderr`` (where
+    Python writes: warnings, a worker's traceback) at a copy of the old descriptor 2."""
+    try:
+        sys.stderr.flush()
+        kept = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except (OSError, AttributeError, ValueError):  # no descriptor 2 (a service without one): nothing to silence
+        return
+    sys.stderr = open(kept, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                      errors="backslashreplace", closefd=True)
+
+
 class _Closed(BaseException):
     """The scan closed the pipe while the worker waited for a slot. (Not an Exception: the decoder's
     catch-all, which turns errors into a file's error row, must let it through.)"""
@@ -102,6 +123,8 @@ def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk
     die_with_parent(parent_pid)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):  # the scan handles the group's signals
         signal.signal(sig, signal.SIG_IGN)
+    if os.environ.get(KEEP_DECODER_STDERR, "") in ("", "0"):
+        silence_native_stderr()
     if source is None:
         from mictag.runtime.pipeline import decode_file as source  # the worker's own import (spawned)
 
