@@ -198,8 +198,9 @@ def aggregate(runs: list[dict]) -> dict:
         groups.setdefault(f"{run['system']} ({run['labels']} labels)", []).append(run)
     keys = [("test", "macro_f1"), ("test", "mAP"), ("test_tuned_macro_f1", None), ("test_expressible", "macro_f1"),
             ("cross_domain", "macro_f1"), ("cross_domain", "mAP"), ("val_macro_f1", None), ("seconds", None)]
+    order = {f"{name} ({labels} labels)": i for i, (name, labels) in enumerate(PLAN)}
     out = {}
-    for group, members in groups.items():
+    for group, members in sorted(groups.items(), key=lambda item: order.get(item[0], len(order))):
         row = {"seeds": len(members), "trainable": members[0]["trainable"]}
         for outer, inner in keys:
             values = [r[outer] if inner is None else r[outer][inner] for r in members if outer in r]
@@ -255,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
                     for s in ("train", "val", "test")},
                  "cross_domain": {"clips": len(cross), "takes": takes}},
         "recipe": get_recipe("paper", lr=args.lr, epochs=args.epochs, batch_size=args.batch_size).to_dict(),
-        "plan": [list(p) for p in plan], "seeds": args.seeds,
     }
     result["zero_training"] = previous.get("zero_training") or zero_training(args, splits["masked"], cross)
     z = result["zero_training"]
@@ -263,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
           f"mAP {z['test']['mAP']:.3f}", file=sys.stderr, flush=True)
     expressible = [labels.index(label) for label in z["labels"]]
 
-    def write() -> None:
+    def write() -> None:  # the plan and seeds of every run in the file, this invocation's and earlier ones'
         result["runs"] = runs
+        trained = {(r["system"], r["labels"]) for r in runs} | set(plan)
+        result["plan"] = [list(p) for p in PLAN if p in trained]
+        result["seeds"] = {f"{s} ({v} labels)": sorted(r["seed"] for r in runs if (r["system"], r["labels"]) == (s, v))
+                           for s, v in PLAN if (s, v) in trained}
         result["systems"] = aggregate(runs)
         result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         tmp = out.with_suffix(".tmp")
