@@ -96,6 +96,13 @@ def test_pull_builds_it_and_scan_uses_it_with_20_labels(packaged, tmp_path):
     listed = runner.invoke(main, ["models", "list"]).output
     assert f"{NAME} tagger (musicnn default)" in listed and "corpus test macro F1" in listed
     assert "musicnn zero-training tagger, MTT_musicnn (--zero-training" in listed
+    built = next((tmp_path / "home" / "models").glob(f"{NAME}-*.onnx"))
+    stale = built.with_name(f"{NAME}-000000000000.onnx")  # an earlier mictag's weights, say
+    stale.write_bytes(built.read_bytes())
+    lines = runner.invoke(main, ["models", "list"]).output.splitlines()
+    assert [ln for ln in lines if "older build" in ln and stale.name in ln]
+    assert [ln for ln in lines if "(musicnn default)" in ln] == [ln for ln in lines if "(musicnn default)" in ln
+                                                                 and built.name in ln] != []
     lib = _library(tmp_path / "lib")
     result = runner.invoke(main, ["scan", str(lib), "--backbone", "musicnn", "--out", str(tmp_path / "t.csv"),
                                   "--workers", "1", "--backend", "ort-cpu"])

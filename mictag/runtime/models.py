@@ -19,11 +19,11 @@ import importlib.util
 import os
 from pathlib import Path
 
+from mictag.backbones.ast_sources import DEFAULT_HUB_ID
 from mictag.errors import MictagError, ModelNotFoundError
 from mictag.metadata import int8_path
 from mictag.paths import mictag_home
 
-DEFAULT_HUB_ID = "MIT/ast-finetuned-audioset-10-10-0.4593"
 HOW_TO_GET_ONE = (
     "no model to scan with: run `mictag models pull` once online (downloads the ~350 MB AudioSet AST and "
     "builds the zero-training tagger), or pass --ast PATH (audioset_10_10_0.4593.pth or a Hugging Face "
@@ -172,7 +172,7 @@ def default_model(ast: str | os.PathLike | None = None, on_message=None, backbon
     if built:
         return built[0]
     try:
-        from mictag.backbones.ast_checkpoints import resolve_hub
+        from mictag.backbones.ast_sources import resolve_hub
 
         local = resolve_hub(DEFAULT_HUB_ID, download=False)  # the cache only; pulling is explicit
     except (ImportError, ModelNotFoundError):
@@ -203,7 +203,7 @@ def require_musicnn_weights(model: str) -> Path:
 def pull(repo_id: str = DEFAULT_HUB_ID, on_message=None, int8: bool | None = None) -> Path:
     """Download (or find in the cache) an AudioSet AST, verify it, build and cache its tagger."""
     try:
-        from mictag.backbones.ast_checkpoints import resolve_hub
+        from mictag.backbones.ast_sources import resolve_hub
     except ImportError:
         raise MictagError("`mictag models pull` needs the [train] extra: pip install 'mictag[train]'") from None
     local = resolve_hub(repo_id)
@@ -220,6 +220,18 @@ def _source_of(tagger: Path) -> str:
         return "unreadable metadata"
 
 
+def _current_build(name: str, record: dict) -> str | None:
+    """The cache file name this mictag's shipped tagger ``name`` has against the musicnn here (None
+    without its weights)."""
+    from mictag.backbones.musicnn_weights import tensor_digest
+    from mictag.runtime import shipped
+
+    try:
+        return shipped.built_name(name, tensor_digest(require_musicnn_weights(record["backbone"]["source"])))
+    except MictagError:
+        return None
+
+
 def listing() -> list[tuple[str, str]]:
     """(what, where) for the models mictag can use here."""
     from mictag.runtime import shipped
@@ -229,9 +241,12 @@ def listing() -> list[tuple[str, str]]:
     for name in shipped.available():
         record = shipped.provenance(name)
         zero.update({record["backbone"]["source"]: record.get("zero_training_baseline")})
+        current = _current_build(name, record)
         for p in cached_shipped(name):
-            rows.append((f"{name} tagger (musicnn default): {shipped.summary(record)} ({p.stat().st_size / 1e6:.1f} MB)",
-                         str(p)))
+            size = f"{p.stat().st_size / 1e6:.1f} MB"
+            rows.append((f"{name} tagger (musicnn default): {shipped.summary(record)} ({size})" if p.name == current
+                         else f"{name}, an older build (other weights or another musicnn; not used; "
+                              f"`mictag models pull musicnn` builds this mictag's; {size})", str(p)))
     for p in cached_taggers("musicnn"):
         source, baseline = _source_of(p), None
         baseline = zero.get(source)
@@ -248,7 +263,7 @@ def listing() -> list[tuple[str, str]]:
                  and not p.name.endswith(VARIANT_SUFFIXES)]
         rows += [(f"musicnn weights {p.stem}", str(p)) for p in sorted((models_dir() / "musicnn").glob("*.safetensors"))]
     try:
-        from mictag.backbones.ast_checkpoints import resolve_hub
+        from mictag.backbones.ast_sources import resolve_hub
 
         rows.append((f"AudioSet AST {DEFAULT_HUB_ID}", str(resolve_hub(DEFAULT_HUB_ID, download=False))))
     except (ImportError, MictagError):
