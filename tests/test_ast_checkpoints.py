@@ -24,6 +24,7 @@ from mictag.errors import CheckpointError, ModelNotFoundError  # noqa: E402
 from mictag.backbones import ast_checkpoints as checkpoints  # noqa: E402
 from mictag.backbones.ast import AST, ASTConfig  # noqa: E402
 from mictag.backbones.ast_checkpoints import load_ast, load_hf_dir, load_original  # noqa: E402
+from mictag.backbones.ast_sources import ORIGINAL_FILENAME, resolve_hub  # noqa: E402
 
 ATOL = 1e-4
 EPS = 1e-6
@@ -191,7 +192,7 @@ def ref128(hf_model, x128):
 
 @pytest.fixture()
 def original_pth(hf_disk_state, tmp_path):
-    path = tmp_path / checkpoints.ORIGINAL_FILENAME
+    path = tmp_path / ORIGINAL_FILENAME
     torch.save(hf_disk_to_original(hf_disk_state), path)
     return path
 
@@ -232,7 +233,7 @@ def test_bare_hf_weight_files_load_with_an_explicit_config(hf_model, hf_dir, tmp
 @pytest.mark.parametrize("layout", ["dataparallel", "no_prefix", "wrapped"])
 def test_original_checkpoint_matches_transformers(layout, hf_disk_state, tmp_path, x128, ref128):
     state = hf_disk_to_original(hf_disk_state, prefix="" if layout == "no_prefix" else "module.")
-    path = tmp_path / checkpoints.ORIGINAL_FILENAME
+    path = tmp_path / ORIGINAL_FILENAME
     torch.save({"state_dict": state} if layout == "wrapped" else state, path)
     ours = load_original(path, tiny_cfg())
     assert_close(our_logits(ours, x128), ref128)
@@ -288,7 +289,7 @@ def test_load_ast_original_file_route_with_audioset_grid(hf_model_1024, tmp_path
     monkeypatch.setattr(checkpoints, "ASTConfig", ShrunkAudioSetConfig)
     d = tmp_path / "hf1024"
     hf_model_1024.save_pretrained(d)
-    path = tmp_path / checkpoints.ORIGINAL_FILENAME
+    path = tmp_path / ORIGINAL_FILENAME
     torch.save(hf_disk_to_original(safetensors_torch.load_file(str(d / "model.safetensors"))), path)
 
     x = inputs(1024, seed=5)
@@ -385,7 +386,7 @@ def test_missing_paths_raise_model_not_found(tmp_path):
 
 
 def test_unreadable_files_raise_checkpoint_error_naming_the_file(tmp_path, hf_dir):
-    junk = tmp_path / checkpoints.ORIGINAL_FILENAME
+    junk = tmp_path / ORIGINAL_FILENAME
     junk.write_bytes(os.urandom(4096))
     with pytest.raises(CheckpointError, match="cannot read checkpoint") as info:
         load_original(junk, tiny_cfg())
@@ -508,7 +509,7 @@ def test_hub_id_loads_from_offline_cache(offline_hub, hf_dir, x128, ref128):
         offline_hub, "testorg/tiny-ast",
         {"config.json": hf_dir / "config.json", "model.safetensors": hf_dir / "model.safetensors"},
     )
-    resolved = checkpoints.resolve_hub("testorg/tiny-ast")
+    resolved = resolve_hub("testorg/tiny-ast")
     assert resolved.name == commit and resolved.is_relative_to(offline_hub.resolve())
     assert_close(our_logits(load_ast("testorg/tiny-ast"), x128), ref128)
 
@@ -532,7 +533,7 @@ def test_missing_relative_checkpoint_path_is_not_sent_to_the_hub(monkeypatch, tm
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelNotFoundError, match="not found"):
-        load_ast(f"checkpoints/{checkpoints.ORIGINAL_FILENAME}")
+        load_ast(f"checkpoints/{ORIGINAL_FILENAME}")
     assert not calls
 
 

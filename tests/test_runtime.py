@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import tracemalloc
 
 import numpy as np
@@ -196,6 +198,30 @@ def test_scanning_with_an_onnx_model_never_imports_torch(tagger_models, tmp_path
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
     assert "a.wav" in (tmp_path / "t.csv").read_text()
+
+
+@pytest.mark.parametrize("command", [["models", "list"], ["scan", "LIB", "--out", "OUT"]])
+def test_the_model_listing_and_the_no_model_message_never_import_torch(command, tmp_path):
+    """`models list` looks for the AST in the hub cache, and a scan with no model says how to get
+    one: both without importing torch (the scan's exit 2 is its "no model" message). `mictag info`
+    imports it on purpose, to name torch's devices."""
+    import subprocess
+    import sys
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    sf.write(lib / "a.wav", np.zeros(16000, np.float32), 16000)
+    args = [str(lib) if a == "LIB" else str(tmp_path / "t.csv") if a == "OUT" else a for a in command]
+    code = ("import sys\nfrom mictag.cli import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+            "print('torch imported:', 'torch' in sys.modules)\n")
+    env = {**os.environ, "MICTAG_HOME": str(tmp_path / "home"), "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.stdout.strip().splitlines()[-1] == "torch imported: False", done.stdout + done.stderr
+    if command[0] == "scan":
+        assert "exit 2" in done.stdout and "mictag models pull" in done.stdout + done.stderr
 
 
 def test_torch_backend_scores_like_onnx_runtime(tiny_ast_dir, tmp_path):

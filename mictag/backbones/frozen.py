@@ -67,7 +67,7 @@ def weights_file(kind: str, source: str | os.PathLike) -> Path:
 
         path = _musicnn_file(source)
         return path if path.is_file() else require_weights(str(source))
-    from mictag.backbones.ast_checkpoints import weights_file as ast_weights_file
+    from mictag.backbones.ast_sources import weights_file as ast_weights_file
 
     return ast_weights_file(source)
 
