@@ -19,8 +19,9 @@ for the labels MTT has a tag for), musicnn-BS (mapper only, on cached backbone o
 fine-tuned) and CNN-BS (a CNN of the reprogrammers' size, from scratch). BS and URP also train on
 the full labels. Runs go seed by seed, each written to the results JSON as it ends; a rerun with
 the same --out skips the runs already there. Each run also records its validation macro F1 on the
-full truth (``full_val_macro_f1``), which ship_musicnn_openmic20.py chooses on. Reports the OpenMIC-protocol macro F1 and mAP, also
-over the labels the zero-training map can express, and trainable-parameter counts.
+full truth (``full_val_macro_f1``), which ship_musicnn_openmic20.py chooses on. Reports the
+OpenMIC-protocol macro F1 and mAP, also over the labels the zero-training map can express, and
+trainable-parameter counts.
 """
 
 from __future__ import annotations
@@ -276,12 +277,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(out)
 
     write()
+    full_val = corpus_splits(args.data, "full").val if has_truth else None
     for seed in range(args.seeds):  # seed by seed: a cut-short run still has every system
         for name, variant in plan:
             if (name, variant, seed) in done:
                 continue
-            run = train_run(args, name, variant, seed, splits[variant], cross, expressible,
-                            full_val=corpus_splits(args.data, "full").val if has_truth else None)
+            run = train_run(args, name, variant, seed, splits[variant], cross, expressible, full_val)
             runs.append(run)
             write()
             print(f"{name} ({variant}) seed {seed}: test macro F1 {run['test']['macro_f1']:.3f} mAP "

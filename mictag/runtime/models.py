@@ -134,18 +134,24 @@ def build_shipped_tagger(name: str, on_message=None, int8: bool | None = None) -
     return target
 
 
+def shipped_build_path(name: str, backbone_ref: dict) -> Path:
+    """Where this mictag's shipped tagger ``name``, built against the musicnn weights here, sits in
+    the cache (MictagError without those weights)."""
+    from mictag.backbones.musicnn_weights import tensor_digest
+    from mictag.runtime import shipped
+
+    return models_dir() / shipped.built_name(name, tensor_digest(require_musicnn_weights(backbone_ref["source"])))
+
+
 def shipped_tagger(name: str, on_message=None) -> Path:
     """The built shipped tagger ``name``: found by its weights' and backbone's sha256 (no torch),
     else built (torch)."""
     from mictag.runtime import shipped
 
-    record = shipped.provenance(name)
-    ref = record["backbone"]
+    ref = shipped.provenance(name)["backbone"]
     if ref["kind"] != "musicnn":
         raise MictagError(f"shipped taggers on a {ref['kind']} backbone are not supported")
-    from mictag.backbones.musicnn_weights import tensor_digest
-
-    built = models_dir() / shipped.built_name(name, tensor_digest(require_musicnn_weights(ref["source"])))
+    built = shipped_build_path(name, ref)
     if built.is_file():
         return built
     if importlib.util.find_spec("torch") is None:
@@ -220,18 +226,6 @@ def _source_of(tagger: Path) -> str:
         return "unreadable metadata"
 
 
-def _current_build(name: str, record: dict) -> str | None:
-    """The cache file name this mictag's shipped tagger ``name`` has against the musicnn here (None
-    without its weights)."""
-    from mictag.backbones.musicnn_weights import tensor_digest
-    from mictag.runtime import shipped
-
-    try:
-        return shipped.built_name(name, tensor_digest(require_musicnn_weights(record["backbone"]["source"])))
-    except MictagError:
-        return None
-
-
 def listing() -> list[tuple[str, str]]:
     """(what, where) for the models mictag can use here."""
     from mictag.runtime import shipped
@@ -241,7 +235,10 @@ def listing() -> list[tuple[str, str]]:
     for name in shipped.available():
         record = shipped.provenance(name)
         zero.update({record["backbone"]["source"]: record.get("zero_training_baseline")})
-        current = _current_build(name, record)
+        try:
+            current = shipped_build_path(name, record["backbone"]).name
+        except MictagError:
+            current = None  # no musicnn weights here: every cached build is an older one
         for p in cached_shipped(name):
             size = f"{p.stat().st_size / 1e6:.1f} MB"
             rows.append((f"{name} tagger (musicnn default): {shipped.summary(record)} ({size})" if p.name == current
