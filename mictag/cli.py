@@ -338,9 +338,12 @@ class _Progress:
 @click.option("--model", type=click.Path(), help="An exported model (.onnx, TensorRT .engine or torch .pt). "
               "Default: the zero-training tagger (see `mictag models`).")
 @click.option("--ast", "ast", help="Without --model: build the zero-training tagger from this AudioSet AST.")
-@click.option("--backbone", type=click.Choice(["ast", "musicnn"]), default="ast", show_default=True,
+@click.option("--backbone", type=click.Choice(["ast", "musicnn"]), default=None,
               help="Without --model: the AST's zero-training tagger, or musicnn's musicnn-openmic20 tagger "
-              "(3-s windows, all 20 labels, trained on the generated corpus; works offline).")
+              "(3-s windows, all 20 labels, trained on the generated corpus). Default: the AST where it can be had "
+              "(cached, or downloaded once), else musicnn (fetched with pip once).")
+@click.option("--wheel", type=click.Path(exists=True, dir_okay=False), help="Where musicnn's weights are needed and "
+              "missing: take them from this musicnn-0.1.0 wheel instead of downloading it.")
 @click.option("--zero-training", is_flag=True, help="With --backbone musicnn: the fixed MagnaTagATune map "
               "instead (no training; 8 of the 20 labels).")
 @click.option("--musicnn", "musicnn", default="MTT_musicnn", show_default=True,
@@ -370,8 +373,9 @@ class _Progress:
               "metadata, as `mictag write-tags` does.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run as a Ray Data pipeline: join the cluster at ADDRESS, or start a local Ray without one.")
-def scan(library, out, model, ast, backbone, zero_training, musicnn, backend, precision, batch_size, hop, aggregate, threshold, include,
-         exclude, workers, fmt, segments, overwrite, retry_failed, quiet, wait, write_file_tags, ray_address) -> None:
+def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, backend, precision, batch_size, hop, aggregate,
+         threshold, include, exclude, workers, fmt, segments, overwrite, retry_failed, quiet, wait, write_file_tags,
+         ray_address) -> None:
     """Tag every audio file under LIBRARY: one row per file in --out.
 
     Ctrl-C (or SIGTERM, SIGHUP) stops it after the files in progress, a second one at once; rerun
@@ -381,7 +385,7 @@ def scan(library, out, model, ast, backbone, zero_training, musicnn, backend, pr
     import os
 
     from mictag.runtime.interrupts import StopSignals
-    from mictag.runtime.models import default_model
+    from mictag.runtime.models import default_model, first_scan_model, pull_musicnn, require_musicnn_weights
     from mictag.runtime.pipeline import ScanOptions
     from mictag.runtime.scan import interrupted_line, run_scan, summary_line
 
@@ -389,9 +393,21 @@ def scan(library, out, model, ast, backbone, zero_training, musicnn, backend, pr
     counts: dict = {}  # done / total, kept up to date by the scan
     with StopSignals() as stop:
         try:
-            if model is None:
-                model = str(default_model(ast, on_message=say, backbone=backbone, musicnn=musicnn,
-                                          zero_training=zero_training))
+            if model is None and backbone is None and ast is None and not zero_training:
+                model = str(first_scan_model(on_message=say, wheel=wheel))
+            elif model is None:
+                if backbone == "musicnn" or zero_training:
+                    from mictag.backbones.musicnn_weights import MODELS
+
+                    try:
+                        require_musicnn_weights(musicnn)
+                    except MictagError:
+                        if musicnn not in MODELS:
+                            raise
+                        say("fetching musicnn's weights with pip (the 29 MB musicnn 0.1.0 wheel), once")
+                        pull_musicnn(wheel, progress=True)
+                model = str(default_model(ast, on_message=say, backbone=backbone or ("musicnn" if zero_training else "ast"),
+                                          musicnn=musicnn, zero_training=zero_training))
             workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
             if threshold is not None and not 0.0 <= threshold <= 1.0:
                 raise MictagError(f"--threshold must be between 0 and 1, not {threshold}")
@@ -416,6 +432,8 @@ def scan(library, out, model, ast, backbone, zero_training, musicnn, backend, pr
     if summary.interrupted:
         click.echo(summary_line(summary), err=True)  # said even with --quiet: the table is incomplete
         sys.exit(stop.exit_code)
+    for note in summary.notes:
+        say(note)
     say(summary_line(summary))
     code = summary.exit_code
     if write_file_tags:

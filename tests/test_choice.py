@@ -40,6 +40,8 @@ def test_native_bf16_runs_openvino_in_bf16(flags, feature):
     p = plan(flags)
     assert (p.backend, p.precision, p.reason, p.model) == ("openvino", "bf16", feature, MODEL)
     assert p.describe() == f"openvino bf16 ({feature})" and not p.warnings and p.advice is None
+    assert p.check  # a fast path mictag chose: checked against fp32 as the scan goes
+    assert not plan(flags, precision="bf16").check  # asked for: runs as asked
 
 
 @pytest.mark.parametrize("flags, units", [(SAPPHIRE_RAPIDS, "amx_int8, amx_bf16"), (ZEN4, "avx512_vnni, avx512_bf16"),
@@ -47,15 +49,29 @@ def test_native_bf16_runs_openvino_in_bf16(flags, feature):
 def test_int8_and_bf16_units_run_the_int8_variant_with_bf16_elsewhere(flags, units):
     p = plan(flags, int8=INT8)
     assert (p.backend, p.precision, p.rest, p.model) == ("openvino", "int8", "bf16", INT8.path)
-    assert p.describe() == f"openvino int8+bf16 ({units}; calibrated int8 within 0.012 of fp32, checked on the first windows)"
-    assert p.check  # not yet checked on real audio
-    trusted = Int8Variant(INT8.path, 0.012, {"trusted": True, "max_abs_dp": 0.02, "windows": 16})
-    p = plan(flags, int8=trusted)
-    assert not p.check and p.reason.endswith("int8 within 0.020 of fp32 on 16 real windows")
-    refused = Int8Variant(INT8.path, 0.012, {"trusted": False, "max_abs_dp": 0.06, "windows": 16})
-    p = plan(flags, int8=refused)
-    assert p.precision == "bf16" and "its int8 variant was 0.060 from fp32 on real audio" in p.reason
-    assert plan(flags, int8=Int8Variant(INT8.path, INT8_BOUND * 2)).precision == "bf16"  # out of bound
+    assert p.describe() == f"openvino int8+bf16 ({units}; calibrated int8 within 0.012 of fp32 on synthetic windows)"
+    assert p.check  # checked against fp32 as the scan goes, every scan
+    assert plan(flags, int8=Int8Variant(INT8.path, INT8_BOUND * 2)).precision == "bf16"  # out of bound at export
+
+
+def test_a_fast_path_refused_on_a_library_is_passed_over_for_the_next():
+    """int8 refused there: bf16; bf16 refused too: fp32; each says why. Other libraries are not affected."""
+    refusals = {}
+
+    def refused(model, backend, precision, rest):
+        return refusals.get(precision)
+
+    assert plan(ZEN4, int8=INT8, refused=refused).precision == "int8"
+    refusals["int8"] = "a checked window was 0.081 from fp32"
+    p = plan(ZEN4, int8=INT8, refused=refused)
+    assert (p.precision, p.check) == ("bf16", True) and "int8 refused on this library: a checked window was 0.081" in p.reason
+    refusals["bf16"] = "not faster than fp32 here"
+    p = plan(ZEN4, int8=INT8, refused=refused)
+    assert (p.backend, p.precision, p.check) == ("openvino", "fp32", False)
+    assert "int8 refused" in p.reason and "bf16 refused on this library: not faster" in p.reason
+    p = plan(ZEN4, kind="torch", refused=refused)  # the torch artifact's bf16 too
+    assert (p.precision, p.check) == ("fp32", False) and "bf16 refused" in p.reason
+    assert plan(ZEN4, kind="torch", cuda=True, refused=refused).precision == "bf16"  # GPUs are not checked
 
 
 def test_without_openvino_bf16_cpus_fall_back_and_say_what_to_install():
@@ -99,7 +115,7 @@ def test_gpu_providers_come_first():
 
 
 def test_torch_artifact_precision_follows_the_cpu_and_cuda():
-    assert plan(ZEN4, kind="torch").describe() == "torch bf16 (avx512_bf16)"
+    assert plan(ZEN4, kind="torch").describe() == "torch bf16 (avx512_bf16)" and plan(ZEN4, kind="torch").check
     assert plan(ZEN3, kind="torch").describe() == "torch fp32 (no native bf16)"
     assert plan(ZEN3, kind="torch", cuda=True).describe() == "torch bf16 (CUDA)"
 

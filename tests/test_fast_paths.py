@@ -229,11 +229,11 @@ def _long_file(lib, seconds: float = 30.0):
     return lib / "long.flac"
 
 
-def test_an_int8_variant_is_checked_on_real_windows_then_trusted(models, tmp_path, monkeypatch):
-    """A CPU with int8 units and no bf16 (faked): the first scan scores the first 16 windows on
-    both paths and keeps int8; the verdict makes the next start take int8 at once."""
+def test_an_int8_variant_is_checked_as_it_runs_and_its_evidence_kept(models, tmp_path, monkeypatch):
+    """A CPU with int8 units and no bf16 (faked): every Tagger checks the int8 variant against fp32
+    as it goes; what the checks found is kept per library (here the Python API's)."""
     from mictag import Tagger, cpu
-    from mictag.runtime.int8_check import CHECK_WINDOWS, CheckedInt8, load_verdict
+    from mictag.runtime.trust import API_SCOPE, TrustedBackend, Verdicts, verdict_key
     from mictag.metadata import int8_path
 
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
@@ -242,35 +242,37 @@ def test_an_int8_variant_is_checked_on_real_windows_then_trusted(models, tmp_pat
     try:
         path = _long_file(tmp_path / "lib")
         first = Tagger(models / "f.onnx")
-        assert isinstance(first.backend, CheckedInt8) and first.backend.plan.precision == "int8"
+        assert isinstance(first.backend, TrustedBackend) and first.backend.plan.precision == "int8"
         checked = first.tag(path)
-        assert checked.windows > CHECK_WINDOWS
-        verdict = load_verdict(int8_path(models / "f.onnx"))
-        assert verdict["trusted"] and verdict["windows"] >= CHECK_WINDOWS and verdict["max_abs_dp"] <= BOUND
-        assert first.backend.description.startswith("openvino int8 (avx512_vnni; int8 within")
-        second = Tagger(models / "f.onnx")
-        assert not isinstance(second.backend, CheckedInt8) and "real windows" in second.backend.description
-        np.testing.assert_allclose(second.tag(path).scores, checked.scores, atol=BOUND)
+        assert checked.windows > 4 and first.backend.stats.checked >= 1
+        exact = Tagger(models / "f.onnx", precision="fp32", backend="ort-cpu").tag(path)
+        assert np.abs(checked.scores - exact.scores).max() <= BOUND and checked.tags == exact.tags
+        key = verdict_key(int8_path(models / "f.onnx"), "openvino", "int8")
+        entry = Verdicts().get(key, API_SCOPE)
+        assert entry["windows_checked"] >= 1 and entry["max_abs_dp"] <= BOUND and not entry["refused"]
+        assert isinstance(Tagger(models / "f.onnx").backend, TrustedBackend)  # never trusted unchecked
     finally:
         cpu.cpu_info.cache_clear()
 
 
-def test_an_int8_variant_that_deviates_on_real_windows_is_dropped_for_good(models, tmp_path, monkeypatch):
+def test_an_int8_variant_that_deviates_on_real_windows_is_left_and_refused_on_that_library(models, tmp_path,
+                                                                                          monkeypatch):
     from mictag import Tagger, cpu
-    from mictag.runtime import int8_check
+    from mictag.runtime import trust
 
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MICTAG_CPU_FLAGS", "avx2 fma avx512f avx512_vnni")
-    monkeypatch.setattr(int8_check, "INT8_BOUND", 1e-7)  # nothing int8 stays this close
+    monkeypatch.setattr(trust, "BOUND", 1e-7)  # nothing int8 stays this close
     cpu.cpu_info.cache_clear()
     try:
         path = _long_file(tmp_path / "lib")
         said = []
-        got = Tagger(models / "f.onnx", on_message=said.append).tag(path).scores
+        got = Tagger(models / "f.onnx", on_message=said.append, library=tmp_path / "lib").tag(path).scores
         exact = Tagger(models / "f.onnx", precision="fp32").tag(path).scores
-        np.testing.assert_allclose(got, exact, atol=1e-6)  # every window scored on the fp32 path
-        assert any("scanning on openvino fp32" in m for m in said), said
-        later = Tagger(models / "f.onnx")
-        assert later.backend.plan.precision == "fp32" and "its int8 variant was" in later.backend.description
+        np.testing.assert_allclose(got, exact, atol=1e-6)  # every window scored on the fp32 path in the end
+        assert any("failed a check" in m and "the rest runs on openvino fp32" in m for m in said), said
+        later = Tagger(models / "f.onnx", library=tmp_path / "lib")
+        assert later.backend.plan.precision == "fp32" and "int8 refused on this library" in later.backend.description
+        assert Tagger(models / "f.onnx", library=tmp_path / "other").backend.plan.precision == "int8"
     finally:
         cpu.cpu_info.cache_clear()

@@ -139,12 +139,16 @@ def test_scan_with_musicnn_over_real_files(tmp_path, monkeypatch):
 
 
 def test_scan_with_musicnn_and_no_weights_says_how_to_get_them(tmp_path, monkeypatch):
+    """The weights are fetched with pip on first use; where pip cannot get them, the error says how."""
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "empty-home"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     (tmp_path / "lib").mkdir()
     sf.write(tmp_path / "lib" / "a.wav", np.zeros(16000, np.float32), 16000)
     result = _run(["scan", str(tmp_path / "lib"), "--backbone", "musicnn", "--out", str(tmp_path / "t.csv")])
     assert result.exit_code == 2
-    assert "mictag models pull musicnn" in result.output and "Traceback" not in result.output
+    assert "mictag models pull musicnn" in result.output and "--wheel" in result.output
+    assert "Traceback" not in result.output and "cannot download musicnn==0.1.0 with pip" in result.output
     assert not (tmp_path / "t.csv").exists()
 
 

@@ -216,7 +216,7 @@ def test_the_model_listing_and_the_no_model_message_never_import_torch(command, 
             f"try:\n    main({args!r})\nexcept SystemExit as e:\n    print('exit', e.code)\n"
             "print('torch imported:', 'torch' in sys.modules)\n")
     env = {**os.environ, "MICTAG_HOME": str(tmp_path / "home"), "HF_HOME": str(tmp_path / "hf"),
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path)}  # nothing to fetch either
     env.pop("HF_HUB_CACHE", None)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.stdout.strip().splitlines()[-1] == "torch imported: False", done.stdout + done.stderr

@@ -154,12 +154,15 @@ def test_another_musicnn_conversion_is_refused_and_zero_training_still_works(pac
     assert f"{NAME} not built" in result.output and "scan with --zero-training" in result.output
 
 
-def test_without_the_ast_the_message_offers_the_musicnn_tagger(tmp_path, monkeypatch):
+def test_without_the_ast_or_a_network_the_message_names_both_ways(tmp_path, monkeypatch):
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "empty"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip cannot fetch musicnn either
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
     (tmp_path / "lib").mkdir()
     sf.write(tmp_path / "lib" / "a.wav", np.zeros(16000, np.float32), 16000)
     result = CliRunner().invoke(main, ["scan", str(tmp_path / "lib"), "--out", str(tmp_path / "t.csv")])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "mictag models pull musicnn" in result.output and "--backbone musicnn" in result.output
+    for way in ("`mictag models pull`", "--ast", "`mictag models pull musicnn`", "--wheel", "--model"):
+        assert way in result.output, way

@@ -47,9 +47,23 @@ def resolve_hub(repo_id: str, revision: str | None = None, download: bool = True
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir))
     except Exception as exc:
         raise ModelNotFoundError(
-            f"cannot download {repo_id} from the Hugging Face hub ({type(exc).__name__}); "
+            f"cannot download {repo_id} from the Hugging Face hub ({_root_cause(exc)}); "
             f"pass a local checkpoint ({ORIGINAL_FILENAME} or a model directory) instead"
         ) from exc
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error behind a failed download, in a few words (what a user can act on)."""
+    seen = exc
+    while True:
+        inner = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+        if inner is None:
+            break
+        seen = inner
+    text = str(seen).strip().splitlines()[0] if str(seen).strip() else ""
+    if "connect" in type(seen).__name__.lower() or "connection" in text.lower() or "resolve" in text.lower():
+        return "the hub could not be reached"
+    return f"{type(seen).__name__}: {text[:120]}" if text else type(seen).__name__
 
 
 _WEIGHT_SUFFIXES = {".pth", ".pt", ".bin", ".safetensors", ".ckpt"}

@@ -43,10 +43,15 @@ def manifest_path() -> Path:
     return cache_dir() / "manifest.json"
 
 
-def download_wheel(dest: Path) -> Path:
-    """``pip download --no-deps musicnn==0.1.0`` into ``dest`` (the registry pip is set up for)."""
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                           PACKAGE, "-d", str(dest)], capture_output=True, text=True)
+def download_wheel(dest: Path, progress: bool = False) -> Path:
+    """``pip download --no-deps musicnn==0.1.0`` into ``dest`` (the registry pip is set up for);
+    with ``progress``, pip's own progress bar shows on stderr."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+           PACKAGE, "-d", str(dest)]
+    if progress and sys.stderr.isatty():
+        done = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    else:
+        done = subprocess.run([*cmd, "-q"], capture_output=True, text=True)
     wheels = sorted(dest.glob("musicnn-*.whl"))
     if done.returncode or not wheels:
         reason = (done.stderr.strip().splitlines() or ["no wheel"])[-1][:200]
@@ -109,12 +114,12 @@ def tensor_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def pull(wheel: str | Path | None = None) -> dict[str, dict]:
+def pull(wheel: str | Path | None = None, progress: bool = False) -> dict[str, dict]:
     """Fetch (or take ``wheel``) and convert musicnn's checkpoints; never imports TensorFlow."""
     if wheel:
         return convert_wheel(Path(wheel))
     with tempfile.TemporaryDirectory() as tmp:
-        return convert_wheel(download_wheel(Path(tmp)))
+        return convert_wheel(download_wheel(Path(tmp), progress))
 
 
 def require_weights(model: str = "MTT_musicnn") -> Path:

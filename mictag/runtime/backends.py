@@ -39,12 +39,14 @@ class ModelError(MictagError):
 
 class Submitted:
     """A batch handed to :meth:`Backend.submit`. ``result()`` waits for it and returns its
-    probabilities, (rows, labels) float32, an array of its own (the same one on later calls)."""
+    probabilities, (rows, labels) float32, an array of its own (the same one on later calls).
+    ``outcome``: what a checked fast path's checks found in it (:mod:`mictag.runtime.trust`)."""
 
-    __slots__ = ("rows", "_fetch", "_value")
+    __slots__ = ("rows", "_fetch", "_value", "outcome")
 
-    def __init__(self, rows: int, fetch: Callable[[], np.ndarray] | None = None, value: np.ndarray | None = None):
-        self.rows, self._fetch, self._value = rows, fetch, value
+    def __init__(self, rows: int, fetch: Callable[[], np.ndarray] | None = None, value: np.ndarray | None = None,
+                 outcome=None):
+        self.rows, self._fetch, self._value, self.outcome = rows, fetch, value, outcome
 
     def result(self) -> np.ndarray:
         if self._value is None:
@@ -101,7 +103,7 @@ class Backend:
 
 
 def submit_batch(backend, x: np.ndarray, valid: np.ndarray) -> Submitted:
-    """``backend.submit(x, valid)``, also for wrappers that only have ``run`` (the int8 check)."""
+    """``backend.submit(x, valid)``, also for wrappers that only have ``run``."""
     submit = getattr(backend, "submit", None)
     if submit is not None:
         return submit(x, valid)
@@ -363,13 +365,22 @@ def int8_variant(path: Path) -> Int8Variant | None:
     strip = lambda m: {k: v for k, v in m.items() if k not in ("precision", "int8")}  # noqa: E731
     if meta.get("precision") != "int8" or deviation is None or strip(meta) != strip(mine):
         return None
-    from mictag.runtime.int8_check import load_verdict
-
-    return Int8Variant(sibling, float(deviation), load_verdict(sibling))
+    return Int8Variant(sibling, float(deviation))
 
 
-def plan_engine(model: str | os.PathLike, backend: str = "auto", precision: str | None = None) -> EnginePlan:
-    """What ``open_backend`` would run ``model`` on here, and why (nothing is loaded)."""
+def _refusals(scope: str):
+    """Why each fast path is refused on ``scope`` (a library, or the Python API), from the checks
+    of earlier scans there."""
+    from mictag.runtime.trust import Verdicts, verdict_key
+
+    verdicts = Verdicts()
+    return lambda model, backend, precision, rest: verdicts.refusal(verdict_key(model, backend, precision, rest), scope)
+
+
+def plan_engine(model: str | os.PathLike, backend: str = "auto", precision: str | None = None,
+                library: str | os.PathLike | None = None) -> EnginePlan:
+    """What ``open_backend`` would run ``model`` on here, for ``library`` (None: the Python API),
+    and why (nothing is loaded)."""
     path = Path(model)
     if not path.is_file():
         raise ModelError(f"model {path} does not exist")
@@ -388,8 +399,11 @@ def plan_engine(model: str | os.PathLike, backend: str = "auto", precision: str 
         cuda = torch.cuda.is_available()
     engines = Engines.detect()
     int8 = int8_variant(path) if kind == "onnx" and model_precision == "fp32" else None
+    from mictag.runtime.trust import library_scope
+
     try:
-        plan = choose_engine(path, kind, model_precision, cpu_info(), engines, backend, precision, int8, cuda)
+        plan = choose_engine(path, kind, model_precision, cpu_info(), engines, backend, precision, int8, cuda,
+                             _refusals(library_scope(library)))
     except ChoiceError as exc:
         raise ModelError(str(exc)) from None
     if plan.backend in ("openvino", "tensorrt", "torch") and not engines.has(plan.backend):
@@ -399,21 +413,31 @@ def plan_engine(model: str | os.PathLike, backend: str = "auto", precision: str 
 
 
 def open_backend(model: str | os.PathLike, backend: str = "auto", threads: int | None = None,
-                 precision: str | None = None, on_message=None) -> Backend:
+                 precision: str | None = None, on_message=None, library: str | os.PathLike | None = None) -> Backend:
     """Load ``model`` once with the chosen backend (``auto``: the fastest bounded path here, see
     :mod:`mictag.runtime.choice`) in ``precision`` (None: the backend's best here).
-    ``on_message`` hears the plan's warnings and what to install for a faster path."""
-    plan = plan_engine(model, backend, precision)
+    ``on_message`` hears the plan's warnings and what to install for a faster path. A fast path
+    that mictag chose comes wrapped in :class:`mictag.runtime.trust.TrustedBackend`, checked
+    against fp32 as it scores ``library`` (None: the Python API's verdicts)."""
+    plan = plan_engine(model, backend, precision, library)
     for line in (*plan.warnings, *([plan.advice] if plan.advice else [])):
         if on_message:
             on_message(line)
     engine = _load(plan, threads)
-    if plan.check:  # an int8 variant not yet checked on real audio: check it on the first windows
-        from mictag.runtime.int8_check import CheckedInt8
+    if plan.check:
+        from mictag.runtime.trust import TrustedBackend, library_scope, verdict_key
 
-        reference = _load(plan_engine(model, backend, "bf16" if plan.rest == "bf16" else "fp32"), threads)
-        return CheckedInt8(engine, reference, on_message)
+        reference = reference_plan(plan, Path(model))
+        return TrustedBackend(engine, lambda: _load(reference, threads),
+                              key=verdict_key(plan.model, plan.backend, plan.precision, plan.rest),
+                              scope=library_scope(library), on_message=on_message)
     return engine
+
+
+def reference_plan(plan: EnginePlan, model: Path) -> EnginePlan:
+    """What a fast path is checked against: the fp32 model on the same engine (OpenVINO, ONNX
+    Runtime's CPU provider, or torch on the CPU)."""
+    return EnginePlan(plan.backend, "fp32", "the reference a fast path is checked against", model)
 
 
 def _load(plan: EnginePlan, threads: int | None) -> Backend:

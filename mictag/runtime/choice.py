@@ -1,5 +1,8 @@
 """Which engine and precision a model runs in here: the fastest path whose deviation from fp32 is
-bounded, chosen from the model's kind, the engines installed and the CPU's features.
+bounded, chosen from the model's kind, the engines installed and the CPU's features. A fast path
+that auto takes (int8, or bf16 on a CPU) is checked against fp32 as the scan goes
+(:mod:`mictag.runtime.trust`): the plan says so (``check``), and a fast path refused for this
+library (a failed check, or no faster here) is passed over for the next one.
 
 On a CPU (measured side by side, full-size AST, ``benchmarks/engine.py``):
 - int8 dot products (``amx_int8``, ``avx512_vnni``, ``avx_vnni``, Arm ``i8mm``) and the model's
@@ -20,6 +23,7 @@ CUDA in bf16. ``precision`` (fp32|bf16|fp16|int8) and ``backend`` override the c
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from mictag.errors import MictagError
 from mictag.metadata import int8_path
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-INT8_BOUND = 0.03  # max |probability - fp32| an int8 variant may have to be chosen by auto
+INT8_BOUND = 0.03  # max |probability - fp32| an int8 variant may have at export to be chosen by auto
 ORT_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
                  "ort-trt": "TensorrtExecutionProvider"}
 # What each engine can run a model in (int8 and fp16 ONNX are properties of the file, not the engine).
@@ -75,24 +79,26 @@ class Engines:
 
 @dataclass(frozen=True)
 class Int8Variant:
-    """A calibrated int8 sibling of an fp32 ONNX model: its deviation measured at export (on
-    synthetic windows) and, once checked on real audio (:mod:`mictag.runtime.int8_check`), the
-    verdict ``{"trusted": bool, "max_abs_dp": float, "windows": int}``."""
+    """A calibrated int8 sibling of an fp32 ONNX model and its deviation measured at export (on
+    synthetic windows). Real audio can be further off: auto checks it as the scan goes."""
 
     path: Path
     max_abs_dp: float
-    verdict: dict | None = None
 
     @property
     def usable(self) -> bool:
-        if self.verdict is not None:
-            return bool(self.verdict.get("trusted"))
         return self.max_abs_dp <= INT8_BOUND
 
     def evidence(self) -> str:
-        if self.verdict is not None:
-            return f"int8 within {self.verdict['max_abs_dp']:.3f} of fp32 on {self.verdict['windows']} real windows"
-        return f"calibrated int8 within {self.max_abs_dp:.3f} of fp32, checked on the first windows"
+        return f"calibrated int8 within {self.max_abs_dp:.3f} of fp32 on synthetic windows"
+
+
+# (model file, backend, precision, rest) -> why that fast path is refused here, or None
+Refusals = Callable[[Path, str, str, str], "str | None"]
+
+
+def _no_refusals(model: Path, backend: str, precision: str, rest: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -104,33 +110,39 @@ class EnginePlan:
     advice: str | None = None  # what to install for a faster path (said once)
     warnings: tuple[str, ...] = field(default_factory=tuple)
     rest: str = ""  # with an int8 model on OpenVINO: the precision of what stays unquantised
-    check: bool = False  # an int8 variant not yet checked on real audio (see int8_check)
+    check: bool = False  # a fast path auto chose: checked against fp32 as the scan goes (see trust)
 
     def describe(self) -> str:
         return f"{self.backend} {self.precision}{'+' + self.rest if self.rest else ''} ({self.reason})"
 
 
-def _cpu_plan(model: Path, cpu: CpuInfo, engines: Engines, int8: Int8Variant | None) -> EnginePlan:
+def _cpu_plan(model: Path, cpu: CpuInfo, engines: Engines, int8: Int8Variant | None,
+              refused: Refusals = _no_refusals) -> EnginePlan:
     """auto on a CPU, for an fp32 ONNX model."""
     advice = None
     if not engines.openvino and (cpu.bf16 or cpu.int8):
         advice = (f"{INSTALL_OPENVINO}: this CPU has {cpu.bf16 or cpu.int8}, and OpenVINO runs the model "
                   f"{'in bf16' if cpu.bf16 else 'in int8'}, 2-4x faster than fp32")
+    passed_over = []
     if cpu.int8 and int8 is not None and int8.usable:
         backend = "openvino" if engines.openvino else "ort-cpu"
         rest = "bf16" if backend == "openvino" and cpu.bf16 else ""
-        units = f"{cpu.int8}, {cpu.bf16}" if rest else cpu.int8
-        return EnginePlan(backend, "int8", f"{units}; {int8.evidence()}", int8.path, advice, rest=rest,
-                          check=int8.verdict is None)
-    refused = ""
-    if cpu.int8 and int8 is not None and int8.verdict is not None:
-        refused = f"; its int8 variant was {int8.verdict['max_abs_dp']:.3f} from fp32 on real audio"
+        why_not = refused(int8.path, backend, "int8", rest)
+        if why_not is None:
+            units = f"{cpu.int8}, {cpu.bf16}" if rest else cpu.int8
+            return EnginePlan(backend, "int8", f"{units}; {int8.evidence()}", int8.path, advice, rest=rest, check=True)
+        passed_over.append(f"int8 refused on this library: {why_not}")
     if cpu.bf16 and engines.openvino:
-        return EnginePlan("openvino", "bf16", cpu.bf16 + refused, model)
-    if cpu.bf16:
+        why_not = refused(model, "openvino", "bf16", "")
+        if why_not is None:
+            return EnginePlan("openvino", "bf16", "; ".join([cpu.bf16, *passed_over]), model, check=True)
+        passed_over.append(f"bf16 refused on this library: {why_not}")
+    if passed_over:
+        why = "; ".join(passed_over)
+    elif cpu.bf16:
         why = f"{cpu.bf16}, but OpenVINO is not installed"
     elif cpu.int8:
-        why = f"no native bf16; {cpu.int8}, but no int8 variant within {INT8_BOUND} of fp32" + refused
+        why = f"no native bf16; {cpu.int8}, but no int8 variant within {INT8_BOUND} of fp32"
     else:
         why = "no native bf16 or int8"
     if engines.openvino and "avx512f" in cpu.flags:
@@ -172,13 +184,18 @@ def _default_precision(backend: str, model_precision: str, cpu: CpuInfo, cuda: b
 
 def choose_engine(model: str | Path, kind: str, model_precision: str, cpu: CpuInfo, engines: Engines,
                   backend: str = "auto", precision: str | None = None, int8: Int8Variant | None = None,
-                  cuda: bool = False) -> EnginePlan:
+                  cuda: bool = False, refused: Refusals = _no_refusals) -> EnginePlan:
     """The plan for ``model`` (an ``onnx``, ``engine`` or ``torch`` file): ``backend`` and
     ``precision`` as asked, else the fastest bounded path here.
 
     ``model_precision`` is what the file holds (fp32, fp16 or int8); ``int8`` the int8 sibling
     of an fp32 ONNX model, if there is one; ``cuda`` whether torch has a CUDA device (asked only
-    for a torch artifact, where torch is imported anyway)."""
+    for a torch artifact, where torch is imported anyway); ``refused`` why a fast path is refused
+    on the library being scanned (checks that failed there before).
+
+    A precision below fp32 that mictag chose (no ``precision`` asked) on a CPU is a fast path: the
+    plan's ``check`` says it is checked against fp32 as it runs. A precision the user asked for
+    runs as asked."""
     model = Path(model)
     if precision is not None and precision not in PRECISIONS:
         raise ChoiceError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -188,11 +205,16 @@ def choose_engine(model: str | Path, kind: str, model_precision: str, cpu: CpuIn
             if precision is None and model_precision == "fp32":
                 gpu = next((b for b in ("ort-trt", "ort-cuda") if engines.has(b)), None)
                 plan = (EnginePlan(gpu, "fp32", f"ONNX Runtime's {ORT_PROVIDERS[gpu]}", model) if gpu
-                        else _cpu_plan(model, cpu, engines, int8))
+                        else _cpu_plan(model, cpu, engines, int8, refused))
                 return _checked(plan, cpu, cuda)
             backend = _onnx_backend(precision or model_precision, model_precision, cpu, engines)
-    if precision is None:
+    chosen = precision is None
+    if chosen:
         precision, reason = _default_precision(backend, model_precision, cpu, cuda)
+        if _on_cpu(backend, cuda) and precision == "bf16" and model_precision == "fp32":
+            why_not = refused(model, backend, "bf16", "")
+            if why_not is not None:
+                precision, reason = "fp32", f"bf16 refused on this library: {why_not}"
     else:
         reason = "asked"
     if precision not in ENGINE_PRECISIONS.get(backend, ()):
@@ -206,12 +228,17 @@ def choose_engine(model: str | Path, kind: str, model_precision: str, cpu: CpuIn
                 raise ChoiceError(f"{model.name} has no int8 variant ({int8_path(model).name}): write one with "
                                   f"`mictag export ... --precision int8`")
             target = int8.path
-            reason = f"{reason}; {int8.evidence().replace(', checked on the first windows', '')}"
+            reason = f"{reason}; {int8.evidence()}"
         elif precision == "fp16" and backend.startswith("ort"):
             raise ChoiceError(f"{model.name} is fp32: ONNX Runtime runs fp16 only from an fp16 model "
                               f"(`mictag export --precision fp16`), or use --backend openvino")
     rest = "bf16" if backend == "openvino" and precision == "int8" and cpu.bf16 else ""
-    return _checked(EnginePlan(backend, precision, reason, target, rest=rest), cpu, cuda)
+    check = chosen and _on_cpu(backend, cuda) and precision in ("bf16", "int8") and model_precision == "fp32"
+    return _checked(EnginePlan(backend, precision, reason, target, rest=rest, check=check), cpu, cuda)
+
+
+def _on_cpu(backend: str, cuda: bool) -> bool:
+    return backend in ("openvino", "ort-cpu") or (backend == "torch" and not cuda)
 
 
 def _unsupported(backend: str, precision: str) -> str:
@@ -224,7 +251,7 @@ def _unsupported(backend: str, precision: str) -> str:
 
 def _checked(plan: EnginePlan, cpu: CpuInfo, cuda: bool) -> EnginePlan:
     """The plan, warned where the precision it runs in is emulated on this CPU."""
-    on_cpu = plan.backend in ("openvino", "ort-cpu") or (plan.backend == "torch" and not cuda)
+    on_cpu = _on_cpu(plan.backend, cuda)
     said = []
     if on_cpu and plan.precision == "bf16" and not cpu.bf16:
         said.append("this CPU has no native bf16 (no amx_bf16 or avx512_bf16): bf16 is emulated, far slower than fp32")

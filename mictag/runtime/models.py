@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from mictag.backbones.ast_sources import DEFAULT_HUB_ID
-from mictag.errors import MictagError, ModelNotFoundError
+from mictag.errors import CheckpointError, MictagError, ModelNotFoundError
 from mictag.metadata import int8_path
 from mictag.paths import mictag_home
 
@@ -195,6 +195,85 @@ def default_musicnn_model(model: str = "MTT_musicnn", on_message=None) -> Path:
     weights = require_musicnn_weights(model)
     built = models_dir() / f"{_tagger_prefix('musicnn')}{file_digest(weights)[:12]}.onnx"
     return built if built.is_file() else build_default_tagger(model, on_message, backbone="musicnn")
+
+
+def first_scan_model(on_message=None, wheel: str | os.PathLike | None = None) -> Path:
+    """The model a scan (and ``Tagger()``) uses when none is named: the AudioSet AST's tagger where
+    the AST can be had (built already, in the Hugging Face cache, or downloaded from the hub with a
+    progress bar), else the shipped ``musicnn-openmic20`` tagger, its backbone fetched with pip on
+    first use (as ``mictag models pull musicnn`` does; ``wheel``: from a copied wheel instead).
+    Unless the AST's tagger was simply found, one line says which model, why, and how to get the
+    other; with no way to either, one error names both."""
+    say = on_message or (lambda m: None)
+    built = cached_taggers()
+    if built:
+        return built[0]
+    ast_problem = ""
+    try:
+        local = _ast_here_or_downloaded(say, may_download=wheel is None and not _has_musicnn_build())
+        return build_default_tagger(local, on_message)
+    except ImportError:
+        ast_problem = "huggingface_hub is not installed (pip install 'mictag[train]')"
+    except ModelNotFoundError as exc:
+        ast_problem = str(exc).split(";")[0]
+    name = _shipped_default()
+    try:
+        try:
+            require_musicnn_weights("MTT_musicnn")
+        except ModelNotFoundError:
+            if wheel is None:
+                say("fetching musicnn's weights with pip (the 29 MB musicnn 0.1.0 wheel), once")
+            pull_musicnn(wheel, progress=True)
+        try:
+            path = shipped_tagger(name, on_message) if name else default_musicnn_model("MTT_musicnn", on_message)
+        except CheckpointError as exc:  # musicnn weights other than those it was trained on
+            say(f"{name} cannot run on these musicnn weights ({exc}): the musicnn zero-training tagger (8 labels) instead")
+            name, path = None, default_musicnn_model("MTT_musicnn", on_message)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"no model to scan with, and none can be fetched here: the AudioSet AST is not here ({ast_problem}), "
+            f"and musicnn could not be fetched ({str(exc).split(';')[0]}). Either get the AST (`mictag models pull` "
+            f"online, or --ast audioset_10_10_0.4593.pth / a Hugging Face model directory you copied here), or "
+            f"musicnn (`mictag models pull musicnn` online, or `mictag models pull musicnn --wheel "
+            f"musicnn-0.1.0-py3-none-any.whl` with a wheel you copied here); or name an exported model with --model") from None
+    say(f"scanning with {name + ' (musicnn, all 20 labels)' if name else 'the musicnn zero-training tagger'}, not the AudioSet AST: "
+        f"{ast_problem}. For the AST: `mictag models pull` when the Hugging Face hub can be reached, or --ast PATH")
+    return path
+
+
+def _ast_here_or_downloaded(say, may_download: bool) -> Path:
+    """The default AudioSet AST in the Hugging Face cache, downloaded first where ``may_download``
+    (not when musicnn is here or on its way: no 350 MB download unasked then)."""
+    from mictag.backbones.ast_sources import resolve_hub
+
+    try:
+        return resolve_hub(DEFAULT_HUB_ID, download=False)
+    except ModelNotFoundError:
+        if not may_download:
+            raise
+    say(f"no model here yet: downloading the AudioSet AST ({DEFAULT_HUB_ID}, about 350 MB) from the "
+        f"Hugging Face hub, once")
+    return resolve_hub(DEFAULT_HUB_ID, download=True)
+
+
+def _shipped_default() -> str | None:
+    from mictag.runtime.shipped import DEFAULT_SHIPPED, available
+
+    name = DEFAULT_SHIPPED["musicnn"]
+    return name if name in available() else None
+
+
+def _has_musicnn_build() -> bool:
+    """Whether the shipped musicnn tagger is built here already (an earlier first scan fell back to it)."""
+    name = _shipped_default()
+    return bool(name and cached_shipped(name))
+
+
+def pull_musicnn(wheel: str | os.PathLike | None = None, progress: bool = False) -> dict:
+    """Fetch (pip) or take ``wheel``, and convert musicnn's four checkpoints into the cache."""
+    from mictag.backbones.musicnn_weights import pull
+
+    return pull(wheel, progress=progress)
 
 
 def require_musicnn_weights(model: str) -> Path:

@@ -27,6 +27,7 @@ from mictag.frontends import FbankConfig, frontend_from_dict, hop_frames
 from mictag.runtime.backends import Backend, pipeline_depth, submit_batch
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.results import FileResult
+from mictag.runtime.trust import CheckOutcome, RowGate
 from mictag.runtime.windows import Alloc, frame_windows, sample_windows, window_shape
 
 FEEDS = ("auto", "shm", "pickle")
@@ -217,11 +218,24 @@ class Scanner:
         self.labels, self.cfg, self.variant, self.hop, self.thresholds = sc.labels, sc.cfg, sc.variant, sc.hop, sc.thresholds
         self.batch_size = self.options.batch_size or backend.preferred_batch
         self.windows_scored = 0
+        self.redone = 0  # files scored again on the reference after a fast path's check failed
+        if hasattr(backend, "use_thresholds"):  # a checked fast path: the tags it must not change
+            backend.use_thresholds(self.thresholds)
 
     @property
     def backend_name(self) -> str:
-        """What scored the windows (read at the end: an int8 check may have changed it)."""
+        """What scored the windows (read at the end: a fast path's checks may have changed it)."""
         return self.backend.description
+
+    @property
+    def notes(self) -> list[str]:
+        """What a checked fast path did, in a line or two, for the summary."""
+        summary = getattr(self.backend, "summary", None)
+        line = summary() if summary else ""
+        if self.redone:
+            line += (f"; {self.redone} file{'s' if self.redone > 1 else ''} scored since its last passing check "
+                     f"{'were' if self.redone > 1 else 'was'} scored again on fp32")
+        return [line] if line else []
 
     def _result(self, st: _FileState) -> FileResult:
         return self.scoring.result(st)
@@ -248,6 +262,9 @@ class Scanner:
         # (depth 2); a CPU backend computes in submit (depth 1), so each is fetched at once.
         depth = max(1, pipeline_depth(self.backend))
         in_flight: deque = deque()
+        # A checked fast path: rows wait for a passing check (see mictag.runtime.trust).
+        checked = hasattr(self.backend, "final_check")
+        gate = RowGate() if checked else None
 
         def flush(drain: bool = False) -> Iterator[FileResult]:
             """Submit the pending batch, then fetch until fewer than ``depth`` are in flight (all
@@ -264,7 +281,10 @@ class Scanner:
                         st.probs[index] = row
                         st.segments.append((index, seconds))
                 self.windows_scored += len(items)
-                for fid in {item[0] for item in items}:
+                fids = {item[0] for item in items}
+                if gate is not None:
+                    yield from self._release(gate.batch(fids, getattr(handle, "outcome", None)))
+                for fid in fids:
                     yield from complete(fid)
 
         def complete(fid: int) -> Iterator[FileResult]:
@@ -274,6 +294,8 @@ class Scanner:
                 return
             del states[fid]
             finished += 1
+            if gate is not None and not gate.finished(fid, st, self._near_threshold(st, fid in gate.fast_files)):
+                return  # held until a check covers it, or scored again on the reference
             yield self._result(st)
 
         def handle(msg: tuple) -> Iterator[FileResult]:
@@ -321,7 +343,42 @@ class Scanner:
                               feed=self.options.feed, source=None if self.source is decode_file else self.source)
             fill = pool.fill  # copies the window out of its slot and gives the slot back
             yield from self._run_workers(pool, states, handle, flush, report, stopping)
+        if gate is not None:
+            yield from self._settle(gate, stopping)
         report(force=True)
+
+    # -- a checked fast path ----------------------------------------------------------------
+    def _release(self, states: list) -> Iterator[FileResult]:
+        for st in states:
+            yield self._result(st)
+
+    def _near_threshold(self, st: _FileState, fast: bool) -> bool:
+        """With --aggregate mean, a file whose mean score lies within the fast path's margin of a
+        threshold: its windows' deviations could add up to a different tag, so the reference
+        scores it again. (With max, a window near a threshold was already scored on fp32.)"""
+        if not fast or self.options.aggregate != "mean" or not st.probs or st.done is None:
+            return False
+        mean = np.stack(list(st.probs.values())).mean(axis=0)
+        return bool(np.any(np.abs(mean - self.thresholds) <= self.backend.margin))
+
+    def _settle(self, gate: RowGate, stopping: Callable[[], bool]) -> Iterator[FileResult]:
+        """The end of a scan on a checked fast path: one last check for the rows still held, then
+        the files a failed check left are scored again on the reference."""
+        released = []
+        if gate.must_wait():
+            outcome = self.backend.final_check()
+            # None: every window the held files had on the fast path was scored on fp32 already
+            released = gate.outcome(outcome or CheckOutcome(fast=True, passed=True))
+        self.backend.finish()  # before any yield: a caller may stop reading at the last row
+        yield from self._release(released)
+        redo = [st.entry for st in gate.redo.values()]
+        if not redo or stopping():
+            return  # stopped: their rows are not written, so the next run does them
+        again = Scanner(self.backend.reference, self.options, self.source)
+        for result in again.scan(redo, should_stop=stopping):
+            self.redone += 1
+            yield result
+        self.windows_scored += again.windows_scored
 
     def _run_workers(self, pool, states, handle, flush, report, stopping) -> Iterator[FileResult]:
         try:

@@ -36,6 +36,7 @@ class ScanSummary:
     backend: str
     out: str
     interrupted: bool = False  # stopped on request: some files are left for the next run
+    notes: tuple[str, ...] = ()  # what a checked fast path did (checks, rescoring), a line each
 
     @property
     def failed(self) -> int:
@@ -101,7 +102,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
         executor = RayExecutor(model, backend, options, ray_address, ray_workers, say, precision)
         scoring = executor.scoring
     else:
-        engine = open_backend(model, backend, precision=precision, on_message=say)
+        engine = open_backend(model, backend, precision=precision, on_message=say, library=library)
         executor = Scanner(engine, options)
         scoring = executor.scoring
     labels = scoring.labels
@@ -169,7 +170,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
         write_parquet(journal, out, labels)
     return ScanSummary(files=len(entries) + len(kept), skipped=len(kept), statuses=dict(statuses),
                        windows=executor.windows_scored, seconds=time.perf_counter() - t0, backend=executor.backend_name,
-                       out=str(out), interrupted=interrupted)
+                       out=str(out), interrupted=interrupted, notes=tuple(getattr(executor, "notes", ())))
 
 
 def interrupted_line(done: int, total: int) -> str:

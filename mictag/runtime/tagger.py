@@ -1,7 +1,7 @@
 """The Python API for ingestion scripts::
 
     from mictag import Tagger
-    tagger = Tagger("tagger.onnx")
+    tagger = Tagger()                           # the model `mictag scan` uses; or Tagger("tagger.onnx")
     result = tagger.tag("song.flac")            # FileResult: scores, tags, duration, status
     result = tagger.tag_array(samples, 44100)   # any rate, mono or (samples, channels)
     for r in tagger.tag_paths(paths, workers=4):  # results as files finish; bad files as error rows
@@ -20,20 +20,31 @@ from pathlib import Path
 import numpy as np
 
 from mictag.audio import AudioError, Resampler, downmix
-from mictag.runtime.backends import open_backend
+from mictag.runtime.backends import open_backend, submit_batch
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.pipeline import Scanner, ScanOptions, _FileState
 from mictag.runtime.results import FileResult
+from mictag.runtime.trust import CheckOutcome, RowGate
 from mictag.runtime.windows import frame_windows, sample_windows
 
 
 class Tagger:
-    def __init__(self, model: str | os.PathLike, backend: str = "auto", batch_size: int | None = None,
+    def __init__(self, model: str | os.PathLike | None = None, backend: str = "auto", batch_size: int | None = None,
                  hop_seconds: float | None = None, aggregate: str = "max", threshold: float | None = None,
-                 segments: bool = False, precision: str | None = None, on_message=None):
-        """``backend``/``precision`` as in ``mictag scan`` (auto: the fastest bounded path here);
-        ``on_message`` hears what the engine choice has to say (e.g. what to install)."""
-        self.backend = open_backend(model, backend, precision=precision, on_message=on_message)
+                 segments: bool = False, precision: str | None = None, on_message=None,
+                 library: str | os.PathLike | None = None):
+        """``model``: an exported model; None takes the one ``mictag scan`` would (the AudioSet AST's
+        tagger where it can be had, else the shipped musicnn-openmic20 tagger, fetched on first use).
+        ``backend``/``precision`` as in ``mictag scan`` (auto: the fastest bounded path here, checked
+        against fp32 as it goes); ``library`` names the folder the files come from, so that what
+        those checks find is remembered for it (None: for the Python API as a whole);
+        ``on_message`` hears what the model and engine choice have to say."""
+        if model is None:
+            from mictag.runtime.models import first_scan_model
+
+            model = first_scan_model(on_message=on_message)
+        self.model = Path(model)
+        self.backend = open_backend(model, backend, precision=precision, on_message=on_message, library=library)
         self.options = ScanOptions(hop_seconds=hop_seconds, batch_size=batch_size, aggregate=aggregate,
                                    threshold=threshold, workers=0, segments=segments)
         self._scanner = Scanner(self.backend, self.options)
@@ -57,13 +68,15 @@ class Tagger:
 
     def tag(self, path: str | os.PathLike) -> FileResult:
         """Tag one file; raises AudioError if it cannot be decoded at all."""
-        result = next(self._scanner.scan([self._entry(path)]))
+        (result,) = list(self._scanner.scan([self._entry(path)]))  # all of it: a checked fast path settles at the end
         if result.status == "error":
             raise AudioError(f"{path}: {result.error}")
         return result
 
     def tag_paths(self, paths: Iterable[str | os.PathLike], workers: int = 1) -> Iterator[FileResult]:
-        """Tag many files with ``workers`` decode processes, yielding results as files finish."""
+        """Tag many files with ``workers`` decode processes, yielding results as files finish (on a
+        checked fast path, once a check covers them: for many files this is the cheap way, since
+        the checks are spread over all of them; ``tag`` checks each file it returns)."""
         entries = []
         for p in paths:
             try:
@@ -94,11 +107,25 @@ class Tagger:
         windows = list(cut([audio16k], s.cfg, s.hop))
         entry = FileEntry(name, name, int(a.nbytes), 0.0)
         state = _FileState(entry, {}, [])
+        gate = RowGate() if hasattr(self.backend, "final_check") else None
         for start in range(0, len(windows), s.batch_size):
             batch = windows[start : start + s.batch_size]
-            probs = self.backend.run(np.stack([w.data for w in batch]), np.asarray([w.valid for w in batch]))
-            for w, row in zip(batch, probs):
+            x, valid = np.stack([w.data for w in batch]), np.asarray([w.valid for w in batch])
+            done = submit_batch(self.backend, x, valid)
+            if gate is not None:
+                gate.batch({0}, getattr(done, "outcome", None))
+            for w, row in zip(batch, done.result()):
                 state.probs[w.index] = row
                 state.segments.append((w.index, w.seconds(s.cfg)))
+        if gate is not None:  # returned at once: checked before it is returned, like a scan's rows
+            if gate.pending:
+                gate.outcome(self.backend.final_check() or CheckOutcome(fast=True, passed=True))
+            if gate.tainted:
+                state.probs.clear()
+                for start in range(0, len(windows), s.batch_size):
+                    batch = windows[start : start + s.batch_size]
+                    probs = self.backend.reference.run(np.stack([w.data for w in batch]),
+                                                       np.asarray([w.valid for w in batch]))
+                    state.probs.update({w.index: row for w, row in zip(batch, probs)})
         state.done = ("done", 0, audio16k.size / s.cfg.sample_rate, len(windows), "ok", "")
         return s._result(state)
