@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import platform
 import sys
+from pathlib import Path
 
 import click
 
@@ -46,7 +47,8 @@ def _module_version(name: str) -> str | None:
 @click.option("--model", type=click.Path(), help="Show how this model would run here (default: the cached taggers).")
 @click.option("--backend", default="auto", show_default=True, help="As in `mictag scan`.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None)
-def info(model, backend, precision) -> None:
+@click.option("--library", type=click.Path(), help="Plan for this library: a fast path refused there is passed over.")
+def info(model, backend, precision, library) -> None:
     """Show the version, the CPU, the backends that import here, where models are looked up, and
     which engine and precision each model would run in, and why."""
     from mictag.cpu import cpu_info
@@ -88,15 +90,42 @@ def info(model, backend, precision) -> None:
     shown = [model] if model else [*cached_taggers()[:1], *cached_taggers("musicnn")[:1]]
     for path in shown:
         try:
-            plan = plan_engine(path, backend, precision)
+            plan = plan_engine(path, backend, precision, library)
         except MictagError as exc:
             click.echo(f"{path}: cannot run here: {exc}")
             continue
-        click.echo(f"{path}: runs on {plan.describe()}" + (f", from {plan.model.name}" if str(plan.model) != str(path) else ""))
+        click.echo(f"{path}: runs on {plan.describe()}" + (f", from {plan.model.name}" if str(plan.model) != str(path) else "")
+                   + (", checked against fp32 as it goes" if plan.check else ""))
         for line in (*plan.warnings, *([plan.advice] if plan.advice else [])):
+            click.echo(f"  {line}")
+        for line in _verdict_lines(Path(path)):
             click.echo(f"  {line}")
     if not shown:
         click.echo("no model cached yet (`mictag models pull`); `mictag info --model M` shows how M would run")
+
+
+def _verdict_lines(model) -> list[str]:
+    """What the checks of earlier scans found for ``model``'s fast paths, a line per library."""
+    from mictag.metadata import int8_path
+    from mictag.runtime.trust import Verdicts
+
+    verdicts = Verdicts()
+    found = {}
+    for file in (model, int8_path(model)):
+        prefix = None
+        for key, by_library in verdicts.all_for_file(file).items():
+            prefix = key.rsplit("|", 1)[-1]
+            for library, entry in by_library.items():
+                found[(prefix, library)] = entry
+    lines = []
+    for (path, library), e in sorted(found.items()):
+        where = "the Python API" if library == "python-api" else library
+        if e.get("refused"):
+            lines.append(f"{path} on {where}: refused until {str(e.get('until', ''))[:10]} ({e['refused']})")
+        else:
+            lines.append(f"{path} on {where}: {e.get('windows_checked', 0):,} windows checked over {e.get('scans', 0)} "
+                         f"scans, max |dp| {e.get('max_abs_dp', 0.0):.3f} from fp32")
+    return lines
 
 
 _BACKBONE = click.option("--backbone", type=click.Choice(["ast", "musicnn"]), default="ast", show_default=True,

@@ -106,7 +106,7 @@ def test_models_pull_musicnn_converts_a_wheel_and_verifies_it(tmp_path, monkeypa
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
     tensors = fake_musicnn_tf()
     wheel = fake_musicnn_wheel(tmp_path / "musicnn-0.1.0-py3-none-any.whl", lambda i: tensors)
-    monkeypatch.setattr(musicnn_weights, "download_wheel", lambda dest: wheel)  # the registry, offline
+    monkeypatch.setattr(musicnn_weights, "download_wheel", lambda dest, progress=False: wheel)  # the registry, offline
     result = CliRunner().invoke(main, ["models", "pull", "musicnn"])
     assert result.exit_code == 0, result.output
     assert "CC BY-NC-SA" in result.output and "MTT_musicnn: 64 tensors" in result.output

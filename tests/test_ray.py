@@ -77,6 +77,47 @@ def test_ray_scan_equals_local_scan_on_the_mixed_library(models, local_ray, tmp_
     assert any(r["status"] == "error" for r in b.values()) and any(r["status"] == "ok" for r in b.values())
 
 
+def test_a_deviating_fast_path_in_a_model_actor_leaves_nothing_out_of_bound(tiny_ast_dir, local_ray, tmp_path,
+                                                                            monkeypatch):
+    """The actors check their fast path as the local scan does; the driver holds rows until an
+    actor's check covers them and rescores what a failed check touched (and what no check reached)."""
+    import sys
+
+    import ray.cloudpickle
+
+    import trust_fakes
+    from library import signal as tone
+    from mictag.labels import OPENMIC_LABELS
+    from mictag.runtime.distributed import RayExecutor
+    from mictag.runtime.trust import BOUND
+
+    model = tmp_path / "f.onnx"
+    done = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--fbank-out", str(model), "--precision",
+                                     "int8"])
+    assert done.exit_code == 0, done.output
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for i in range(10):
+        sf.write(lib / f"t{i}.flac", tone(2.0 + 0.5 * i, 16000, 1, seed=i)[:, 0], 16000)
+    ray.cloudpickle.register_pickle_by_value(trust_fakes)  # the actors get the fake by value
+    monkeypatch.setattr(RayExecutor, "stage", trust_fakes.deviating_stage(20, "avx2 fma avx512f avx512_vnni",
+                                                                          str(tmp_path / "home")))
+    said = []
+    result = CliRunner().invoke(main, ["scan", str(lib), "--out", str(tmp_path / "ray.csv"), "--model", str(model),
+                                       "--ray"])
+    assert result.exit_code == 0, result.output
+    assert "scored again on fp32" in result.output, result.output
+    exact = CliRunner().invoke(main, ["scan", str(lib), "--out", str(tmp_path / "fp32.csv"), "--model", str(model),
+                                      "--workers", "1", "--precision", "fp32", *EXACT])
+    assert exact.exit_code == 0, exact.output
+    got, want = _rows(tmp_path / "ray.csv"), _rows(tmp_path / "fp32.csv")
+    assert got.keys() == want.keys() and len(got) == 10
+    labels = [l for l in OPENMIC_LABELS if want["t0.flac"].get(l)]
+    for p in want:
+        assert max(abs(float(got[p][l]) - float(want[p][l])) for l in labels) <= BOUND, p
+        assert got[p]["tags"] == want[p]["tags"], p
+
+
 def test_interrupted_ray_scan_resumes_with_every_file_once(models, local_ray, tmp_path, monkeypatch):
     from mictag.labels import OPENMIC_LABELS
     from mictag.runtime import distributed

@@ -238,7 +238,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "audio.csv").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\xff\xfe\x80")
     (tmp / "other.csv").write_text("name,age\nann,3\n")
     (tmp / "notrows.jsonl").write_text('["a", "list"]\n')
-    (tmp / "words.csv").write_text(",".join(columns(LABELS)) + "\nx.wav,1,2,3,1,ok,,0.1,high,0.3,0.4,0.5,bass\n")
+    (tmp / "words.csv").write_text(",".join(columns(LABELS)) + "\nx.wav,1,2,3,1,ok,,0.1,high,0.3,0.4,0.5,bass,,\n")
     (tmp / "bad.parquet").write_bytes(b"PAR1 not really parquet")
     (tmp / "seg.txt").write_text("hello\n")
     out = ["--out", str(tmp / "r.html")]
@@ -356,12 +356,12 @@ def _synthetic_library(folder: Path, n: int, labels: list[str], seed: int = 0) -
     for i in range(n):
         path = f"artist {i % 977}/album {i % 31}/{i:06d} track.flac"
         if status[i] == "error":
-            lines.append(f"{path},{1000 + i},1.7e9,,0,error,{messages[i % 3]},{',' * (L - 1)},\n")
+            lines.append(f"{path},{1000 + i},1.7e9,,0,error,{messages[i % 3]},{',' * (L - 1)},,,\n")
             continue
         note = "decoding stopped at 10.00 s (Internal psf_fseek() failed)" if status[i] == "partial" else ""
         row_tags = ";".join(lab for lab, t in zip(labels, tagged[i]) if t)
         lines.append(f"{path},{1000 + i},1.7e9,{durations[i]:.3f},{int(durations[i] / 10.24) + 1},{status[i]},"
-                     f"{note},{score_fmt % tuple(scores[i])},{row_tags}\n")
+                     f"{note},{score_fmt % tuple(scores[i])},{row_tags},{i:064x},\n")
     tags.write_text("".join(lines))
     seg = folder / "seg.jsonl"
     label_json = json.dumps(labels)

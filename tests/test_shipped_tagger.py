@@ -109,7 +109,7 @@ def test_pull_builds_it_and_scan_uses_it_with_20_labels(packaged, tmp_path):
     assert result.exit_code == 1, result.output  # the broken file fails, the rest are tagged
     with open(tmp_path / "t.csv", newline="") as f:
         rows = {r["path"]: r for r in csv.DictReader(f)}
-    assert list(rows["a.flac"])[7:-1] == list(OPENMIC_LABELS)
+    assert list(rows["a.flac"])[7:-3] == list(OPENMIC_LABELS)
     for name in ("a.flac", "b.ogg"):
         probs = np.array([float(rows[name][label]) for label in OPENMIC_LABELS])
         tags = {t for t in rows[name]["tags"].split(";") if t}
@@ -118,7 +118,7 @@ def test_pull_builds_it_and_scan_uses_it_with_20_labels(packaged, tmp_path):
                                   str(tmp_path / "z.csv"), "--workers", "1"])
     with open(tmp_path / "z.csv", newline="") as f:
         header = next(csv.reader(f))
-    assert header[7:-1] == ["cello", "drums", "flute", "guitar", "piano", "synthesizer", "violin", "voice"]
+    assert header[7:-3] == ["cello", "drums", "flute", "guitar", "piano", "synthesizer", "violin", "voice"]
 
 
 def test_the_built_tagger_equals_the_pytorch_system(packaged):

@@ -212,6 +212,28 @@ def test_the_row_gate_holds_releases_and_redoes():
     assert gate.finished(7, "state 7") and not gate.must_wait()
 
 
+def test_the_row_gate_with_actors_whose_batches_arrive_out_of_order():
+    """A distributed scan: per actor, a pass covers that actor's batches up to it, whatever order
+    they arrive in; a file waits for every actor that scored it; a late batch after a failure is redone."""
+    gate = RowGate()
+    gate.batch({1}, CheckOutcome(fast=True), source="a", number=2)
+    gate.batch({1}, CheckOutcome(fast=True), source="b", number=1)
+    assert not gate.finished(1, "state 1")
+    assert gate.batch({2}, CheckOutcome(fast=True, passed=True), source="a", number=3) == []  # b still owes
+    assert gate.batch(set(), CheckOutcome(fast=True, passed=True), source="b", number=2) == ["state 1"]
+    gate.batch({3}, CheckOutcome(fast=True), source="a", number=6)
+    assert gate.batch({4}, CheckOutcome(fast=True, passed=True), source="a", number=5) == []  # 5 does not cover 6
+    assert not gate.finished(3, "state 3")
+    gate.batch({5}, CheckOutcome(fast=True, passed=False, left=True), source="a", number=7)
+    assert set(gate.redo) == {3} and 5 in gate.tainted
+    gate.batch({6}, CheckOutcome(fast=True), source="a", number=6)  # scored before the failure, arriving late
+    assert 6 in gate.tainted
+    gate.batch({7}, CheckOutcome(fast=True), source="b", number=3)
+    assert not gate.finished(7, "state 7")
+    gate.give_up()  # the actors are gone and no check covers 7: redone
+    assert 7 in gate.redo
+
+
 def test_verdicts_expire_and_keep_evidence(tmp_path):
     from datetime import datetime, timedelta, timezone
 

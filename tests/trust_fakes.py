@@ -43,3 +43,22 @@ def wrap_fast_paths(after: int, by: float = 0.08) -> None:
         return Deviating(engine, after, by) if plan.check else engine
 
     backends._load = deviating_load
+
+
+def deviating_stage(after: int, flags: str, home: str):
+    """A Ray model actor class whose fast path deviates after ``after`` windows, on a CPU that has
+    ``flags``; its verdicts in ``home``."""
+    import os
+
+    from mictag.runtime.distributed import ModelStage
+
+    class DeviatingStage(ModelStage):
+        def __init__(self, *args, **kwargs):
+            from mictag import cpu
+
+            os.environ["MICTAG_CPU_FLAGS"], os.environ["MICTAG_HOME"] = flags, home
+            cpu.cpu_info.cache_clear()
+            super().__init__(*args, **kwargs)
+            self.backend.fast = Deviating(self.backend.fast, after)
+
+    return DeviatingStage

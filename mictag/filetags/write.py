@@ -50,7 +50,7 @@ from mictag.errors import ConfigError, MictagError
 from mictag.filetags.formats import SUPPORTED, TagFileError, TagStore, describe_format, open_tags
 from mictag.runtime.interrupts import STOP_SIGNALS
 from mictag.runtime.output_lock import OutputLock, lock_path
-from mictag.runtime.results import FORMATS, _Journal, columns, read_rows, rewrite, writing
+from mictag.runtime.results import FORMATS, _Journal, columns, labels_of, read_rows, rewrite, writing
 
 FIELD = "INSTRUMENTS"
 PREFIX = "MICTAG_"  # mictag's own fields (scores, model)
@@ -176,8 +176,10 @@ def read_scan_output(path: str | os.PathLike) -> ScanOutput:
     missing = [c for c in REQUIRED if c not in header]
     if rows and missing:
         raise MictagError(f"{path} is not an output of `mictag scan`: it has no {', '.join(missing)} column")
-    labels = [c for c in header if c not in columns([])]
-    if fmt == "csv" and rows and header != columns(labels):
+    labels = labels_of(header) if rows else []
+    if labels is None:
+        labels = [c for c in header if c not in columns([])]
+    if fmt == "csv" and rows and labels_of(header) is None:
         # rewriting it would drop or reorder columns someone added or moved
         raise MictagError(f"{path} does not have the columns of `mictag scan` in their order ({', '.join(header)}); "
                           f"restore it or rescan")
@@ -210,6 +212,8 @@ def _patch(rows: list[dict], updates: list[tuple[str, Stat, Stat]]) -> set[str]:
             held = _row_stat(row)
             if held is not None and _same(held, before):
                 row["size_bytes"], row["mtime"] = after
+                if row.get("content_sha256"):
+                    row["content_sha256"] = ""  # other bytes now: not a key for reusing this row
                 patched.add(rel)
     return patched
 

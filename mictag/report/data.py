@@ -29,9 +29,10 @@ import numpy as np
 
 from mictag.errors import MictagError
 from mictag.report import TIMELINES
+from mictag.runtime.results import HEAD, labels_of
 from mictag.runtime.results import FORMATS, STATUSES
 
-FIXED = ("path", "size_bytes", "mtime", "duration_s", "windows", "status", "error")  # results.columns' head
+FIXED = HEAD  # results.columns' head
 BINS = 50  # score histogram bins over [0, 1]
 MAX_COLUMNS = 400  # a timeline wider than this is max-pooled: a report is ~1,000 px wide anyway
 TIMELINE_CELLS = 1_000_000  # labels x columns over all timelines: ~1.3 MB once base64-encoded
@@ -99,11 +100,11 @@ class _reading:
 
 def _check_header(path: Path, header: list[str]) -> list[str]:
     """The label columns: everything between ``error`` and ``tags`` (see results.columns)."""
-    if tuple(header[:len(FIXED)]) != FIXED or len(header) < len(FIXED) + 2 or header[-1] != "tags":
+    labels = labels_of(header)
+    if labels is None:
         shown = ",".join(header)[:80] or "(nothing)"
         raise _fail(path, f"is not a mictag scan output: its columns should start {','.join(FIXED)}, then one per "
                           f"label, then tags; they are {shown}")
-    labels = header[len(FIXED):-1]
     if len(set(labels)) != len(labels):
         raise _fail(path, "is not a mictag scan output: a label column appears twice")
     return labels
@@ -273,7 +274,7 @@ def read_table(path: str | os.PathLike, fmt: str = "auto") -> Table:
     n = len(strings["path"])
     if n == 0 and skipped[0]:
         raise _fail(path, f"is not a mictag scan output: none of its {skipped[0]} rows has the header's "
-                          f"{len(labels) + len(FIXED) + 1} columns")
+                          f"columns")
     joined = {name: np.concatenate(parts) for name, parts in numbers.items()}
     return Table(labels=labels, path=[str(p) for p in strings["path"]],
                  size=np.nan_to_num(joined["size_bytes"], nan=-1).astype(np.int64),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,10 +31,11 @@ import numpy as np
 
 from mictag.errors import MictagError
 from mictag.frontends import frontend_from_dict
-from mictag.runtime.backends import model_metadata, open_backend
+from mictag.runtime.backends import model_metadata, open_backend, submit_batch
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.pipeline import ScanOptions, Scoring, _FileState, decode_file
 from mictag.runtime.results import FileResult
+from mictag.runtime.trust import CheckOutcome, RowGate
 
 NEEDS_RAY = "--ray needs Ray Data, which is not installed: pip install 'mictag[dist]'"
 WINDOWS_PER_BLOCK = 16
@@ -100,29 +102,60 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 class ModelStage:
-    """Ray actor: loads the model once, scores the window rows of each batch."""
+    """Ray actor: loads the model once, scores the window rows of each batch. On a checked fast
+    path (:mod:`mictag.runtime.trust`) each output batch also says what its checks found, with the
+    actor's id and the batch's number, so that the driver can hold rows until a check covers them."""
 
-    def __init__(self, model: str, backend: str, precision: str | None = None):
-        self.backend = open_backend(model, backend, precision=precision)  # planned for this node's CPU
+    def __init__(self, model: str, backend: str, precision: str | None = None, library: str | None = None,
+                 thresholds: list[float] | None = None):
+        import uuid
+
+        # planned for this node's CPU; a fast path's verdicts are this node's, for this library
+        self.backend = open_backend(model, backend, precision=precision, library=library)
+        if thresholds is not None and hasattr(self.backend, "use_thresholds"):
+            self.backend.use_thresholds(np.asarray(thresholds))
+        self.actor = uuid.uuid4().hex
+        self.batches = 0
 
     def __call__(self, batch: dict) -> dict:
         kinds = batch["kind"]
         wins = np.flatnonzero(kinds == "win")
         k = len(self.backend.meta["labels"])
         probs = np.zeros((len(kinds), k), np.float32)
+        outcome = None
         if wins.size:
-            probs[wins] = self.backend.run(batch["data"][wins], batch["valid"][wins])
+            done = submit_batch(self.backend, batch["data"][wins], batch["valid"][wins])
+            probs[wins] = done.result()
+            outcome = done.outcome
         out = {key: value for key, value in batch.items() if key != "data"}  # scores travel on, windows don't
         out["probs"] = probs
+        if hasattr(self.backend, "final_check"):  # the same columns in every block, windows or not
+            n = len(kinds)
+            if outcome is not None:
+                self.batches += 1
+            out["trust_actor"] = np.full(n, self.actor)
+            out["trust_batch"] = np.full(n, self.batches if outcome is not None else 0, np.int64)  # 0: no windows
+            out["trust_fast"] = np.full(n, bool(outcome and outcome.fast))
+            out["trust_passed"] = np.full(n, -1 if outcome is None or outcome.passed is None else int(outcome.passed),
+                                          np.int8)
+            out["trust_reason"] = np.full(n, outcome.reason if outcome else "", dtype=object)
+            out["trust_left"] = np.full(n, bool(outcome and outcome.left))
         return out
 
 
 class RayExecutor:
     """Runs the decode and model stages on Ray; aggregates on the driver."""
 
+    stage = ModelStage  # the model actor's class
+
     def __init__(self, model: str | os.PathLike, backend: str, options: ScanOptions, address: str | None,
-                 cpus: int | None, say: Callable[[str], None], precision: str | None = None):
+                 cpus: int | None, say: Callable[[str], None], precision: str | None = None,
+                 library: str | os.PathLike | None = None):
         self.ray = _import_ray()
+        self.library = str(Path(library).resolve()) if library is not None else None
+        self.say = say
+        self.redone = 0
+        self.trust = Counter()  # checks seen in the actors' batches: passed, failed
         self.model = str(Path(model).resolve())
         self.backend = backend
         self.precision = precision
@@ -170,14 +203,18 @@ class RayExecutor:
                             fn_kwargs={"cfg": sc.cfg.to_dict(), "variant": sc.variant, "hop": sc.hop,
                                        "chunk_seconds": o.chunk_seconds})
         pool = max(1, gpus) if gpus else max(1, cpus // 4)
-        ds = ds.map_batches(ModelStage, fn_constructor_args=(self.model, self.backend, self.precision),
+        ds = ds.map_batches(self.stage, fn_constructor_args=(self.model, self.backend, self.precision, self.library,
+                                                             [float(t) for t in sc.thresholds]),
                             batch_size=o.batch_size or (64 if gpus else 4), batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=pool), num_gpus=1 if gpus else 0)
         states = {i: _FileState(e, {}, []) for i, e in enumerate(entries)}
+        gate = RowGate()
         finished = 0
+        seen_batches: set[tuple[str, int]] = set()
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             if should_stop and should_stop():
-                return  # what finished is written; the rest is the next run's
+                break  # what finished is written; the rest is the next run's
+            released = self._trust(batch, gate, states, seen_batches)
             for r in range(len(batch["kind"])):
                 fid, kind = int(batch["fid"][r]), batch["kind"][r]
                 st = states.get(fid)
@@ -200,10 +237,62 @@ class RayExecutor:
                 if st.done is not None and len(st.probs) >= st.done[3]:
                     del states[fid]
                     finished += 1
-                    yield sc.result(st)
+                    if gate.finished(fid, st):
+                        yield sc.result(st)
+            for st in released:
+                yield sc.result(st)
             if on_progress:
                 on_progress({"files_done": finished, "files_total": len(entries), "windows": self.windows_scored,
                              "errors": 0, "elapsed": 0.0})
-        for st in states.values():  # blocks Ray gave up on after its retries
-            e = st.entry
-            yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", "the distributed scan lost this file after retries")
+        else:
+            for st in states.values():  # blocks Ray gave up on after its retries
+                e = st.entry
+                yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", "the distributed scan lost this file after retries")
+        # The actors are gone: rows still waiting for their check, and those a failed check touched,
+        # are scored again here, on the reference.
+        gate.give_up()
+        if gate.redo and not (should_stop and should_stop()):
+            yield from self._redo([st.entry for st in gate.redo.values()], should_stop)
+
+    def _trust(self, batch: dict, gate: RowGate, states: dict, seen: set) -> list:
+        """Feed the check outcomes of one block (a checked fast path's; a block may hold several
+        actor batches) to the gate; the held states they release."""
+        if "trust_actor" not in batch or not len(batch["kind"]):
+            return []
+        released = []
+        rows_of: dict[tuple[str, int], list[int]] = {}
+        for r, (actor, number) in enumerate(zip(batch["trust_actor"], batch["trust_batch"])):
+            rows_of.setdefault((str(actor), int(number)), []).append(r)
+        for (actor, number), rows in sorted(rows_of.items()):
+            if number == 0 or (actor, number) in seen:
+                continue  # rows of a batch with no windows; or a retried block
+            seen.add((actor, number))
+            r = rows[0]
+            passed = int(batch["trust_passed"][r])
+            outcome = CheckOutcome(fast=bool(batch["trust_fast"][r]), passed=None if passed < 0 else bool(passed),
+                                   reason=str(batch["trust_reason"][r]), left=bool(batch["trust_left"][r]))
+            if outcome.passed is not None:
+                self.trust["passed" if outcome.passed else "failed"] += 1
+                if outcome.passed is False:
+                    self.say(f"a model actor's fast path failed a check ({outcome.reason}): what it scored since "
+                             f"its last passing check is scored again")
+            fids = {int(batch["fid"][i]) for i in rows if batch["kind"][i] == "win"}
+            released += gate.batch(fids, outcome, source=actor, number=number)
+        return released
+
+    def _redo(self, entries: list[FileEntry], should_stop) -> Iterator[FileResult]:
+        from mictag.runtime.pipeline import Scanner
+
+        reference = open_backend(self.model, self.backend, precision="fp32")
+        again = Scanner(reference, ScanOptions(**{**self.options.__dict__, "workers": max(1, self.options.workers)}))
+        for result in again.scan(entries, should_stop=should_stop):
+            self.redone += 1
+            yield result
+        self.windows_scored += again.windows_scored
+
+    @property
+    def notes(self) -> list[str]:
+        if not self.trust and not self.redone:
+            return []
+        return [f"fast path checked against fp32 in the model actors: {self.trust['passed']} checks passed, "
+                f"{self.trust['failed']} failed; {self.redone} files scored again on fp32 on the driver"]

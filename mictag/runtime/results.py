@@ -92,6 +92,8 @@ class FileResult:
     scores: np.ndarray | None = None
     tags: list[str] = field(default_factory=list)
     segments: list[dict] = field(default_factory=list)
+    content_sha256: str = ""  # the scored bytes' digest (see mictag.runtime.content), where known
+    reused_from: str = ""  # the file whose row of the same bytes this is, when not scored again
 
     def record(self, labels: list[str]) -> dict:
         """A flat, JSON-able row."""
@@ -101,11 +103,37 @@ class FileResult:
         for i, label in enumerate(labels):
             row[label] = None if self.scores is None else round(float(self.scores[i]), 6)
         row["tags"] = ";".join(self.tags)
+        row["content_sha256"] = self.content_sha256
+        row["reused_from"] = self.reused_from
         return row
 
 
+HEAD = ("path", "size_bytes", "mtime", "duration_s", "windows", "status", "error")  # then one column per label
+TAIL = ("tags", "content_sha256", "reused_from")  # outputs of mictag before content keys end at "tags"
+
+
 def columns(labels: list[str]) -> list[str]:
-    return ["path", "size_bytes", "mtime", "duration_s", "windows", "status", "error", *labels, "tags"]
+    return [*HEAD, *labels, *TAIL]
+
+
+def labels_of(header: list[str]) -> list[str] | None:
+    """The label columns of an output's header, or None when it is not a scan output's (this
+    mictag's, or one written before rows had content keys, which ends at ``tags``)."""
+    if tuple(header[:len(HEAD)]) != HEAD:
+        return None
+    for tail in (TAIL, TAIL[:1]):
+        if len(header) > len(HEAD) + len(tail) and tuple(header[-len(tail):]) == tail:
+            return header[len(HEAD):-len(tail)]
+    return None
+
+
+def header(path: Path) -> list[str] | None:
+    """The column names of a CSV output (None for an empty or unreadable file)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
 
 
 def _repair_torn_tail(path: Path) -> None:
@@ -191,7 +219,11 @@ class Writer:
         self._journal = _Journal(path, fresh)
 
     def write(self, result: FileResult) -> None:
-        self._journal.append(self.encode(result.record(self.labels)))
+        self.write_row(result.record(self.labels))
+
+    def write_row(self, row: dict) -> None:
+        """A row as :meth:`FileResult.record` makes it (or read back from an output)."""
+        self._journal.append(self.encode({c: row.get(c) for c in columns(self.labels)}))
 
     def encode(self, row: dict) -> str:
         raise NotImplementedError
@@ -290,8 +322,10 @@ class SegmentsWriter:
 
     def write(self, result: FileResult) -> None:
         if result.segments:
-            self._journal.append(json.dumps({"path": result.path, "labels": self.labels, "segments": result.segments},
-                                            ensure_ascii=False) + "\n")
+            self.write_line({"path": result.path, "labels": self.labels, "segments": result.segments})
+
+    def write_line(self, line: dict) -> None:
+        self._journal.append(json.dumps(line, ensure_ascii=False) + "\n")
 
     def close(self, quiet: bool = False) -> None:
         self._journal.close(quiet)

@@ -19,11 +19,12 @@ from pathlib import Path
 from mictag.digest import file_digest
 from mictag.errors import MictagError
 from mictag.runtime.backends import open_backend
+from mictag.runtime.content import REUSABLE, BackgroundHasher, plan_reuse, reused_row
 from mictag.runtime.discovery import discover
 from mictag.runtime.pipeline import Scanner, ScanOptions
 from mictag.runtime.output_lock import OutputLock
-from mictag.runtime.results import (FORMATS, CsvWriter, JsonlWriter, SegmentsWriter, read_rows, rewrite, same_file,
-                                    write_parquet, write_text_synced, writing)
+from mictag.runtime.results import (FORMATS, CsvWriter, JsonlWriter, SegmentsWriter, columns, header, read_rows,
+                                    rewrite, same_file, write_parquet, write_text_synced, writing)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ScanSummary:
     out: str
     interrupted: bool = False  # stopped on request: some files are left for the next run
     notes: tuple[str, ...] = ()  # what a checked fast path did (checks, rescoring), a line each
+    reused: int = 0  # files given the row of the same bytes scored earlier (moved, renamed, duplicates)
 
     @property
     def failed(self) -> int:
@@ -99,7 +101,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
     if use_ray:
         from mictag.runtime.distributed import RayExecutor
 
-        executor = RayExecutor(model, backend, options, ray_address, ray_workers, say, precision)
+        executor = RayExecutor(model, backend, options, ray_address, ray_workers, say, precision, library)
         scoring = executor.scoring
     else:
         engine = open_backend(model, backend, precision=precision, on_message=say, library=library)
@@ -122,6 +124,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
             fresh = True
     entries = discover(library, include, exclude)
     kept: list[dict] = []
+    dropped: list[dict] = []  # rows of files gone or changed: their bytes may be under another name now
     if not fresh:
         by_path = {e.rel: e for e in entries}
         rows = read_rows(journal, row_fmt)
@@ -130,11 +133,12 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
             e = by_path.get(row.get("path"))
             if (e is None or row["path"] in done or not same_file(row, e.size, e.mtime)
                     or (retry_failed and row.get("status") == "error")):
+                dropped.append(row)
                 continue
             kept.append(row)
             done.add(row["path"])
-        if len(kept) != len(rows):
-            rewrite(journal, row_fmt, labels, kept)
+        if len(kept) != len(rows) or (row_fmt == "csv" and header(journal) != columns(labels)):
+            rewrite(journal, row_fmt, labels, kept)  # (an older mictag's table gains the new columns)
         entries = [e for e in entries if e.rel not in done]
     # Beside the fingerprint, for readers of the output (report, write-tags): which model, and the
     # thresholds its tags were cut at. Not compared on resume: the sha256 already decides.
@@ -142,33 +146,68 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
     write_text_synced(state_file, json.dumps({**fingerprint, **about}))
     writer = (CsvWriter if row_fmt == "csv" else JsonlWriter)(journal, labels, fresh)
     seg_writer = None
+    timelines: dict[str, dict] = {}  # path -> its segments line, for files whose rows may be reused
     if segments is not None:
         seg_path = Path(segments)
         if not fresh and seg_path.exists():  # keep only the timelines of rows that were kept
+            timelines = {l.get("path"): l for l in read_rows(seg_path, "jsonl")}
             kept_paths = {r["path"] for r in kept}
-            lines = [l for l in read_rows(seg_path, "jsonl") if l.get("path") in kept_paths]
+            lines = [l for p, l in timelines.items() if p in kept_paths]
             write_text_synced(seg_path, "".join(json.dumps(l, ensure_ascii=False) + "\n" for l in lines))
         seg_writer = SegmentsWriter(seg_path, labels, fresh or not seg_path.exists())
+    # Files whose bytes were scored already (moved, renamed, duplicates) get that row again.
+    known = kept + dropped
+    if seg_writer is not None:  # a reused row needs its timeline too
+        known = [r for r in known if r.get("path") in timelines]
+    plan = plan_reuse(entries, known)
     statuses = Counter(r.get("status", "ok") for r in kept)
     counts.update(done=len(kept), total=len(kept) + len(entries))
     t0 = time.perf_counter()
     failing = True
+    hasher = BackgroundHasher(plan.scan)
+    listed = {e.rel: e.path for e in plan.scan}  # the path each file was listed (and hashed) under
+    reused = 0
+
+    def write(row: dict, timeline: dict | None) -> None:
+        writer.write_row(row)  # the row first: a timeline without its row would be redone anyway
+        if seg_writer and timeline is not None:
+            seg_writer.write_line({**timeline, "path": row["path"]})
+        statuses[row.get("status") or "ok"] += 1
+        counts["done"] += 1
+
     try:
-        for result in executor.scan(entries, on_progress, should_stop):
-            writer.write(result)  # the row first: a timeline without its row would be redone anyway
-            if seg_writer:
-                seg_writer.write(result)
-            statuses[result.status] += 1
-            counts["done"] += 1
+        for entry, row in plan.reused:
+            write(reused_row(row, entry, row["path"]), timelines.get(row["path"]))
+            reused += 1
+        rescan: list = []
+        for result in executor.scan(plan.scan, on_progress, should_stop):
+            path = listed.get(result.path, "")
+            digest = plan.digests.get(path) or hasher.digest(path)
+            if result.status in REUSABLE and digest:
+                result.content_sha256 = digest
+            record = result.record(labels)
+            write(record, {"path": result.path, "labels": labels, "segments": result.segments} if result.segments else None)
+            for copy in plan.copies.get(path, ()):
+                if result.content_sha256:
+                    write(reused_row(record, copy, result.path),
+                          {"path": copy.rel, "labels": labels, "segments": result.segments} if result.segments else None)
+                    reused += 1
+                else:
+                    rescan.append(copy)  # its twin failed: score it on its own
+        if rescan and not should_stop():
+            for result in executor.scan(rescan, on_progress, should_stop):
+                write(result.record(labels), {"path": result.path, "labels": labels, "segments": result.segments}
+                      if result.segments else None)
         failing = False
     finally:
+        hasher.close()
         writer.close(quiet=failing)
         if seg_writer:
             seg_writer.close(quiet=failing)
     interrupted = should_stop() and sum(statuses.values()) < len(kept) + len(entries)
     if fmt == "parquet" and not interrupted:
         write_parquet(journal, out, labels)
-    return ScanSummary(files=len(entries) + len(kept), skipped=len(kept), statuses=dict(statuses),
+    return ScanSummary(files=len(entries) + len(kept), skipped=len(kept), statuses=dict(statuses), reused=reused,
                        windows=executor.windows_scored, seconds=time.perf_counter() - t0, backend=executor.backend_name,
                        out=str(out), interrupted=interrupted, notes=tuple(getattr(executor, "notes", ())))
 
@@ -181,6 +220,8 @@ def summary_line(s: ScanSummary) -> str:
     if s.interrupted:
         return interrupted_line(s.done, s.files)
     parts = ", ".join(f"{n} {k}" for k, n in sorted(s.statuses.items()))
+    if s.reused:
+        parts += f"; {s.reused} reused: the same bytes scored before under another name"
     rate = (s.files - s.skipped) / s.seconds if s.seconds > 0 else 0.0
     wps = s.windows / s.seconds if s.seconds > 0 else 0.0
     return (f"{s.files} files ({parts}; {s.skipped} already done) in {s.seconds:.1f} s: {rate:.2f} files/s, "

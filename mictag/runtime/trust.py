@@ -75,6 +75,7 @@ class CheckOutcome:
     checked: int = 0
     max_abs_dp: float = 0.0
     reason: str = ""  # why a check failed, or why the scan moved to the reference
+    left: bool = False  # the fast path was left for good with this batch (failed, or not worth it)
 
 
 class Verdicts:
@@ -111,10 +112,10 @@ class Verdicts:
             return None
         return f"{entry['refused']} (on {entry.get('updated', '?')[:10]}; tried again after {until.date()})"
 
-    def for_model(self, key: str) -> dict[str, dict]:
-        """Every library's entry for one fast-path model file."""
-        found = self._all().get(key, {})
-        return found if isinstance(found, dict) else {}
+    def all_for_file(self, model: Path) -> dict[str, dict]:
+        """key -> {library: entry} for every fast path of the model file as it is now."""
+        prefix = verdict_key(model, "", "").rsplit("|", 1)[0] + "|"
+        return {k: v for k, v in self._all().items() if k.startswith(prefix) and isinstance(v, dict)}
 
     def record(self, key: str, scope: str, *, refused: str = "", windows_checked: int = 0, max_abs_dp: float = 0.0,
                borderline_share: float | None = None) -> None:
@@ -320,7 +321,8 @@ class TrustedBackend:
             self._fail(reason)
         if passed is not None:
             self.last = None  # covered (pass), or to be redone (miss, fail)
-            outcome = CheckOutcome(fast=True, passed=passed, checked=len(rows), max_abs_dp=worst, reason=reason)
+            outcome = CheckOutcome(fast=True, passed=passed, checked=len(rows), max_abs_dp=worst, reason=reason,
+                                   left=verdict == "fail")
         else:
             fast_rows = [r for r in range(n) if r not in exact_rows]
             if fast_rows:
@@ -400,15 +402,15 @@ class TrustedBackend:
                f"threshold and were scored on fp32 too")
         if last is not None and last.passed is False:
             return CheckOutcome(fast=True, passed=False, checked=outcome.checked + last.checked,
-                                max_abs_dp=max(outcome.max_abs_dp, last.max_abs_dp), reason=last.reason)
+                                max_abs_dp=max(outcome.max_abs_dp, last.max_abs_dp), reason=last.reason,
+                                left=last.left)
         s.switched = why
         self.on_fast = False
         self.verdicts.record(self.key, self.scope, refused=why, windows_checked=s.checked, max_abs_dp=s.max_abs_dp,
                              borderline_share=share)
         self.say(f"{self.fast.description} is {why}: the rest runs on {self._ref_name()}")
-        passed = outcome.passed if last is None else True
-        return CheckOutcome(fast=True, passed=passed, checked=outcome.checked + (last.checked if last else 0),
-                            max_abs_dp=max(outcome.max_abs_dp, last.max_abs_dp if last else 0.0))
+        return CheckOutcome(fast=True, passed=True, checked=outcome.checked + (last.checked if last else 0),
+                            max_abs_dp=max(outcome.max_abs_dp, last.max_abs_dp if last else 0.0), reason=why, left=True)
 
     def _borderline_share(self) -> float:
         s = self.stats
@@ -431,7 +433,8 @@ class TrustedBackend:
         self.last = None
         if verdict == "fail":
             self._fail(reason)
-        return CheckOutcome(fast=True, passed=verdict == "pass", checked=1, max_abs_dp=worst, reason=reason)
+        return CheckOutcome(fast=True, passed=verdict == "pass", checked=1, max_abs_dp=worst, reason=reason,
+                            left=verdict == "fail")
 
     def finish(self) -> None:
         """Save what this scan's checks found (a refusal is saved when it happens)."""
@@ -460,37 +463,74 @@ class RowGate:
     scored for it; after a failed check, the files it could have touched are redone.
 
     The scanner tells it, per scored batch, which files had windows in the batch and the batch's
-    :class:`CheckOutcome`; it answers which finished files may be written now."""
+    :class:`CheckOutcome`; it answers which finished files may be written now. A check covers the
+    windows its checked backend (``source``) scored up to it, in the order it scored them (batch
+    ``number``; counted here when not given). A distributed scan has one source per model actor,
+    whose batches may arrive out of order: a file waits until every actor that scored it on a fast
+    path has passed a check at a later batch, and after a failure, what cannot be shown to be
+    covered is redone."""
 
     def __init__(self):
-        self.pending: set[int] = set()  # files with a fast window after the last passing check
-        self.fast_files: set[int] = set()  # files with any window scored by the fast path
+        self.last_fast: dict[object, dict[int, int]] = {}  # source -> fid -> its latest fast batch there
+        self.verified: dict[object, int] = {}  # source -> the latest batch a passing check covers
+        self.failed: set[object] = set()  # sources whose fast path failed: they pass nothing any more
+        self.fast_files: set[int] = set()  # files with any window scored by a fast path
         self.tainted: set[int] = set()  # files with a window in a stretch that failed its check
         self.held: dict[int, object] = {}  # fid -> the finished file's state, waiting for a check
         self.redo: dict[int, object] = {}  # fid -> the file's state: scored again on the reference
+        self._count = 0
 
-    def batch(self, fids: set[int], outcome: CheckOutcome | None) -> list[object]:
-        """Record a scored batch; the held states a passing check releases."""
+    def batch(self, fids: set[int], outcome: CheckOutcome | None, source: object = None,
+              number: int | None = None) -> list[object]:
+        """Record a scored batch; the held states its check releases."""
         if outcome is None:
             return []
+        if number is None:
+            self._count += 1
+            number = self._count
         if outcome.fast:
-            self.pending |= fids
             self.fast_files |= fids
-        return self.outcome(outcome)
+            if source in self.failed and number > self.verified.get(source, 0):
+                self._taint(fids)  # scored in the stretch that failed, arriving late
+            else:
+                latest = self.last_fast.setdefault(source, {})
+                for fid in fids:
+                    latest[fid] = max(latest.get(fid, 0), number)
+        return self.outcome(outcome, source, number)
 
-    def outcome(self, outcome: CheckOutcome | None) -> list[object]:
+    def outcome(self, outcome: CheckOutcome | None, source: object = None, number: int | None = None) -> list[object]:
+        """A check's outcome at batch ``number`` of ``source`` (None: everything it scored so far)."""
         if outcome is None or outcome.passed is None:
             return []
-        if outcome.passed:
-            self.pending.clear()
-            released = list(self.held.values())
-            self.held.clear()
-            return released
-        self.tainted |= self.pending
-        self.pending.clear()
-        self.redo.update(self.held)
-        self.held.clear()
+        latest = self.last_fast.get(source, {})
+        if number is None:
+            number = max(latest.values(), default=0)
+        if outcome.passed and source not in self.failed:
+            self.verified[source] = max(self.verified.get(source, 0), number)
+            self._forget_covered(source)
+            if outcome.left:
+                self.failed.add(source)
+            return [self.held.pop(fid) for fid in list(self.held) if not self._waiting(fid)]
+        # failed (or missed): everything not covered by an earlier pass is redone
+        self._taint({fid for fid, n in latest.items() if n > self.verified.get(source, 0)})
+        self.last_fast.pop(source, None)
+        if outcome.left:
+            self.failed.add(source)
         return []
+
+    def _forget_covered(self, source: object) -> None:
+        v = self.verified.get(source, 0)
+        latest = self.last_fast.get(source, {})
+        for fid in [f for f, n in latest.items() if n <= v]:
+            del latest[fid]
+
+    def _taint(self, fids: set[int]) -> None:
+        self.tainted |= fids
+        for fid in fids & self.held.keys():
+            self.redo[fid] = self.held.pop(fid)
+
+    def _waiting(self, fid: int) -> bool:
+        return any(fid in latest for latest in self.last_fast.values())
 
     def finished(self, fid: int, state, near_threshold: bool = False) -> bool:
         """True if the finished file's row may be written now; else it is held or redone
@@ -498,10 +538,21 @@ class RowGate:
         if fid in self.tainted or near_threshold:
             self.redo[fid] = state
             return False
-        if fid in self.pending:
+        if self._waiting(fid):
             self.held[fid] = state
             return False
         return True
 
+    @property
+    def pending(self) -> bool:
+        """Whether any fast window still waits for a check."""
+        return any(self.last_fast.values())
+
     def must_wait(self) -> bool:
         return bool(self.held)
+
+    def give_up(self) -> None:
+        """No check can come any more (a distributed scan's actors are gone): what is held is redone."""
+        self.redo.update(self.held)
+        self.held.clear()
+        self.last_fast.clear()
