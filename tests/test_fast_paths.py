@@ -262,7 +262,7 @@ def test_an_int8_variant_that_deviates_on_real_windows_is_left_and_refused_on_th
 
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MICTAG_CPU_FLAGS", "avx2 fma avx512f avx512_vnni")
-    monkeypatch.setattr(trust, "BOUND", 1e-7)  # nothing int8 stays this close
+    monkeypatch.setattr(trust, "CHECK_LIMIT", 1e-7)  # nothing int8 stays this close
     cpu.cpu_info.cache_clear()
     try:
         path = _long_file(tmp_path / "lib")

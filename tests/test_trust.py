@@ -109,6 +109,7 @@ def test_a_fast_path_that_deviates_later_never_leaves_an_out_of_bound_score_or_a
     got, want = _rows(tmp_path / "tags.csv"), _rows(tmp_path / "fp32.csv")
     _assert_within_bound(got, want, labels)  # not one score or tag of the deviating stretch survived
     assert any("failed a check" in m for m in said), said
+    assert not (tmp_path / "tags.csv.mictag-redo.json").exists()  # every replaced row is gone
     notes = " ".join(summary.notes)
     assert "scored again on fp32" in notes and "int8 checked against fp32" in notes, notes
     assert "after openvino int8 was left" in summary.backend or "after ort-cpu int8 was left" in summary.backend
@@ -296,8 +297,10 @@ def test_a_kill_during_the_rescoring_leaves_a_table_that_a_rerun_completes(model
         assert time.monotonic() < deadline, "".join(seen)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "".join(seen)
-    rescored = set(_rows(out)) if out.exists() else set()
-    assert len(rescored) < 10  # the files waiting for the rescoring have no row
+    redo_list = out.with_name(out.name + ".mictag-redo.json")
+    assert redo_list.exists()  # rows the fast path wrote before it failed: named before they are replaced
+    listed = set(__import__("json").loads(redo_list.read_text()))
+    assert listed and listed <= set(_rows(out))
     env_cli = {**env}
     done = subprocess.run([sys.executable, "-m", "mictag", "scan", str(lib), "--out", str(out), "--model", str(model),
                            "--workers", "1"], capture_output=True, text=True, env=env_cli, timeout=300)
@@ -308,5 +311,5 @@ def test_a_kill_during_the_rescoring_leaves_a_table_that_a_rerun_completes(model
                          capture_output=True, text=True, env=env_cli, timeout=300)
     assert ref.returncode == 0, ref.stderr
     got = _rows(out)
-    assert len(got) == 10
+    assert len(got) == 10 and not redo_list.exists()
     _assert_within_bound(got, _rows(tmp_path / "fp32.csv"), labels)

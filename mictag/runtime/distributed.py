@@ -156,6 +156,9 @@ class RayExecutor:
         self.say = say
         self.redone = 0
         self.trust = Counter()  # checks seen in the actors' batches: passed, failed
+        self.on_replace: Callable[[list[str]], None] | None = None  # as Scanner.on_replace
+        self._fast_rows: list[FileEntry] = []  # rows yielded with windows from a fast path
+        self._replay: list[FileEntry] = []
         self.model = str(Path(model).resolve())
         self.backend = backend
         self.precision = precision
@@ -238,8 +241,11 @@ class RayExecutor:
                     del states[fid]
                     finished += 1
                     if gate.finished(fid, st):
+                        if fid in gate.fast_files:
+                            self._fast_rows.append(st.entry)
                         yield sc.result(st)
             for st in released:
+                self._fast_rows.append(st.entry)
                 yield sc.result(st)
             if on_progress:
                 on_progress({"files_done": finished, "files_total": len(entries), "windows": self.windows_scored,
@@ -251,8 +257,9 @@ class RayExecutor:
         # The actors are gone: rows still waiting for their check, and those a failed check touched,
         # are scored again here, on the reference.
         gate.give_up()
-        if gate.redo and not (should_stop and should_stop()):
-            yield from self._redo([st.entry for st in gate.redo.values()], should_stop)
+        redo = [st.entry for st in gate.redo.values()] + self._replay
+        if redo and not (should_stop and should_stop()):
+            yield from self._redo(redo, should_stop)
 
     def _trust(self, batch: dict, gate: RowGate, states: dict, seen: set) -> list:
         """Feed the check outcomes of one block (a checked fast path's; a block may hold several
@@ -274,10 +281,15 @@ class RayExecutor:
             if outcome.passed is not None:
                 self.trust["passed" if outcome.passed else "failed"] += 1
                 if outcome.passed is False:
-                    self.say(f"a model actor's fast path failed a check ({outcome.reason}): what it scored since "
-                             f"its last passing check is scored again")
+                    self.say(f"a model actor's fast path failed a check ({outcome.reason}): what it scored is "
+                             f"scored again")
             fids = {int(batch["fid"][i]) for i in rows if batch["kind"][i] == "win"}
             released += gate.batch(fids, outcome, source=actor, number=number)
+            if outcome.left and outcome.passed is False and self._fast_rows:  # rows already given go too
+                if self.on_replace is not None:
+                    self.on_replace([e.rel for e in self._fast_rows])
+                self._replay += self._fast_rows
+                self._fast_rows = []
         return released
 
     def _redo(self, entries: list[FileEntry], should_stop) -> Iterator[FileResult]:

@@ -219,6 +219,11 @@ class Scanner:
         self.batch_size = self.options.batch_size or backend.preferred_batch
         self.windows_scored = 0
         self.redone = 0  # files scored again on the reference after a fast path's check failed
+        # Told the paths of rows already yielded that a failed check makes this scan score again
+        # (their new rows follow): the output keeps a redo list until they are replaced.
+        self.on_replace: Callable[[list[str]], None] | None = None
+        self._fast_rows: list[FileEntry] = []  # yielded rows with windows from a fast path
+        self._replay: list[FileEntry] = []  # those, after a failed check
         if hasattr(backend, "use_thresholds"):  # a checked fast path: the tags it must not change
             backend.use_thresholds(self.thresholds)
 
@@ -233,7 +238,7 @@ class Scanner:
         summary = getattr(self.backend, "summary", None)
         line = summary() if summary else ""
         if self.redone:
-            line += (f"; {self.redone} file{'s' if self.redone > 1 else ''} scored since its last passing check "
+            line += (f"; {self.redone} file{'s' if self.redone > 1 else ''} it had scored "
                      f"{'were' if self.redone > 1 else 'was'} scored again on fp32")
         return [line] if line else []
 
@@ -265,6 +270,7 @@ class Scanner:
         # A checked fast path: rows wait for a passing check (see mictag.runtime.trust).
         checked = hasattr(self.backend, "final_check")
         gate = RowGate() if checked else None
+        self._fast_rows, self._replay = [], []
 
         def flush(drain: bool = False) -> Iterator[FileResult]:
             """Submit the pending batch, then fetch until fewer than ``depth`` are in flight (all
@@ -283,7 +289,9 @@ class Scanner:
                 self.windows_scored += len(items)
                 fids = {item[0] for item in items}
                 if gate is not None:
-                    yield from self._release(gate.batch(fids, getattr(handle, "outcome", None)))
+                    outcome = getattr(handle, "outcome", None)
+                    yield from self._release(gate.batch(fids, outcome))
+                    self._after(outcome)
                 for fid in fids:
                     yield from complete(fid)
 
@@ -294,8 +302,11 @@ class Scanner:
                 return
             del states[fid]
             finished += 1
-            if gate is not None and not gate.finished(fid, st, self._near_threshold(st, fid in gate.fast_files)):
-                return  # held until a check covers it, or scored again on the reference
+            if gate is not None:
+                if not gate.finished(fid, st, self._near_threshold(st, fid in gate.fast_files)):
+                    return  # held until a check covers it, or scored again on the reference
+                if fid in gate.fast_files:
+                    self._fast_rows.append(st.entry)
             yield self._result(st)
 
         def handle(msg: tuple) -> Iterator[FileResult]:
@@ -349,8 +360,18 @@ class Scanner:
 
     # -- a checked fast path ----------------------------------------------------------------
     def _release(self, states: list) -> Iterator[FileResult]:
-        for st in states:
+        for st in states:  # held: they had windows on the fast path
+            self._fast_rows.append(st.entry)
             yield self._result(st)
+
+    def _after(self, outcome: CheckOutcome | None) -> None:
+        """After a failed check, the rows the fast path already gave are scored again too."""
+        if outcome is None or not outcome.left or outcome.passed is not False or not self._fast_rows:
+            return
+        if self.on_replace is not None:
+            self.on_replace([e.rel for e in self._fast_rows])
+        self._replay += self._fast_rows
+        self._fast_rows = []
 
     def _near_threshold(self, st: _FileState, fast: bool) -> bool:
         """With --aggregate mean, a file whose mean score lies within the fast path's margin of a
@@ -369,9 +390,10 @@ class Scanner:
             outcome = self.backend.final_check()
             # None: every window the held files had on the fast path was scored on fp32 already
             released = gate.outcome(outcome or CheckOutcome(fast=True, passed=True))
+            self._after(outcome)
         self.backend.finish()  # before any yield: a caller may stop reading at the last row
         yield from self._release(released)
-        redo = [st.entry for st in gate.redo.values()]
+        redo = [st.entry for st in gate.redo.values()] + self._replay
         if not redo or stopping():
             return  # stopped: their rows are not written, so the next run does them
         again = Scanner(self.backend.reference, self.options, self.source)

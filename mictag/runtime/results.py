@@ -317,7 +317,7 @@ class SegmentsWriter:
         if not fresh:
             with writing(path):
                 _repair_torn_tail(path)
-        self.labels = labels
+        self.labels, self.path = labels, path
         self._journal = _Journal(path, fresh)
 
     def write(self, result: FileResult) -> None:

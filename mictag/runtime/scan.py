@@ -58,6 +58,18 @@ def _state_path(out: Path) -> Path:
     return out.with_name(out.name + ".mictag.json")
 
 
+def _redo_path(out: Path) -> Path:
+    """Rows a fast path wrote before one of its checks failed: they are being scored again, and a
+    rerun must not keep them (see mictag.runtime.trust)."""
+    return out.with_name(out.name + ".mictag-redo.json")
+
+
+def _last_per_path(rows: list[dict]) -> list[dict]:
+    """One row per path, the last one written (a replacement comes after what it replaces)."""
+    last = {r.get("path"): r for r in rows}
+    return [r for r in rows if last.get(r.get("path")) is r]
+
+
 def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLike, backend: str = "auto",
              options: ScanOptions | None = None, fmt: str | None = None, include: tuple[str, ...] = (),
              exclude: tuple[str, ...] = (), overwrite: bool = False, retry_failed: bool = False,
@@ -125,21 +137,29 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
     entries = discover(library, include, exclude)
     kept: list[dict] = []
     dropped: list[dict] = []  # rows of files gone or changed: their bytes may be under another name now
+    redo_file = _redo_path(out)
     if not fresh:
         by_path = {e.rel: e for e in entries}
         rows = read_rows(journal, row_fmt)
+        try:  # rows a failed fast path wrote, not yet replaced when the last scan ended
+            redo = set(json.loads(redo_file.read_text("utf-8")))
+        except (OSError, ValueError, TypeError):
+            redo = set()
         done = set()
-        for row in rows:
+        for row in _last_per_path(rows):
             e = by_path.get(row.get("path"))
-            if (e is None or row["path"] in done or not same_file(row, e.size, e.mtime)
+            if (e is None or row["path"] in redo or not same_file(row, e.size, e.mtime)
                     or (retry_failed and row.get("status") == "error")):
-                dropped.append(row)
+                if row["path"] not in redo:
+                    dropped.append(row)
                 continue
             kept.append(row)
             done.add(row["path"])
         if len(kept) != len(rows) or (row_fmt == "csv" and header(journal) != columns(labels)):
             rewrite(journal, row_fmt, labels, kept)  # (an older mictag's table gains the new columns)
         entries = [e for e in entries if e.rel not in done]
+    with writing(redo_file):
+        redo_file.unlink(missing_ok=True)  # its rows are gone from the output now
     # Beside the fingerprint, for readers of the output (report, write-tags): which model, and the
     # thresholds its tags were cut at. Not compared on resume: the sha256 already decides.
     about = {"model_name": Path(model).name, "thresholds": [float(t) for t in scoring.thresholds]}
@@ -167,13 +187,25 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
     hasher = BackgroundHasher(plan.scan)
     listed = {e.rel: e.path for e in plan.scan}  # the path each file was listed (and hashed) under
     reused = 0
+    replaced: set[str] = set()
+    rewritten = [0]  # rows written again for replaced paths
+
+    def replace(paths: list[str]) -> None:
+        """A fast path failed a check: rows it already wrote will be written again (redo list first)."""
+        replaced.update(paths)
+        write_text_synced(redo_file, json.dumps(sorted(replaced)))
+
+    executor.on_replace = replace
 
     def write(row: dict, timeline: dict | None) -> None:
         writer.write_row(row)  # the row first: a timeline without its row would be redone anyway
         if seg_writer and timeline is not None:
             seg_writer.write_line({**timeline, "path": row["path"]})
         statuses[row.get("status") or "ok"] += 1
-        counts["done"] += 1
+        if row["path"] in replaced:
+            rewritten[0] += 1  # a second row for the file: it replaces the first
+        else:
+            counts["done"] += 1
 
     try:
         for entry, row in plan.reused:
@@ -204,7 +236,16 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
         writer.close(quiet=failing)
         if seg_writer:
             seg_writer.close(quiet=failing)
-    interrupted = should_stop() and sum(statuses.values()) < len(kept) + len(entries)
+    interrupted = should_stop() and sum(statuses.values()) - rewritten[0] < len(kept) + len(entries)
+    if replaced and not interrupted:  # the replaced rows go: one row per file again, then the redo list
+        final = _last_per_path(read_rows(journal, row_fmt))
+        rewrite(journal, row_fmt, labels, final)
+        statuses = Counter(r.get("status") or "ok" for r in final)
+        if seg_writer is not None:
+            lines = _last_per_path(read_rows(seg_writer.path, "jsonl"))
+            write_text_synced(seg_writer.path, "".join(json.dumps(l, ensure_ascii=False) + "\n" for l in lines))
+        with writing(redo_file):
+            redo_file.unlink(missing_ok=True)
     if fmt == "parquet" and not interrupted:
         write_parquet(journal, out, labels)
     return ScanSummary(files=len(entries) + len(kept), skipped=len(kept), statuses=dict(statuses), reused=reused,
