@@ -263,7 +263,7 @@ def evaluate(model, data, fmt, split, ast, cache_dir, seed) -> None:
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8-dynamic"]), default="fp32",
               show_default=True, help="fp16: the graph in fp16 (GPU; fbank, LayerNorm and Softmax stay fp32). int8: "
               "also a static, calibrated int8 graph beside it (X.int8.onnx; for CPUs with VNNI and no bf16: the "
-              "scan's auto takes it where its deviation is within 0.03). int8-dynamic: the graph with dynamically "
+              "scan's auto tries it where its deviation is within 0.015, and checks it as it runs). int8-dynamic: the graph with dynamically "
               "quantised weights. The deviation from fp32 is measured and printed.")
 @click.option("--calibrate", type=click.Path(exists=True, file_okay=False),
               help="With --precision int8: calibrate on audio files from this folder (default: synthetic signals).")

@@ -7,6 +7,7 @@ paths a scan must report are keys (non-audio files and the symlink loop are not)
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -150,3 +151,12 @@ def make_library(root: Path) -> dict[str, str]:
 
 # What a FLAC cut in half gives (decided by trying; see make_library).
 TRUNCATED_STATUS = "partial"
+
+
+def read_table(path: Path) -> dict[str, dict]:
+    """A scan's CSV output, by path; every file must have one row."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)), "a file has two rows"
+    return {r["path"]: r for r in rows}

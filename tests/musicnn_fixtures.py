@@ -56,9 +56,10 @@ def fake_vgg_tf(seed: int = 0, filters: int = 128) -> dict[str, np.ndarray]:
     return out
 
 
-def fake_musicnn_wheel(path, tensors_of) -> "Path":
+def fake_musicnn_wheel(path, tensors_of, installable: bool = False) -> "Path":
     """A wheel laid out like musicnn-0.1.0's at ``path``: for each of its four models, the
-    checkpoint ``tensors_of(model_index)`` in the TensorFlow tensor-bundle format, and a config.json."""
+    checkpoint ``tensors_of(model_index)`` in the TensorFlow tensor-bundle format, and a config.json;
+    ``installable`` adds the .dist-info that pip reads when it fetches the wheel from an index."""
     import json
     import zipfile
 
@@ -73,4 +74,39 @@ def fake_musicnn_wheel(path, tensors_of) -> "Path":
             for f in folder.iterdir():
                 z.write(f, f"musicnn/{model}/{f.name}")
             z.writestr(f"musicnn/{model}/config.json", json.dumps({"n_mels": 96, "model_number": 11}))
+        if installable:
+            info = "musicnn-0.1.0.dist-info"
+            z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: musicnn\nVersion: 0.1.0\n")
+            z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+                                        "Tag: py3-none-any\n")
+            z.writestr(f"{info}/RECORD", "")
     return path
+
+
+def package_fake_tagger(name: str, wheel, folder, seed: int = 3):
+    """A shipped tagger ``name`` trained (here: seeded at random) against the MTT_musicnn that
+    ``wheel`` holds (pulled into the current MICTAG_HOME first), packaged into ``folder``, which
+    stands for the package's. Returns (the PyTorch system, its thresholds)."""
+    import numpy as np
+    import torch
+
+    from mictag.backbones.frozen import backbone_reference, load_backbone
+    from mictag.backbones.musicnn_weights import pull
+    from mictag.export.shipped import package
+    from mictag.model.system import SystemConfig, build_system
+    from mictag.runtime import shipped
+    from mictag.train.checkpoint import save_model
+
+    pull(str(wheel))
+    record = shipped.provenance(name)
+    cfg = SystemConfig.from_dict(record["system"])
+    torch.manual_seed(seed)
+    model = build_system(cfg, backbone=load_backbone("musicnn", "MTT_musicnn"))
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    thresholds = np.linspace(0.3, 0.7, 20)
+    model_file = save_model(folder.parent / f"{name}-model.pt", model, cfg,
+                            backbone_reference("musicnn", "MTT_musicnn"), thresholds, record["recipe"], {})
+    package(model_file, name, thresholds, {"corpus": record["corpus"], "seed": 0, "metrics": record["metrics"]}, folder)
+    return model, thresholds

@@ -11,7 +11,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
@@ -19,7 +18,7 @@ from click.testing import CliRunner
 from mictag.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from library import signal as tone  # noqa: E402
+from library import read_table, signal as tone  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +34,6 @@ def _library(root: Path) -> Path:
     for i in range(6):
         sf.write(root / "inbox" / f"take {i}.flac", tone(2.0 + 0.3 * i, 16000, 1, seed=i)[:, 0], 16000)
     return root
-
-
-def _rows(path: Path) -> dict[str, dict]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == len({r["path"] for r in rows})
-    return {r["path"]: r for r in rows}
 
 
 def _scan(lib, out, model, workers=1, **kw):
@@ -60,7 +52,7 @@ def test_moved_renamed_and_duplicated_files_get_their_rows_without_decoding(mode
     lib = _library(tmp_path / "lib")
     out = tmp_path / "tags.csv"
     _scan(lib, out, model, workers, segments=tmp_path / "seg.jsonl")
-    before = _rows(out)
+    before = read_table(out)
     first_timelines = _timelines(tmp_path / "seg.jsonl")
     for rel, row in before.items():
         assert row["content_sha256"] == hashlib.sha256((lib / rel).read_bytes()).hexdigest()
@@ -72,7 +64,7 @@ def test_moved_renamed_and_duplicated_files_get_their_rows_without_decoding(mode
     shutil.copy2(lib / "inbox" / "take 2.flac", lib / "Artist" / "Album" / "02 Take Two (compilation).flac")
     sf.write(lib / "inbox" / "new.flac", tone(2.5, 16000, 1, seed=99)[:, 0], 16000)
     second = _scan(lib, out, model, workers, segments=tmp_path / "seg.jsonl")
-    after = _rows(out)
+    after = read_table(out)
     assert set(after) == {"Artist/Album/01 Take Zero.flac", "inbox/renamed.flac",
                           "Artist/Album/02 Take Two (compilation).flac", "inbox/new.flac",
                           *(f"inbox/take {i}.flac" for i in range(2, 6))}
@@ -102,7 +94,7 @@ def test_duplicates_within_one_scan_are_scored_once_and_same_size_files_are_not_
     shutil.copy2(lib / "a.wav", lib / "a copy.wav")
     sf.write(lib / "b.wav", x[::-1].copy(), 16000, subtype="PCM_16")  # same size, other bytes
     summary = _scan(lib, tmp_path / "t.csv", model, 1)
-    rows = _rows(tmp_path / "t.csv")
+    rows = read_table(tmp_path / "t.csv")
     assert summary.reused == 1 and (lib / "b.wav").stat().st_size == (lib / "a.wav").stat().st_size
     copy = "a copy.wav" if rows["a copy.wav"]["reused_from"] else "a.wav"
     other = "a.wav" if copy == "a copy.wav" else "a copy.wav"
@@ -128,7 +120,7 @@ def test_a_table_written_before_content_keys_is_resumed_and_gains_the_columns(mo
     assert summary.skipped == 4 and summary.files == 6
     with out.open(newline="") as f:
         assert next(csv.reader(f)) == columns(old_columns[7:-1])
-    assert len(_rows(out)) == 6
+    assert len(read_table(out)) == 6
 
 
 def test_a_file_changed_after_listing_gets_no_digest(tmp_path):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +16,8 @@ from click.testing import CliRunner
 from mictag.cli import main
 
 ray = pytest.importorskip("ray")
+
+from library import read_table  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +34,6 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
-
-
-def _rows(path: Path) -> dict[str, dict]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    paths = [r["path"] for r in rows]
-    assert len(paths) == len(set(paths)), "a file appears twice"
-    return {r["path"]: r for r in rows}
 
 
 # The parity checks pin fp32 ONNX Runtime: bf16 results depend (within 1e-3) on how windows are batched.
@@ -71,7 +63,7 @@ def test_ray_scan_equals_local_scan_on_the_mixed_library(models, local_ray, tmp_
     distributed = CliRunner().invoke(main, ["scan", str(lib), "--out", str(tmp_path / "ray.csv"), "--model", model,
                                             "--ray", "-q", *EXACT])
     assert local.exit_code == distributed.exit_code == 1  # the library holds broken files
-    a, b = _rows(tmp_path / "local.csv"), _rows(tmp_path / "ray.csv")
+    a, b = read_table(tmp_path / "local.csv"), read_table(tmp_path / "ray.csv")
     assert set(a) == set(expected)
     _assert_same(a, b, OPENMIC_LABELS)
     assert any(r["status"] == "error" for r in b.values()) and any(r["status"] == "ok" for r in b.values())
@@ -81,8 +73,6 @@ def test_a_deviating_fast_path_in_a_model_actor_leaves_nothing_out_of_bound(tiny
                                                                             monkeypatch):
     """The actors check their fast path as the local scan does; the driver holds rows until an
     actor's check covers them and rescores what a failed check touched (and what no check reached)."""
-    import sys
-
     import ray.cloudpickle
 
     import trust_fakes
@@ -102,7 +92,6 @@ def test_a_deviating_fast_path_in_a_model_actor_leaves_nothing_out_of_bound(tiny
     ray.cloudpickle.register_pickle_by_value(trust_fakes)  # the actors get the fake by value
     monkeypatch.setattr(RayExecutor, "stage", trust_fakes.deviating_stage(20, "avx2 fma avx512f avx512_vnni",
                                                                           str(tmp_path / "home")))
-    said = []
     result = CliRunner().invoke(main, ["scan", str(lib), "--out", str(tmp_path / "ray.csv"), "--model", str(model),
                                        "--ray"])
     assert result.exit_code == 0, result.output
@@ -110,7 +99,7 @@ def test_a_deviating_fast_path_in_a_model_actor_leaves_nothing_out_of_bound(tiny
     exact = CliRunner().invoke(main, ["scan", str(lib), "--out", str(tmp_path / "fp32.csv"), "--model", str(model),
                                       "--workers", "1", "--precision", "fp32", *EXACT])
     assert exact.exit_code == 0, exact.output
-    got, want = _rows(tmp_path / "ray.csv"), _rows(tmp_path / "fp32.csv")
+    got, want = read_table(tmp_path / "ray.csv"), read_table(tmp_path / "fp32.csv")
     assert got.keys() == want.keys() and len(got) == 10
     labels = [l for l in OPENMIC_LABELS if want["t0.flac"].get(l)]
     for p in want:
@@ -139,14 +128,14 @@ def test_interrupted_ray_scan_resumes_with_every_file_once(models, local_ray, tm
     monkeypatch.setattr(distributed.RayExecutor, "scan", interrupted)
     args = ["scan", str(lib), "--out", str(tmp_path / "ray.csv"), "--model", model, "--ray", "-q", *EXACT]
     assert CliRunner().invoke(main, args).exit_code != 0
-    assert len(_rows(tmp_path / "ray.csv")) == 3
+    assert len(read_table(tmp_path / "ray.csv")) == 3
     monkeypatch.setattr(distributed.RayExecutor, "scan", real_scan)
     assert CliRunner().invoke(main, args).exit_code == 0
-    rows = _rows(tmp_path / "ray.csv")
+    rows = read_table(tmp_path / "ray.csv")
     assert len(rows) == 8
     assert CliRunner().invoke(main, ["scan", str(lib), "--out", str(tmp_path / "local.csv"), "--model", model,
                                      "--workers", "0", "-q", *EXACT]).exit_code == 0
-    _assert_same(rows, _rows(tmp_path / "local.csv"), OPENMIC_LABELS)
+    _assert_same(rows, read_table(tmp_path / "local.csv"), OPENMIC_LABELS)
 
 
 def test_kill_9_of_a_ray_scan_then_rerun(models, tmp_path):
@@ -174,7 +163,7 @@ def test_kill_9_of_a_ray_scan_then_rerun(models, tmp_path):
     # killed driver's local Ray shares its fate and exits by itself.
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = _rows(out)
+    rows = read_table(out)
     assert sorted(rows) == [f"f{i:02d}.wav" for i in range(12)]
     assert all(r["status"] == "ok" for r in rows.values())
 

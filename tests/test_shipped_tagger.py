@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from musicnn_fixtures import fake_musicnn_tf, fake_musicnn_wheel  # noqa: E402
+from musicnn_fixtures import fake_musicnn_tf, fake_musicnn_wheel, package_fake_tagger  # noqa: E402
 
 NAME = "musicnn-openmic20"
 
@@ -53,28 +53,10 @@ def test_the_packaged_tagger_fits_its_system_with_20_labels_and_thresholds():
 def packaged(tmp_path, monkeypatch):
     """A shipped tagger trained (here: seeded at random) against the fake MTT_musicnn that a fake
     wheel installs, packaged into a folder that stands for the package's."""
-    from mictag.backbones.frozen import backbone_reference, load_backbone
-    from mictag.export.shipped import package
-    from mictag.model.system import SystemConfig, build_system
-    from mictag.train.checkpoint import save_model
-
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
     wheel = fake_musicnn_wheel(tmp_path / "musicnn-0.1.0-py3-none-any.whl", lambda i: fake_musicnn_tf(seed=i))
-    from mictag.backbones.musicnn_weights import pull
-
-    pull(str(wheel))
-    record = shipped.provenance(NAME)
-    cfg = SystemConfig.from_dict(record["system"])
-    torch.manual_seed(3)
-    model = build_system(cfg, backbone=load_backbone("musicnn", "MTT_musicnn"))
-    with torch.no_grad():
-        for p in model.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    thresholds = np.linspace(0.3, 0.7, 20)
-    model_file = save_model(tmp_path / "model.pt", model, cfg, backbone_reference("musicnn", "MTT_musicnn"),
-                            thresholds, record["recipe"], {})
     folder = tmp_path / "taggers"
-    package(model_file, NAME, thresholds, {"corpus": record["corpus"], "seed": 0, "metrics": record["metrics"]}, folder)
+    model, thresholds = package_fake_tagger(NAME, wheel, folder)
     monkeypatch.setattr(shipped, "TAGGERS_DIR", folder)
     return wheel, model, thresholds
 

@@ -6,7 +6,6 @@ fast path that agrees with fp32 on the first windows and deviates later."""
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from mictag.runtime.choice import EnginePlan
 from mictag.runtime.trust import BOUND, CHECK_BUDGET, CheckOutcome, RowGate, TrustedBackend, Verdicts
 
 sys.path.insert(0, str(Path(__file__).parent))
-from library import signal as tone  # noqa: E402
+from library import read_table, signal as tone  # noqa: E402
 from trust_fakes import Deviating  # noqa: E402
 
 VNNI_ONLY = "avx2 fma avx512f avx512_vnni"  # int8 dot products, no bf16: auto takes the int8 variant
@@ -59,14 +58,6 @@ def vnni_cpu(monkeypatch, tmp_path):
     cpu.cpu_info.cache_clear()
     yield
     cpu.cpu_info.cache_clear()
-
-
-def _rows(path: Path) -> dict[str, dict]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    paths = [r["path"] for r in rows]
-    assert len(paths) == len(set(paths)), "a file has two rows"
-    return {r["path"]: r for r in rows}
 
 
 def _scores(row: dict, labels: list[str]) -> np.ndarray:
@@ -106,7 +97,7 @@ def test_a_fast_path_that_deviates_later_never_leaves_an_out_of_bound_score_or_a
     monkeypatch.setattr("mictag.runtime.backends._load", _deviating_load(after=20))
     said = []
     summary = _scan(lib, tmp_path / "tags.csv", model, workers, on_message=said.append)
-    got, want = _rows(tmp_path / "tags.csv"), _rows(tmp_path / "fp32.csv")
+    got, want = read_table(tmp_path / "tags.csv"), read_table(tmp_path / "fp32.csv")
     _assert_within_bound(got, want, labels)  # not one score or tag of the deviating stretch survived
     assert any("failed a check" in m for m in said), said
     assert not (tmp_path / "tags.csv.mictag-redo.json").exists()  # every replaced row is gone
@@ -136,7 +127,7 @@ def test_within_the_bound_near_a_threshold_the_reference_decides_the_tag(model, 
     _scan(lib, tmp_path / "fp32.csv", model, 0, backend="ort-cpu", precision="fp32")
     monkeypatch.setattr("mictag.runtime.backends._load", _deviating_load(after=0, by=0.02))
     summary = _scan(lib, tmp_path / "tags.csv", model, 0)
-    worst = _assert_within_bound(_rows(tmp_path / "tags.csv"), _rows(tmp_path / "fp32.csv"), labels)
+    worst = _assert_within_bound(read_table(tmp_path / "tags.csv"), read_table(tmp_path / "fp32.csv"), labels)
     assert worst <= 0.02 + 1e-6
     assert "near a threshold scored on fp32" in " ".join(summary.notes)
 
@@ -300,7 +291,7 @@ def test_a_kill_during_the_rescoring_leaves_a_table_that_a_rerun_completes(model
     redo_list = out.with_name(out.name + ".mictag-redo.json")
     assert redo_list.exists()  # rows the fast path wrote before it failed: named before they are replaced
     listed = set(__import__("json").loads(redo_list.read_text()))
-    assert listed and listed <= set(_rows(out))
+    assert listed and listed <= set(read_table(out))
     env_cli = {**env}
     done = subprocess.run([sys.executable, "-m", "mictag", "scan", str(lib), "--out", str(out), "--model", str(model),
                            "--workers", "1"], capture_output=True, text=True, env=env_cli, timeout=300)
@@ -310,6 +301,6 @@ def test_a_kill_during_the_rescoring_leaves_a_table_that_a_rerun_completes(model
                           "--model", str(model), "--precision", "fp32", "--backend", "ort-cpu", "--workers", "1"],
                          capture_output=True, text=True, env=env_cli, timeout=300)
     assert ref.returncode == 0, ref.stderr
-    got = _rows(out)
+    got = read_table(out)
     assert len(got) == 10 and not redo_list.exists()
-    _assert_within_bound(got, _rows(tmp_path / "fp32.csv"), labels)
+    _assert_within_bound(got, read_table(tmp_path / "fp32.csv"), labels)

@@ -30,9 +30,12 @@ from pathlib import Path
 from mictag.cpu import CpuInfo
 from mictag.errors import MictagError
 from mictag.metadata import int8_path
+from mictag.runtime.trust import CHECK_LIMIT
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-INT8_BOUND = 0.03  # max |probability - fp32| an int8 variant may have at export to be chosen by auto
+# max |probability - fp32| an int8 variant may have at export (on synthetic windows) for auto to try
+# it: what its checks on real audio will hold it to, and real audio is seldom closer than synthetic.
+INT8_BOUND = CHECK_LIMIT
 ORT_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
                  "ort-trt": "TensorrtExecutionProvider"}
 # What each engine can run a model in (int8 and fp16 ONNX are properties of the file, not the engine).
