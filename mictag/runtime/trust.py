@@ -124,8 +124,18 @@ class Verdicts:
         prefix = verdict_key(model, "", "").rsplit("|", 1)[0] + "|"
         return {k: v for k, v in self._all().items() if k.startswith(prefix) and isinstance(v, dict)}
 
+    def evidence(self, key: str) -> tuple[float, int] | None:
+        """(the largest deviation checks found, the spacing of the latest scan's checks) for a fast
+        path that passed its checks on some library, or None: where a new scan's margin starts."""
+        entries = [e for e in self._all().get(key, {}).values()
+                   if isinstance(e, dict) and not e.get("refused") and e.get("windows_checked")]
+        if not entries:
+            return None
+        latest = max(entries, key=lambda e: e.get("updated", ""))
+        return float(max(e.get("max_abs_dp", 0.0) for e in entries)), int(latest.get("every") or 1)
+
     def record(self, key: str, scope: str, *, refused: str = "", windows_checked: int = 0, max_abs_dp: float = 0.0,
-               borderline_share: float | None = None) -> None:
+               borderline_share: float | None = None, every: int | None = None) -> None:
         now = datetime.now(timezone.utc)
         data = self._all()
         entry = data.setdefault(key, {}).get(scope) or {}
@@ -136,6 +146,7 @@ class Verdicts:
             "max_abs_dp": max(float(entry.get("max_abs_dp", 0.0)), float(max_abs_dp)),
             "scans": int(entry.get("scans", 0)) + 1,
             "borderline_share": borderline_share if borderline_share is not None else entry.get("borderline_share"),
+            "every": every if every is not None else entry.get("every"),
             "updated": now.isoformat(timespec="seconds"),
         }
         data[key][scope] = entry
@@ -213,10 +224,15 @@ class TrustedBackend:
         self.stats = TrustStats()
         self.on_fast = True
         self.last: tuple[np.ndarray, int] | None = None  # the latest fast window no check covers yet
-        self.every = 1  # the first window is checked: it calibrates the margin and the cost of a check
-        self.next_check = 0  # index (among fast windows) of the next checked window
-        self.block_end = 1
         self.seen_dp = 0.0  # the largest deviation seen on a checked window
+        self._saved_checks = 0  # checks already added to the verdicts
+        self.every = 1  # no evidence yet: the first window is checked (it calibrates the margin)
+        prior = self.verdicts.evidence(key) if key else None
+        if prior is not None:  # earlier scans of this fast path (any library) set the margin and spacing
+            self.seen_dp, self.every = prior
+        # Checks fall one in each stretch of ``every`` windows, at a random place in it.
+        self.block_end = self.every
+        self.next_check = int(self.rng.integers(0, self.every))  # index (among fast windows) of the next check
         self._reference = None
         self._loading: threading.Thread | None = None
         self._load_error: BaseException | None = None
@@ -254,7 +270,7 @@ class TrustedBackend:
 
     @property
     def margin(self) -> float:
-        if self.stats.checked == 0:
+        if self.stats.checked == 0 and self.seen_dp == 0.0:
             return BOUND
         return float(min(BOUND, max(MARGIN_FLOOR, 2.0 * self.seen_dp)))
 
@@ -298,11 +314,7 @@ class TrustedBackend:
         s.fast_windows += n
         # A check due in this batch checks its LAST window: a pass then covers every window scored
         # so far, so a deviation that sets in later is caught by a later check, never passed over.
-        rows = []
-        if self.next_check < first + n:
-            rows = [n - 1]
-            while self.next_check < first + n:
-                self._schedule()
+        rows = [n - 1] if self.next_check < first + n else []
         verdict, passed, worst, reason, exact_rows = "", None, 0.0, "", {}
         if rows:
             t0 = self.clock()
@@ -312,7 +324,7 @@ class TrustedBackend:
             verdict, worst, reason = self._judge(probs[rows], exact)
             passed = verdict == "pass"
             exact_rows.update(zip(rows, exact))
-            self._reschedule()
+            self._reschedule(first + n)
         # borderline windows: the reference decides their tags (checked rows already have its scores)
         near = [int(r) for r in np.flatnonzero((np.abs(probs - self.thresholds) <= self.margin).any(axis=1))
                 if int(r) not in exact_rows]
@@ -365,19 +377,17 @@ class TrustedBackend:
             return "miss", worst, why
         return "pass", worst, ""
 
-    def _schedule(self) -> None:
-        """Move to the next stretch of ``every`` windows and draw where its check falls."""
-        start = self.block_end
+    def _reschedule(self, scored: int) -> None:
+        """The next check: ``every`` from the measured cost of a check against the fast path's time
+        per window; the check at a random place in the next stretch of ``every`` windows (the one
+        after the stretch this check fell in, or after the ``scored`` windows, if further)."""
+        s = self.stats
+        if s.check_windows and s.fast_windows and s.fast_seconds > 0:
+            ratio = (s.check_seconds / s.check_windows) / (s.fast_seconds / s.fast_windows)
+            self.every = int(min(MAX_EVERY, max(1, math.ceil(ratio / CHECK_BUDGET))))
+        start = max(self.block_end, scored)
         self.block_end = start + self.every
         self.next_check = start + int(self.rng.integers(0, self.every))
-
-    def _reschedule(self) -> None:
-        """``every`` from the measured cost of a check against the fast path's time per window."""
-        s = self.stats
-        if not s.check_windows or not s.fast_windows or s.fast_seconds <= 0:
-            return
-        ratio = (s.check_seconds / s.check_windows) / (s.fast_seconds / s.fast_windows)
-        self.every = int(min(MAX_EVERY, max(1, math.ceil(ratio / CHECK_BUDGET))))
 
     def _not_worth_it(self) -> bool:
         s = self.stats
@@ -445,12 +455,13 @@ class TrustedBackend:
                             left=verdict == "fail")
 
     def finish(self) -> None:
-        """Save what this scan's checks found (a refusal is saved when it happens)."""
+        """Save what the checks found since the last save (a refusal is saved when it happens)."""
         s = self.stats
-        if s.switched or not s.checked:
+        if s.switched or s.checked <= self._saved_checks:
             return
-        self.verdicts.record(self.key, self.scope, windows_checked=s.checked, max_abs_dp=s.max_abs_dp,
-                             borderline_share=self._borderline_share())
+        self.verdicts.record(self.key, self.scope, windows_checked=s.checked - self._saved_checks,
+                             max_abs_dp=s.max_abs_dp, borderline_share=self._borderline_share(), every=self.every)
+        self._saved_checks = s.checked
 
     def summary(self) -> str:
         """One line on what the checks did, for the scan's summary."""
