@@ -91,6 +91,14 @@ def bench(model: Path, audio: list[Path], work: Path) -> dict:
                       "fast_seconds": s.fast_seconds, "left_fast_path": s.switched, "files_redone": scanner.redone,
                       "overhead_vs_unchecked": seconds / row["unchecked"]["seconds"] - 1,
                       "speedup_vs_fp32": row["fp32"]["seconds"] / seconds, "notes": scanner.notes}
+    # a later scan of the same library: it starts from what the first one found (its verdict)
+    later = plan_engine(model, library=library)
+    seconds, results, scanner = _scan(model, entries, library)
+    s = getattr(scanner.backend, "stats", None)
+    row["later"] = {"auto": later.describe(), "checked_path": later.check, "seconds": seconds,
+                    **_compare(results, ref, thresholds), "speedup_vs_fp32": row["fp32"]["seconds"] / seconds,
+                    "windows_checked": s.checked if s else 0, "borderline_share": s.borderline / max(1, s.fast_windows)
+                    if s else 0.0, "left_fast_path": s.switched if s else "", "notes": scanner.notes}
     return row
 
 
@@ -118,6 +126,9 @@ def main(argv=None) -> dict:
                      f"{c['files_with_other_tags']} files with other tags; {c['windows_checked']} checked, checks "
                      f"{100 * c['check_cost']:.1f}%, borderline {100 * c['borderline_share']:.1f}%"
                      f"{'; left: ' + c['left_fast_path'] if c['left_fast_path'] else ''})")
+            later = row["later"]
+            line += (f"; later scan: {later['auto']}, {later['seconds']:.1f} s, max |dp| {later['max_abs_dp_window']:.3f}, "
+                     f"{later['windows_with_other_tags']} windows with other tags")
         print(line, flush=True)
     return save_result("trust", {"audio": [a.name for a in args.audio], "rows": rows}, args.out)
 

@@ -108,6 +108,9 @@ def test_a_fast_path_that_deviates_later_never_leaves_an_out_of_bound_score_or_a
     plan = plan_engine(model, library=lib)
     assert plan.precision == "fp32" and "int8 refused on this library: a checked window was" in plan.reason
     assert plan_engine(model, library=tmp_path / "elsewhere").precision == "int8"
+    shown = CliRunner().invoke(main, ["info", "--model", str(model), "--library", str(lib)]).output
+    assert "runs on openvino fp32 (int8 refused on this library" in shown or "runs on ort-cpu fp32" in shown, shown
+    assert f"int8 on {lib.resolve()}: refused until" in shown, shown
 
 
 def _deviating_load(after: int, by: float = 0.08):
