@@ -279,8 +279,8 @@ def _ast_here_or_downloaded(say, may_download: bool) -> Path:
     except ModelNotFoundError:
         if not may_download:
             raise
-    say(f"no model here yet: downloading the AudioSet AST ({DEFAULT_HUB_ID}, about 350 MB) from the "
-        f"Hugging Face hub, once")
+    say(f"no model here yet: fetching the AudioSet AST ({DEFAULT_HUB_ID}, about 350 MB) from the Hugging Face "
+        f"hub, once")
     return resolve_hub(DEFAULT_HUB_ID, download=True)
 
 
