@@ -1,8 +1,13 @@
 """mictag: tag the instruments playing in every file of an audio library.
 
 Importing mictag imports neither torch nor any inference backend: those load only when a
-command or API call needs them.
+command or API call needs them. It does turn off, before they load, the telemetry of the libraries
+mictag uses (:mod:`mictag.privacy`).
 """
+
+from mictag.privacy import keep_quiet
+
+keep_quiet()  # before any library that could phone home loads (see mictag.privacy)
 
 __version__ = "0.1.0"
 

@@ -416,7 +416,7 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
     from mictag.runtime.interrupts import StopSignals
     from mictag.runtime.models import default_model, first_scan_model, pull_musicnn, require_musicnn_weights
     from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import interrupted_line, run_scan, summary_line
+    from mictag.runtime.scan import interrupted_line, run_scan, special_line, summary_line
 
     say = (lambda m: None) if quiet else _echo_err
     counts: dict = {}  # done / total, kept up to date by the scan
@@ -461,8 +461,9 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
     if summary.interrupted:
         click.echo(summary_line(summary), err=True)  # said even with --quiet: the table is incomplete
         sys.exit(stop.exit_code)
-    for note in summary.notes:
-        say(note)
+    for note in (*summary.notes, special_line(summary.special)):
+        if note:
+            say(note)
     say(summary_line(summary))
     code = summary.exit_code
     if write_file_tags:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -68,12 +69,15 @@ class BackgroundHasher:
             self._stop = True
             self._cond.notify_all()
 
-    def digest(self, path: str) -> str | None:
-        """The file's digest (None if it changed, or was not given); each is handed out once."""
+    def digest(self, path: str, timeout: float = 10.0) -> str | None:
+        """The file's digest (None if it changed, was not given, or is not ready within ``timeout``
+        seconds, as on a mount that stopped answering: the row is then written without it); each
+        is handed out once."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             if path not in self._wanted:
                 return None
-            while path not in self._done and not self._stop:
+            while path not in self._done and not self._stop and time.monotonic() < deadline:
                 self._cond.wait(0.5)
             self._wanted.discard(path)
             return self._done.pop(path, None)

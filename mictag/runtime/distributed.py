@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mictag.errors import MictagError
+from mictag.privacy import keep_quiet
 from mictag.frontends import frontend_from_dict
 from mictag.runtime.backends import model_metadata, open_backend, submit_batch
 from mictag.runtime.discovery import FileEntry
@@ -175,11 +176,15 @@ class RayExecutor:
             _check_reachable(address)
         if ray.is_initialized():
             return
+        # Workers on other machines do not inherit this process's environment: the opt-outs travel
+        # with the job (mictag.privacy).
+        quiet = {"env_vars": keep_quiet()}
         try:
             if address:
-                ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+                ray.init(address=address, log_to_driver=False, logging_level="ERROR", runtime_env=quiet)
             else:
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                         runtime_env=quiet)
         except Exception as exc:
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

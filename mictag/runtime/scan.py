@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from mictag.digest import file_digest
 from mictag.errors import MictagError
 from mictag.runtime.backends import open_backend
 from mictag.runtime.content import REUSABLE, BackgroundHasher, plan_reuse, reused_row
-from mictag.runtime.discovery import discover
+from mictag.runtime.discovery import Skipped, discover, special_kind
 from mictag.runtime.pipeline import Scanner, ScanOptions
 from mictag.runtime.output_lock import OutputLock
 from mictag.runtime.results import (FORMATS, CsvWriter, JsonlWriter, SegmentsWriter, columns, header, read_rows,
@@ -38,6 +39,7 @@ class ScanSummary:
     out: str
     interrupted: bool = False  # stopped on request: some files are left for the next run
     notes: tuple[str, ...] = ()  # what a checked fast path did (checks, rescoring), a line each
+    special: tuple[Skipped, ...] = ()  # what the listing passed over without opening it
     reused: int = 0  # files given the row of the same bytes scored earlier (moved, renamed, duplicates)
 
     @property
@@ -56,6 +58,28 @@ class ScanSummary:
 
 def _state_path(out: Path) -> Path:
     return out.with_name(out.name + ".mictag.json")
+
+
+def _interruptible(work: Callable, should_stop: Callable[[], bool]):
+    """``work()`` in a thread of its own, so that a stop request is answered within a fraction of a
+    second even while it waits on the file system (a folder on a mount that stopped answering)."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # raised again here, in the scan's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="mictag-listing", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+        if should_stop() and thread.is_alive():
+            raise KeyboardInterrupt  # nothing written yet: the CLI says so and exits with the signal's code
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _redo_path(out: Path) -> Path:
@@ -91,6 +115,9 @@ def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os
     library, out = Path(library), Path(out)
     if not library.exists():
         raise MictagError(f"library {library} does not exist")
+    kind = None if library.is_dir() else special_kind(library.stat().st_mode)
+    if kind:
+        raise MictagError(f"library {library} is {kind}, not a folder or an audio file")
     fmt = fmt or (out.suffix.lstrip(".").lower() if out.suffix.lstrip(".").lower() in FORMATS else "csv")
     if fmt not in FORMATS:
         raise MictagError(f"unknown output format {fmt!r}; choose {', '.join(FORMATS)}")
@@ -134,7 +161,8 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
         if not isinstance(previous, dict) or {k: previous.get(k) for k in fingerprint} != fingerprint:
             say(f"{out} was written with another model or other options: starting it afresh")
             fresh = True
-    entries = discover(library, include, exclude)
+    special: list[Skipped] = []
+    entries = _interruptible(lambda: discover(library, include, exclude, skipped=special), should_stop)
     kept: list[dict] = []
     dropped: list[dict] = []  # rows of files gone or changed: their bytes may be under another name now
     redo_file = _redo_path(out)
@@ -179,7 +207,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
     known = kept + dropped
     if seg_writer is not None:  # a reused row needs its timeline too
         known = [r for r in known if r.get("path") in timelines]
-    plan = plan_reuse(entries, known)
+    plan = _interruptible(lambda: plan_reuse(entries, known), should_stop)  # reads files: may hang on a dead mount
     statuses = Counter(r.get("status", "ok") for r in kept)
     counts.update(done=len(kept), total=len(kept) + len(entries))
     t0 = time.perf_counter()
@@ -250,7 +278,17 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
         write_parquet(journal, out, labels)
     return ScanSummary(files=len(entries) + len(kept), skipped=len(kept), statuses=dict(statuses), reused=reused,
                        windows=executor.windows_scored, seconds=time.perf_counter() - t0, backend=executor.backend_name,
-                       out=str(out), interrupted=interrupted, notes=tuple(getattr(executor, "notes", ())))
+                       out=str(out), interrupted=interrupted, notes=tuple(getattr(executor, "notes", ())),
+                       special=tuple(special))
+
+
+def special_line(special: tuple[Skipped, ...], shown: int = 5) -> str:
+    """One line on what the listing passed over (named pipes, sockets, devices, unreadable folders)."""
+    if not special:
+        return ""
+    named = "; ".join(f"{s.rel}: {s.why}" for s in special[:shown])
+    more = f"; and {len(special) - shown} more" if len(special) > shown else ""
+    return f"passed over {len(special)} item{'s' if len(special) > 1 else ''} that are not audio files and were not opened: {named}{more}"
 
 
 def interrupted_line(done: int, total: int) -> str:
