@@ -42,6 +42,19 @@ def tiny_ast_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_tagger(tiny_ast_dir, tmp_path_factory) -> Path:
+    """The tiny AST's zero-training tagger (fbank input), with its calibrated int8 variant beside it."""
+    from click.testing import CliRunner
+
+    from mictag.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-tagger") / "f.onnx"
+    result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--fbank-out", str(out), "--precision", "int8"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_openmic(tmp_path_factory) -> Path:
     from datasets import make_openmic
 

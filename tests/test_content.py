@@ -13,20 +13,15 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
 
-from mictag.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from library import read_table, signal as tone  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model(tiny_ast_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("content-model")
-    result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--fbank-out", str(out / "f.onnx")])
-    assert result.exit_code == 0, result.output
-    return out / "f.onnx"
+def model(tiny_tagger) -> Path:
+    return tiny_tagger
 
 
 def _library(root: Path) -> Path:

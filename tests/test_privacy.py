@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
 
 from library import signal as tone
-from mictag.cli import main
 
 # What telemetry leaves in a home folder: ONNX Runtime's 1DS store and device id, OpenVINO's client
 # id, and the like (matched against every path under the fresh HOME, case-insensitively).
@@ -25,12 +23,9 @@ TRACES = ("microsoft", "deviceid", "telemetry", "intel", ".onnxruntime", "usage_
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_ast_dir, tmp_path_factory):
+def setup(tiny_tagger, tmp_path_factory):
     root = tmp_path_factory.mktemp("privacy")
-    model = root / "f.onnx"
-    result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--fbank-out", str(model),
-                                       "--precision", "int8"])
-    assert result.exit_code == 0, result.output
+    model = tiny_tagger
     lib = root / "lib"
     lib.mkdir()
     for i in range(3):

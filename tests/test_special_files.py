@@ -14,20 +14,15 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from click.testing import CliRunner
 
 from library import read_table, signal as tone
-from mictag.cli import main
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
 
 
 @pytest.fixture(scope="module")
-def model(tiny_ast_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("special-model")
-    result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--fbank-out", str(out / "f.onnx")])
-    assert result.exit_code == 0, result.output
-    return out / "f.onnx"
+def model(tiny_tagger) -> Path:
+    return tiny_tagger
 
 
 def _library(root: Path) -> tuple[Path, list[str]]:

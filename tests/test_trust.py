@@ -30,12 +30,8 @@ VNNI_ONLY = "avx2 fma avx512f avx512_vnni"  # int8 dot products, no bf16: auto t
 
 
 @pytest.fixture(scope="module")
-def model(tiny_ast_dir, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trust-model")
-    result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--fbank-out", str(out / "f.onnx"),
-                                       "--precision", "int8"])
-    assert result.exit_code == 0, result.output
-    return out / "f.onnx"
+def model(tiny_tagger) -> Path:
+    return tiny_tagger
 
 
 def _library(root: Path, files: int = 14) -> Path:
