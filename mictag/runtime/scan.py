@@ -288,7 +288,8 @@ def special_line(special: tuple[Skipped, ...], shown: int = 5) -> str:
         return ""
     named = "; ".join(f"{s.rel}: {s.why}" for s in special[:shown])
     more = f"; and {len(special) - shown} more" if len(special) > shown else ""
-    return f"passed over {len(special)} item{'s' if len(special) > 1 else ''} that are not audio files and were not opened: {named}{more}"
+    what = "items that are not audio files and were" if len(special) > 1 else "item that is not an audio file and was"
+    return f"passed over {len(special)} {what} not opened: {named}{more}"
 
 
 def interrupted_line(done: int, total: int) -> str:
