@@ -122,8 +122,12 @@ def test_a_library_on_a_read_only_file_system_is_scanned(model, tmp_path):
         pytest.skip("bind mounts are not allowed here")
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True)
-        with pytest.raises(OSError):
+        try:
             (ro / "probe").write_text("x")
+        except OSError:
+            pass  # read-only, as wanted
+        else:
+            pytest.skip("the bind mount could not be made read-only here")
         done = _scan(ro, tmp_path / "t.csv", model)
         assert done.returncode == 0, done.stderr
         assert sorted(read_table(tmp_path / "t.csv")) == audio
