@@ -18,6 +18,8 @@ as it is: that is how a user opts in where a library offers it (e.g. ``ORT_DISAB
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 
 OPT_OUTS = {
     "ORT_DISABLE_TELEMETRY": "1",
@@ -27,7 +29,19 @@ OPT_OUTS = {
 
 
 def keep_quiet() -> dict[str, str]:
-    """Set every opt-out the user has not set; the opt-outs now in force."""
+    """Set every opt-out the user has not set; the opt-outs now in force.
+
+    ONNX Runtime reads its opt-out when it is imported: a program that imported it before mictag,
+    with the variable unset, has already started its telemetry (the device id is written). Its
+    events are then switched off from here on, and a warning says how to avoid it."""
+    late = "onnxruntime" in sys.modules and "ORT_DISABLE_TELEMETRY" not in os.environ
     for name, value in OPT_OUTS.items():
         os.environ.setdefault(name, value)
+    if late:
+        disable = getattr(sys.modules["onnxruntime"], "disable_telemetry_events", None)
+        if disable is not None:
+            disable()
+        warnings.warn("onnxruntime was imported before mictag, with its telemetry on (it has written a device id "
+                      "under ~/.cache/Microsoft): import mictag first, or set ORT_DISABLE_TELEMETRY=1",
+                      RuntimeWarning, stacklevel=3)
     return {name: os.environ[name] for name in OPT_OUTS}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import mictag  # noqa: F401  first: its import turns off the telemetry of what the tests load after it
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 

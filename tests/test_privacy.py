@@ -46,8 +46,16 @@ def _traces(home: Path) -> list[str]:
 
 
 def _commands(root: Path, model: Path, lib: Path, tiny_ast_dir: Path) -> dict[str, list[str]]:
+    from musicnn_fixtures import fake_musicnn_tf, fake_musicnn_wheel
+
     out = root / "out"
+    (root / "wheel").mkdir(exist_ok=True)
+    wheel = root / "wheel" / "musicnn-0.1.0-py3-none-any.whl"
+    if not wheel.exists():
+        fake_musicnn_wheel(wheel, lambda i: fake_musicnn_tf(seed=i))
     return {
+        # the first command of this session that wrote ~/.cache/Microsoft (it calibrates int8 with ONNX Runtime)
+        "models pull musicnn": ["models", "pull", "musicnn", "--wheel", str(wheel), "--int8"],
         "info": ["info", "--model", str(model)],
         "models list": ["models", "list"],
         "scan (ONNX Runtime)": ["scan", str(lib), "--out", str(out / "a.csv"), "--model", str(model), "--backend",
@@ -133,3 +141,13 @@ def test_a_ray_scan_has_ray_usage_statistics_off_and_leaves_no_trace(setup, tmp_
                           timeout=300)
     assert "exit 0" in done.stdout and "usage stats False" in done.stdout, done.stdout + done.stderr
     assert _traces(home) == []
+
+
+def test_onnxruntime_imported_before_mictag_is_warned_about(tmp_path):
+    code = "import warnings\nwarnings.simplefilter('always')\nimport onnxruntime\nimport mictag\n"
+    env = _fresh_env(tmp_path)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "imported before mictag, with its telemetry on" in done.stderr, done.stderr
+    env["ORT_DISABLE_TELEMETRY"] = "1"  # already off: nothing to say
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "telemetry" not in done.stderr, done.stderr
