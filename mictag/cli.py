@@ -414,7 +414,7 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
     import os
 
     from mictag.runtime.interrupts import StopSignals
-    from mictag.runtime.models import default_model, first_scan_model, pull_musicnn, require_musicnn_weights
+    from mictag.runtime.models import default_model, ensure_musicnn_weights, first_scan_model
     from mictag.runtime.pipeline import ScanOptions
     from mictag.runtime.scan import interrupted_line, run_scan, special_line, summary_line
 
@@ -426,15 +426,7 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
                 model = str(first_scan_model(on_message=say, wheel=wheel))
             elif model is None:
                 if backbone == "musicnn" or zero_training:
-                    from mictag.backbones.musicnn_weights import MODELS
-
-                    try:
-                        require_musicnn_weights(musicnn)
-                    except MictagError:
-                        if musicnn not in MODELS:
-                            raise
-                        say("fetching musicnn's weights with pip (the 29 MB musicnn 0.1.0 wheel), once")
-                        pull_musicnn(wheel, progress=True)
+                    ensure_musicnn_weights(musicnn, wheel, say)
                 model = str(default_model(ast, on_message=say, backbone=backbone or ("musicnn" if zero_training else "ast"),
                                           musicnn=musicnn, zero_training=zero_training))
             workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)

@@ -97,6 +97,7 @@ def test_a_fast_path_that_deviates_later_never_leaves_an_out_of_bound_score_or_a
     _assert_within_bound(got, want, labels)  # not one score or tag of the deviating stretch survived
     assert any("failed a check" in m for m in said), said
     assert not (tmp_path / "tags.csv.mictag-redo.json").exists()  # every replaced row is gone
+    assert all(r["content_sha256"] for r in got.values())  # redone rows keep their content key
     notes = " ".join(summary.notes)
     assert "scored again on fp32" in notes and "int8 checked against fp32" in notes, notes
     assert "after openvino int8 was left" in summary.backend or "after ort-cpu int8 was left" in summary.backend

@@ -46,7 +46,11 @@ def file_sha256(path: str, size: int, mtime: float) -> str | None:
 
 
 class BackgroundHasher:
-    """Hashes files in a thread of its own, in the order given; :meth:`digest` waits for one."""
+    """Hashes files in a thread of its own, in the order given, at most ``LOOKAHEAD`` files ahead of
+    what the scan has taken (so it reads near where the decoders read, not the whole library at
+    once, and holds few digests); :meth:`digest` waits for one."""
+
+    LOOKAHEAD = 64
 
     def __init__(self, entries: Iterable[FileEntry]):
         self._todo = list(entries)
@@ -59,6 +63,9 @@ class BackgroundHasher:
 
     def _run(self) -> None:
         for e in self._todo:
+            with self._cond:
+                while len(self._done) >= self.LOOKAHEAD and not self._stop:
+                    self._cond.wait(0.5)
             if self._stop:
                 break
             digest = file_sha256(e.path, e.size, e.mtime)
@@ -80,6 +87,7 @@ class BackgroundHasher:
             while path not in self._done and not self._stop and time.monotonic() < deadline:
                 self._cond.wait(0.5)
             self._wanted.discard(path)
+            self._cond.notify_all()  # room for the next one
             return self._done.pop(path, None)
 
     def close(self) -> None:
@@ -110,7 +118,7 @@ def plan_reuse(entries: list[FileEntry], known: Iterable[dict]) -> ReusePlan:
         digest = row.get("content_sha256")
         if digest and row.get("status") in REUSABLE and digest not in index:
             index[digest] = row
-    known_sizes = {int(r["size_bytes"]) for r in index.values() if str(r.get("size_bytes", "")).lstrip("-").isdigit()}
+    known_sizes = {_size(r) for r in index.values()}
     sizes = Counter(e.size for e in entries)
     plan = ReusePlan(scan=[])
     first_of: dict[str, FileEntry] = {}
@@ -134,6 +142,13 @@ def plan_reuse(entries: list[FileEntry], known: Iterable[dict]) -> ReusePlan:
             plan.scan.append(e)
     plan.copies = dict(copies)
     return plan
+
+
+def _size(row: dict) -> int | None:
+    try:
+        return int(row["size_bytes"])  # a string when read back from CSV
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def reused_row(row: dict, entry: FileEntry, source: str) -> dict:

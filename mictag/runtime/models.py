@@ -246,12 +246,7 @@ def first_scan_model(on_message=None, wheel: str | os.PathLike | None = None) ->
         ast_problem = str(exc).split(";")[0]
     name = _shipped_default()
     try:
-        try:
-            require_musicnn_weights("MTT_musicnn")
-        except ModelNotFoundError:
-            if wheel is None:
-                say("fetching musicnn's weights with pip (the 29 MB musicnn 0.1.0 wheel), once")
-            pull_musicnn(wheel, progress=True)
+        ensure_musicnn_weights("MTT_musicnn", wheel, say)
         try:
             path = shipped_tagger(name, on_message) if name else default_musicnn_model("MTT_musicnn", on_message)
         except CheckpointError as exc:  # musicnn weights other than those it was trained on
@@ -295,6 +290,18 @@ def _has_musicnn_build() -> bool:
     """Whether the shipped musicnn tagger is built here already (an earlier first scan fell back to it)."""
     name = _shipped_default()
     return bool(name and cached_shipped(name))
+
+
+def ensure_musicnn_weights(model: str, wheel: str | os.PathLike | None = None, on_message=None) -> Path:
+    """The converted weights of a musicnn ``model``, fetched with pip (with progress) or taken from
+    ``wheel`` first when they are not here: what a scan does on first use, as `models pull musicnn`."""
+    try:
+        return require_musicnn_weights(model)
+    except ModelNotFoundError:
+        if wheel is None and on_message:
+            on_message("fetching musicnn's weights with pip (the 29 MB musicnn 0.1.0 wheel), once")
+        pull_musicnn(wheel, progress=True)
+    return require_musicnn_weights(model)
 
 
 def pull_musicnn(wheel: str | os.PathLike | None = None, progress: bool = False) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 from mictag.digest import file_digest
 from mictag.errors import MictagError
 from mictag.runtime.backends import open_backend
-from mictag.runtime.content import REUSABLE, BackgroundHasher, plan_reuse, reused_row
+from mictag.runtime.content import REUSABLE, BackgroundHasher, file_sha256, plan_reuse, reused_row
 from mictag.runtime.discovery import Skipped, discover, special_kind
 from mictag.runtime.pipeline import Scanner, ScanOptions
 from mictag.runtime.output_lock import OutputLock
@@ -86,6 +86,11 @@ def _redo_path(out: Path) -> Path:
     """Rows a fast path wrote before one of its checks failed: they are being scored again, and a
     rerun must not keep them (see mictag.runtime.trust)."""
     return out.with_name(out.name + ".mictag-redo.json")
+
+
+def _write_lines(path: Path, lines: list[dict]) -> None:
+    """Replace a JSON-lines file (the segments) with ``lines``, atomically."""
+    write_text_synced(path, "".join(json.dumps(l, ensure_ascii=False) + "\n" for l in lines))
 
 
 def _last_per_path(rows: list[dict]) -> list[dict]:
@@ -200,8 +205,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
         if not fresh and seg_path.exists():  # keep only the timelines of rows that were kept
             timelines = {l.get("path"): l for l in read_rows(seg_path, "jsonl")}
             kept_paths = {r["path"] for r in kept}
-            lines = [l for p, l in timelines.items() if p in kept_paths]
-            write_text_synced(seg_path, "".join(json.dumps(l, ensure_ascii=False) + "\n" for l in lines))
+            _write_lines(seg_path, [l for p, l in timelines.items() if p in kept_paths])
         seg_writer = SegmentsWriter(seg_path, labels, fresh or not seg_path.exists())
     # Files whose bytes were scored already (moved, renamed, duplicates) get that row again.
     known = kept + dropped
@@ -213,7 +217,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
     t0 = time.perf_counter()
     failing = True
     hasher = BackgroundHasher(plan.scan)
-    listed = {e.rel: e.path for e in plan.scan}  # the path each file was listed (and hashed) under
+    listed = {e.rel: e for e in plan.scan}  # each file as it was listed (and hashed)
     reused = 0
     replaced: set[str] = set()
     rewritten = [0]  # rows written again for replaced paths
@@ -225,10 +229,13 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
 
     executor.on_replace = replace
 
-    def write(row: dict, timeline: dict | None) -> None:
+    def timeline(result) -> dict | None:
+        return {"path": result.path, "labels": labels, "segments": result.segments} if result.segments else None
+
+    def write(row: dict, line: dict | None) -> None:
         writer.write_row(row)  # the row first: a timeline without its row would be redone anyway
-        if seg_writer and timeline is not None:
-            seg_writer.write_line({**timeline, "path": row["path"]})
+        if seg_writer and line is not None:
+            seg_writer.write_line({**line, "path": row["path"]})
         statuses[row.get("status") or "ok"] += 1
         if row["path"] in replaced:
             rewritten[0] += 1  # a second row for the file: it replaces the first
@@ -241,23 +248,24 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
             reused += 1
         rescan: list = []
         for result in executor.scan(plan.scan, on_progress, should_stop):
-            path = listed.get(result.path, "")
+            entry = listed.get(result.path)
+            path = entry.path if entry else ""
             digest = plan.digests.get(path) or hasher.digest(path)
+            if not digest and entry and result.path in replaced:  # a redone file: its digest was handed out
+                digest = file_sha256(entry.path, entry.size, entry.mtime)
             if result.status in REUSABLE and digest:
                 result.content_sha256 = digest
             record = result.record(labels)
-            write(record, {"path": result.path, "labels": labels, "segments": result.segments} if result.segments else None)
+            write(record, timeline(result))
             for copy in plan.copies.get(path, ()):
                 if result.content_sha256:
-                    write(reused_row(record, copy, result.path),
-                          {"path": copy.rel, "labels": labels, "segments": result.segments} if result.segments else None)
+                    write(reused_row(record, copy, result.path), timeline(result))  # write() renames it
                     reused += 1
                 else:
                     rescan.append(copy)  # its twin failed: score it on its own
         if rescan and not should_stop():
             for result in executor.scan(rescan, on_progress, should_stop):
-                write(result.record(labels), {"path": result.path, "labels": labels, "segments": result.segments}
-                      if result.segments else None)
+                write(result.record(labels), timeline(result))
         failing = False
     finally:
         hasher.close()
@@ -270,8 +278,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
         rewrite(journal, row_fmt, labels, final)
         statuses = Counter(r.get("status") or "ok" for r in final)
         if seg_writer is not None:
-            lines = _last_per_path(read_rows(seg_writer.path, "jsonl"))
-            write_text_synced(seg_writer.path, "".join(json.dumps(l, ensure_ascii=False) + "\n" for l in lines))
+            _write_lines(seg_writer.path, _last_per_path(read_rows(seg_writer.path, "jsonl")))
         with writing(redo_file):
             redo_file.unlink(missing_ok=True)
     if fmt == "parquet" and not interrupted:

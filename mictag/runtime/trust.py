@@ -50,7 +50,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -190,8 +190,6 @@ class TrustStats:
     switched: str = ""  # why the scan moved to the reference, if it did
     failed: bool = False  # a check failed (as opposed to "not worth it")
     misses: int = 0  # checks whose tags showed the margin too narrow (their stretch was redone)
-    redone: int = 0  # files scored again on the reference after a failed or missed check
-    notes: list[str] = field(default_factory=list)
 
     @property
     def check_cost(self) -> float:
@@ -223,7 +221,8 @@ class TrustedBackend:
         self.rng = np.random.default_rng(seed)
         self.stats = TrustStats()
         self.on_fast = True
-        self.last: tuple[np.ndarray, int] | None = None  # the latest fast window no check covers yet
+        # the latest fast window no check covers yet: (window, valid, the fast path's scores for it)
+        self.last: tuple[np.ndarray, int, np.ndarray] | None = None
         self.seen_dp = 0.0  # the largest deviation seen on a checked window
         self._saved_checks = 0  # checks already added to the verdicts
         self.every = 1  # no evidence yet: the first window is checked (it calibrates the margin)
@@ -345,7 +344,8 @@ class TrustedBackend:
         else:
             fast_rows = [r for r in range(n) if r not in exact_rows]
             if fast_rows:
-                self.last = (np.array(x[fast_rows[-1]], copy=True), int(valid[fast_rows[-1]]))
+                r = fast_rows[-1]
+                self.last = (np.array(x[r], copy=True), int(valid[r]), probs[r].copy())
             outcome = CheckOutcome(fast=True)
         if self.on_fast and passed is not False and self._not_worth_it():
             return probs, self._leave(outcome)
@@ -353,7 +353,7 @@ class TrustedBackend:
 
     def _judge(self, fast: np.ndarray, exact: np.ndarray) -> tuple[str, float, str]:
         """("pass" | "miss" | "fail", deviation, why) for checked windows. "fail": a deviation above
-        BOUND. "miss": within BOUND, but a tag outside the margin in force (one the fast path alone
+        CHECK_LIMIT. "miss": within it, but a tag outside the margin in force (one the fast path alone
         would have written) differs from the reference's: the margin was too narrow, so what was
         scored since the last passing check is redone and the margin widens to twice this deviation."""
         s = self.stats
@@ -408,7 +408,7 @@ class TrustedBackend:
         self.verdicts.record(self.key, self.scope, refused=reason, windows_checked=s.checked,
                              max_abs_dp=s.max_abs_dp, borderline_share=self._borderline_share())
         self.say(f"{self.fast.plan.backend} {self._fast_precision()} failed a check ({reason}): the rest runs on "
-                 f"{self._ref_name()}, and what it scored since its last passing check is scored again")
+                 f"{self._ref_name()}, and every file it scored in this scan is scored again")
 
     def _leave(self, outcome: CheckOutcome) -> CheckOutcome:
         """Move to the reference because the fast path is not faster here, after one last check of
@@ -440,9 +440,7 @@ class TrustedBackend:
         if not self.on_fast or self.last is None:
             return None
         s = self.stats
-        x = self.last[0][None]
-        valid = np.asarray([self.last[1]])
-        fast = np.asarray(self.fast.run(x, valid), np.float32)
+        x, valid, fast = self.last[0][None], np.asarray([self.last[1]]), self.last[2][None]
         t0 = self.clock()
         exact = np.asarray(self.reference.run(x, valid), np.float32)
         s.check_seconds += self.clock() - t0
