@@ -180,7 +180,7 @@ def _options(pairs: tuple[str, ...], what: str) -> dict:
 @click.option("--reprogrammer", type=click.Choice(["none", "noise", "cnn", "unet"]), default="unet", show_default=True)
 @click.option("--reprogrammer-option", "rp_opts", multiple=True, metavar="KEY=VALUE",
               help="E.g. init=zeros (noise), activation=relu (cnn), trainable=false (unet).")
-@click.option("--mapper", type=click.Choice(["head", "fc", "many-to-one"]), default="head", show_default=True)
+@click.option("--mapper", type=click.Choice(["head", "mlp", "fc", "many-to-one"]), default="head", show_default=True)
 @click.option("--mapper-option", "map_opts", multiple=True, metavar="KEY=VALUE", help="E.g. reduce=mean (many-to-one).")
 @click.option("--baseline", type=click.Choice(["cnn-bs", "finetune"]), default=None, help="Train a baseline instead.")
 @click.option("--recipe", type=click.Choice(["paper", "authors-code"]), default="paper", show_default=True)

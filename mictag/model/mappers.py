@@ -1,6 +1,7 @@
 """Output mappers: from what the frozen backbone gives to the target labels' logits.
 
-``head`` (the authors' code): a new LayerNorm + Linear on the pooled embedding. ``fc`` (the
+``head`` (the authors' code): a new LayerNorm + Linear on the pooled embedding; ``mlp``: the same
+with a hidden layer. ``fc`` (the
 paper's text): a Linear on the backbone's source-class logits. ``many-to-one`` (Tsai et al.):
 a fixed map that reduces the scores of each target's source classes; no trainable weight, so
 it tags with zero training. Every mapper returns logits; the sigmoid comes after.
@@ -34,6 +35,23 @@ class HeadMapper(Mapper):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(pooled))
+
+
+class MLPMapper(Mapper):
+    """LayerNorm + a hidden layer (Linear, GELU, dropout while training) + Linear on the pooled
+    features: a small non-linear read-out (256 hidden units: 57k weights for 200 -> 20)."""
+
+    name, source = "mlp", "pooled"
+
+    def __init__(self, hidden_size: int, num_labels: int, hidden: int = 256, dropout: float = 0.3,
+                 eps: float = 1e-5):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.body = nn.Sequential(nn.Dropout(0.1), nn.Linear(hidden_size, hidden), nn.GELU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden, num_labels))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.body(self.norm(pooled))
 
 
 class FCMapper(Mapper):
@@ -83,7 +101,7 @@ class ManyToOneMapper(Mapper):
         return torch.logit(mean, eps=1e-7)
 
 
-MAPPERS = {cls.name: cls for cls in (HeadMapper, FCMapper, ManyToOneMapper)}
+MAPPERS = {cls.name: cls for cls in (HeadMapper, MLPMapper, FCMapper, ManyToOneMapper)}
 
 
 def build_mapper(name: str, hidden_size: int, num_source: int, labels: Sequence[str],
@@ -92,6 +110,8 @@ def build_mapper(name: str, hidden_size: int, num_source: int, labels: Sequence[
     output classes; ``source_map`` (label -> source indices) is needed by ``many-to-one``."""
     if name == "head":
         return HeadMapper(hidden_size, len(labels), **options)
+    if name == "mlp":
+        return MLPMapper(hidden_size, len(labels), **options)
     if name == "fc":
         return FCMapper(num_source, len(labels), **options)
     if name == "many-to-one":
