@@ -484,7 +484,13 @@ def corpus() -> None:
 @click.option("--cache", type=click.Path(), help="Where the packages are downloaded and unpacked "
               "(default: $MICTAG_HOME/cache/debs).")
 @click.option("--workers", type=int, default=None, help="Render processes (default: the CPU count).")
-def corpus_build(out, clips, seed, packages, cache, workers) -> None:
+@click.option("--style", default="v1", show_default=True,
+              help="v1: the clips as first built; produced: performed notes (tempo drift, timing, dynamics), "
+                   "reverbs, a bus compressor and a master limiter.")
+@click.option("--negatives", type=float, default=0.0, show_default=True,
+              help="Share of clips with no instrument (silence, noise, applause, speech: all labels 0); "
+                   "needs --style produced.")
+def corpus_build(out, clips, seed, packages, cache, workers, style, negatives) -> None:
     """Build the corpus into OUT (apt-get download + dpkg-deb, no root; FluidSynth's library)."""
     from mictag.corpus.build import CorpusSpec, build
     from mictag.corpus.packages import FetchError
@@ -492,7 +498,8 @@ def corpus_build(out, clips, seed, packages, cache, workers) -> None:
 
     from mictag.corpus.instruments import PACKAGES
 
-    spec = CorpusSpec(clips=clips, seed=seed, packages=tuple(packages) or PACKAGES)
+    # The spec checks --style and --negatives (a ConfigError: one line, exit status 2).
+    spec = CorpusSpec(clips=clips, seed=seed, packages=tuple(packages) or PACKAGES, style=style, negatives=negatives)
     try:
         report = build(out, spec, cache, workers, on_message=_echo_err)
     except (FetchError, SynthError) as exc:

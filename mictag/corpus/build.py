@@ -2,6 +2,7 @@
 from recorded-instrument samples, in the folder format ``mictag train`` reads.
 
     mictag corpus build --out DIR [--clips 3000] [--seed 0] [--packages ...] [--workers N]
+                        [--style v1|produced] [--negatives SHARE]
 
 Deterministic: a clip is made from its own seeded generator and rendered on a synth of its own,
 so the same spec gives the same files with any number of workers. Writes:
@@ -15,6 +16,12 @@ so the same spec gives the same files with any number of workers. Writes:
 
 Splits are drawn over sources (presets, kits): no source is heard in two splits. A class with
 fewer than three sources is split by register (low notes train, middle val, high test).
+
+Styles: ``v1`` (the default) is the corpus as first built, byte for byte. ``produced`` plays the
+same clips as a band and a studio would: performed notes (:mod:`mictag.corpus.performance`),
+reverbs, a bus compressor and a master limiter (:mod:`mictag.corpus.mastering`), and optionally a
+share of clips with no instrument (:mod:`mictag.corpus.negatives`). Everything it adds is drawn
+from a generator of its own per clip, so its clips play what the v1 clips of the same spec play.
 """
 
 from __future__ import annotations
@@ -33,12 +40,16 @@ from mictag.corpus import instruments as I
 from mictag.corpus.midi import DRUM_CHANNEL, Note, Part, write_midi
 from mictag.corpus.music import drum_pattern, line, new_song
 from mictag.corpus.room import impulse_response, mix, reverb, rms, tilt
+from mictag.errors import ConfigError
 from mictag.labels import OPENMIC_LABELS
 
 SPLITS = ("train", "val", "test")
 CLIP_SPLIT_SHARES = (0.7, 0.15, 0.15)
 INSTRUMENT_COUNTS = ((1, 0.3), (2, 0.35), (3, 0.2), (4, 0.15))
 BUILDER_VERSION = 1  # bump when a change alters the clips a spec makes
+# Styles after v1, each with its own version (in the recipe only for that style): bump one when a
+# change alters that style's clips, and v1's recipes stay as they are.
+STYLE_VERSIONS = {"v1": None, "produced": 1}
 
 
 @dataclass(frozen=True)
@@ -50,9 +61,29 @@ class CorpusSpec:
     packages: tuple[str, ...] = I.PACKAGES
     known_fraction: float = 0.1  # of all (clip, class) labels, as in OpenMIC (about 90% missing)
     known_positive_share: float = 0.5  # of the known labels (an assumption: see SOURCES.md)
+    style: str = "v1"  # "produced": performed notes, studio reverbs, compressor and limiter (see the module doc)
+    negatives: float = 0.0  # share of clips with no instrument (produced style only)
+
+    def __post_init__(self):
+        if self.style not in STYLE_VERSIONS:
+            raise ConfigError(f"unknown corpus style {self.style!r}: use one of {', '.join(STYLE_VERSIONS)}")
+        if not 0.0 <= self.negatives < 1.0:
+            raise ConfigError(f"negatives is the share of clips with no instrument: from 0 up to (not including) 1, "
+                              f"not {self.negatives}")
+        if self.negatives and self.style == "v1":
+            raise ConfigError("negative clips are part of the produced style: use style 'produced' "
+                              "(mictag corpus build --style produced)")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "packages": list(self.packages), "builder_version": BUILDER_VERSION}
+        out = {**asdict(self), "packages": list(self.packages), "builder_version": BUILDER_VERSION}
+        # Left out at their defaults, so that every recipe from before they existed keeps its digest.
+        if self.style == "v1":
+            del out["style"]
+        else:
+            out["style_version"] = STYLE_VERSIONS[self.style]
+        if not self.negatives:
+            del out["negatives"]
+        return out
 
     def digest(self) -> str:
         from mictag.digest import config_digest
@@ -88,6 +119,7 @@ class Catalogue:
     fonts: dict[str, str]  # font key -> path
     sources: list[Source]
     splits: dict[str, dict[str, tuple[int, int] | None]] = field(default_factory=dict)  # split -> id -> register
+    speech: dict[str, list[str]] = field(default_factory=dict)  # split -> speech files (negative clips)
 
     def available(self, split: str, label: str) -> list[tuple[Source, tuple[int, int] | None]]:
         return [(s, self.splits[split][s.id]) for s in self.sources if label in s.labels and s.id in self.splits[split]]
@@ -118,7 +150,9 @@ def catalogue(roots: dict[str, Path], seed: int) -> Catalogue:
 
     sources += [Source(sid, (label,), "recording", role="recording", folder=str(path), group=take(sid))
                 for sid, label, path in find_recordings(roots)]
-    return Catalogue(fonts, sources, split_sources(sources, seed))
+    from mictag.corpus.negatives import find_speech
+
+    return Catalogue(fonts, sources, split_sources(sources, seed), split_files(find_speech(roots), seed))
 
 
 def split_sources(sources: list[Source], seed: int) -> dict[str, dict[str, tuple[int, int] | None]]:
@@ -150,6 +184,20 @@ def split_sources(sources: list[Source], seed: int) -> dict[str, dict[str, tuple
             out[split_of[s.unit]][s.id] = None
             taken.add(s.id)
     return out
+
+
+def split_files(files: list[Path], seed: int) -> dict[str, list[str]]:
+    """split -> files, disjoint: about 20% test and 15% val (at least one each), the rest train;
+    with fewer than three files every split has them all."""
+    names = [str(f) for f in sorted(files)]
+    if len(names) < 3:
+        return {s: list(names) for s in SPLITS}
+    n = len(names)
+    n_test, n_val = max(1, round(0.2 * n)), max(1, round(0.15 * n))
+    split_of = {}
+    for rank, j in enumerate(np.random.default_rng([seed, 8]).permutation(n)):
+        split_of[names[j]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return {s: [f for f in names if split_of[f] == s] for s in SPLITS}
 
 
 # -- planning a clip ------------------------------------------------------------------------------
@@ -196,7 +244,61 @@ def plan_clip(i: int, spec: CorpusSpec, cat: Catalogue) -> dict:
     room = {"rt60": float(rng.uniform(0.2, 1.2)), "wet": float(rng.uniform(0.0, 0.35)) if rng.random() < 0.8 else 0.0,
             "low_db": float(rng.uniform(-6, 6)), "high_db": float(rng.uniform(-6, 6)),
             "peak_dbfs": float(rng.uniform(-12, -1)), "ir_seed": int(rng.integers(2**31))}
-    return {"index": i, "split": split, "song": asdict(song), "parts": parts, "room": room}
+    plan = {"index": i, "split": split, "song": asdict(song), "parts": parts, "room": room}
+    if spec.style == "produced":
+        plan_production(plan, spec, cat)
+    return plan
+
+
+def plan_production(plan: dict, spec: CorpusSpec, cat: Catalogue) -> None:
+    """The produced style's additions to a v1 plan, in place, from a generator of the clip's own:
+    a negative (no parts) or the parts' performance; the reverb, compressor and limiter. The v1
+    room keeps its tilt and level; its reverb is replaced."""
+    from mictag.corpus import negatives as N
+    from mictag.corpus.performance import draw_jitter, draw_performance, perform
+    from mictag.corpus.room import REVERBS
+
+    rng = np.random.default_rng([spec.seed, plan["index"], 2])
+    negative = bool(rng.random() < spec.negatives)  # drawn always: the other clips play as with no negatives
+    room = plan["room"]
+    plan["room"] = {k: room[k] for k in ("low_db", "high_db", "peak_dbfs")}
+    production: dict = {}
+    if negative:
+        kinds, p = N.kinds_available(cat.speech.get(plan["split"], []))
+        kind = kinds[int(rng.choice(len(kinds), p=p))]
+        production["negative"] = {"kind": kind, "seed": int(rng.integers(2**31))}
+        if kind == "noise":
+            production["negative"] |= {"colour": list(N.NOISE_COLOURS)[int(rng.integers(len(N.NOISE_COLOURS)))],
+                                       "level_dbfs": float(rng.uniform(-50, -15))}
+        elif kind == "applause":
+            production["negative"]["claps_per_second"] = float(rng.uniform(20, 80))
+        plan["parts"], plan["song"] = [], None
+    else:
+        perf = draw_performance(rng)
+        production["performance"] = perf.to_dict()
+        notes_rng = np.random.default_rng(int(rng.integers(2**31)))
+        for part in plan["parts"]:
+            if part["notes"]:
+                part["jitter_s"] = draw_jitter(rng)
+                part["notes"] = perform(part["notes"], spec.seconds, perf, part["jitter_s"], notes_rng)
+    kind = production.get("negative", {}).get("kind")
+    if kind in ("silence", "noise"):  # played as they are: nothing to mix or master
+        plan["production"] = production
+        return
+    # Applause is heard in a room; music and speech in any of the reverbs (or none).
+    verb = "room" if kind == "applause" else REVERBS[int(rng.choice(len(REVERBS), p=(0.3, 0.25, 0.2, 0.25)))]
+    rt60 = {"room": (0.2, 1.2), "hall": (1.5, 3.0), "plate": (0.8, 2.0), "dry": (0.0, 0.0)}[verb]
+    production["reverb"] = {"kind": verb, "rt60": float(rng.uniform(*rt60)),
+                            "predelay": float(rng.uniform(0.01, 0.04)) if verb == "hall" else 0.0,
+                            "wet": float(rng.uniform(0.1, 0.35)) if verb != "dry" else 0.0,
+                            "seed": int(rng.integers(2**31))}
+    production["compressor"] = {"threshold_db": float(rng.uniform(-24, -10)), "ratio": float(rng.uniform(2, 6)),
+                                "attack_s": float(rng.uniform(0.005, 0.03)), "release_s": float(rng.uniform(0.05, 0.3))}
+    production["limiter"] = {"makeup_db": float(rng.uniform(0, 10)), "ceiling_db": float(rng.uniform(-1, -0.1)),
+                             "attack_s": float(rng.uniform(0.001, 0.005)), "release_s": float(rng.uniform(0.02, 0.15))}
+    # No panning: the clips are mono (as the tagger hears them: every file is downmixed), so a
+    # part's place in a stereo field would be summed away.
+    plan["production"] = production
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -209,6 +311,8 @@ def render_clip(plan: dict, cat: Catalogue, spec: CorpusSpec) -> tuple[np.ndarra
     from mictag.corpus.synth import render_parts
 
     rate, seconds = spec.sample_rate, spec.seconds
+    if "negative" in plan.get("production", {}):
+        return render_negative(plan, cat, spec), []
     synth_items, slots = [], []
     for k, p in enumerate(plan["parts"]):
         s = p["source"]
@@ -231,13 +335,54 @@ def render_clip(plan: dict, cat: Catalogue, spec: CorpusSpec) -> tuple[np.ndarra
     if not sounding:
         return np.zeros(int(seconds * rate), np.float32), []
     x = mix([audio[k] for k in sounding], [plan["parts"][k]["gain_db"] for k in sounding])
+    return _finish(x, plan, rate), [plan["parts"][k] for k in sounding]
+
+
+def _finish(x: np.ndarray, plan: dict, rate: int) -> np.ndarray:
+    """The mix through the room's tilt, then the v1 room or the produced chain, at the clip's peak."""
     room = plan["room"]
     x = tilt(x, rate, room["low_db"], room["high_db"])
-    if room["wet"] > 0:
+    if "production" in plan:
+        x = _master(x, plan["production"], rate)
+    elif room["wet"] > 0:
         x = reverb(x, impulse_response(np.random.default_rng(room["ir_seed"]), room["rt60"], rate), room["wet"])
     peak = float(np.abs(x).max()) or 1.0
-    x = (x / peak * 10 ** (room["peak_dbfs"] / 20)).astype(np.float32)
-    return x, [plan["parts"][k] for k in sounding]
+    return (x / peak * 10 ** (room["peak_dbfs"] / 20)).astype(np.float32)
+
+
+def _master(x: np.ndarray, production: dict, rate: int) -> np.ndarray:
+    """The produced style's chain: reverb, then the bus at full scale (where the compressor's
+    threshold is set) through the compressor and the limiter. The clip's peak level is set after
+    it; that level (-12..-1 dBFS) is never above the limiter's ceiling (-1..-0.1 dBFS)."""
+    from mictag.corpus.mastering import compress, limit
+    from mictag.corpus.room import response
+
+    verb = production["reverb"]
+    ir = response(verb["kind"], verb["rt60"], rate, verb["seed"], verb["predelay"])
+    if ir is not None:
+        x = reverb(x, ir, verb["wet"])
+    x = x / (float(np.abs(x).max()) or 1.0)
+    x = compress(x, rate, **production["compressor"])
+    return limit(x, rate, **production["limiter"])
+
+
+def render_negative(plan: dict, cat: Catalogue, spec: CorpusSpec) -> np.ndarray:
+    """A clip with no instrument: exact zeros, noise at its level, or applause or speech through
+    the produced chain."""
+    from mictag.corpus import negatives as N
+
+    rate, n = spec.sample_rate, int(spec.seconds * spec.sample_rate)
+    what = plan["production"]["negative"]
+    rng = np.random.default_rng(what["seed"])
+    if what["kind"] == "silence":
+        return np.zeros(n, np.float32)
+    if what["kind"] == "noise":
+        return N.noise(rng, n, what["colour"], what["level_dbfs"])
+    if what["kind"] == "applause":
+        x = N.applause(rng, n, rate, what["claps_per_second"])
+    else:
+        x = N.speech(rng, cat.speech[plan["split"]], n, rate)
+    return _finish(x, plan, rate)
 
 
 def _make(args) -> list[dict]:
@@ -256,13 +401,20 @@ def _make(args) -> list[dict]:
             Part(DRUM_CHANNEL if p["source"].kind != "preset" else min(k, 8), p["source"].program, p["source"].bank,
                  p["notes"]) for k, p in enumerate(parts) if p["notes"]])  # recordings play no notes
         labels = sorted({lab for p in parts for lab in p["labels"]}, key=OPENMIC_LABELS.index)
-        records.append({"file": audio_rel, "split": plan["split"], "labels": labels, "song": plan["song"],
-                        "room": plan["room"],
-                        "parts": [{"source": p["source"].id, "labels": list(p["labels"]), "role": p["role"],
-                                   "gain_db": round(p["gain_db"], 2), "notes": len(p["notes"]),
-                                   "pitches": [min(n.pitch for n in p["notes"]), max(n.pitch for n in p["notes"])]
-                                   if p["notes"] else None}
-                                  for p in parts]})
+        record = {"file": audio_rel, "split": plan["split"], "labels": labels, "song": plan["song"],
+                  "room": plan["room"],
+                  "parts": [{"source": p["source"].id, "labels": list(p["labels"]), "role": p["role"],
+                             "gain_db": round(p["gain_db"], 2), "notes": len(p["notes"]),
+                             "pitches": [min(n.pitch for n in p["notes"]), max(n.pitch for n in p["notes"])]
+                             if p["notes"] else None,
+                             **({"jitter_ms": round(1000 * p["jitter_s"], 1)} if "jitter_s" in p else {})}
+                            for p in parts]}
+        if "production" in plan:  # v1 records keep their fields
+            production = plan["production"]
+            if "negative" in production:
+                record["negative"] = production["negative"]["kind"]
+            record["production"] = production
+        records.append(record)
     return records
 
 
@@ -305,17 +457,27 @@ def build(out: str | os.PathLike, spec: CorpusSpec = CorpusSpec(), cache: str | 
     """Build the corpus into ``out``; returns (and writes) corpus.json's content."""
     import time
 
-    from mictag.corpus.packages import fetch, licence, version
+    from mictag.corpus.negatives import SPEECH_PACKAGE
+    from mictag.corpus.packages import FetchError, fetch, licence, version
     from mictag.paths import mictag_home
 
     say = on_message or (lambda m: None)
     out = Path(out)
     t0 = time.perf_counter()
+    speech_missing = ""
     if roots is None:
         cache = Path(cache) if cache else mictag_home() / "cache" / "debs"
         say(f"fetching {', '.join(spec.packages)} into {cache}")
         roots = fetch(spec.packages, cache)
+        if spec.negatives and SPEECH_PACKAGE not in roots:
+            try:
+                roots = {**roots, **fetch([SPEECH_PACKAGE], cache)}
+            except FetchError as exc:  # speech is one kind of negative among four: go on without it
+                speech_missing = str(exc)
+                say(f"no speech in the negative clips: {exc}")
     cat = catalogue(roots, spec.seed)
+    if spec.negatives and not speech_missing and not any(cat.speech.values()):
+        speech_missing = f"{SPEECH_PACKAGE} is not among the packages"
     for split in SPLITS:
         (out / "audio" / split).mkdir(parents=True, exist_ok=True)
     (out / "midi").mkdir(parents=True, exist_ok=True)
@@ -338,16 +500,26 @@ def build(out: str | os.PathLike, spec: CorpusSpec = CorpusSpec(), cache: str | 
     counts = {lab: {s: sum(1 for r in records if r["split"] == s and lab in r["labels"]) for s in SPLITS}
               for lab in OPENMIC_LABELS}
     known = Counter(v for row in masked for v in row.values())
-    packages = {name: {"version": version(root), "licence": licence(root, name), "note": I.LICENCE_NOTES.get(name, "")}
+    packages = {name: {"version": version(root), "licence": licence(root, name),
+                       "note": I.LICENCE_NOTES.get(name, "") or PACKAGE_NOTES.get(name, "")}
                 for name, root in roots.items()}
     report = {"spec": spec.to_dict(), "recipe_digest": spec.digest(), "clips": len(records),
               "seconds": round(time.perf_counter() - t0, 1), "packages": packages,
               "sources": {s: sorted(ids) for s, ids in cat.splits.items()}, "positives": counts,
               "known_labels": {"positive": known.get(1, 0), "negative": known.get(0, 0), "unknown": known.get(None, 0)},
-              "silent_clips": sum(1 for r in records if not r["labels"])}
+              "silent_clips": sum(1 for r in records if not r["labels"] and "negative" not in r)}
+    if spec.style != "v1":
+        report["negatives"] = dict(sorted(Counter(r["negative"] for r in records if "negative" in r).items()))
+        if spec.negatives:
+            report["speech"] = {"files": {split: [Path(f).name for f in files] for split, files in cat.speech.items()},
+                                "missing": speech_missing}
     (out / "corpus.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     (out / "SOURCES.md").write_text(sources_text(report, cat), encoding="utf-8")
     return report
+
+
+# Notes on packages that are no instrument source (instruments.LICENCE_NOTES has those).
+PACKAGE_NOTES = {"alsa-utils": "only its spoken channel names (usr/share/sounds/alsa), the speech in negative clips"}
 
 
 def sources_text(report: dict, cat: Catalogue) -> str:
@@ -381,4 +553,32 @@ def sources_text(report: dict, cat: Catalogue) -> str:
               f"every clip keeps at least one. The share of positives among the known labels "
               f"({report['spec']['known_positive_share']}) is an assumption: OpenMIC's exact proportion cannot be "
               f"read here (the data set is not on these machines).", ""]
+    if report["spec"].get("style", "v1") == "produced":
+        lines += _produced_text(report)
     return "\n".join(lines)
+
+
+def _produced_text(report: dict) -> list[str]:
+    lines = ["## Produced style", "",
+             "The clips play the v1 notes as a band would: a tempo drift of up to 3% (a smooth time warp), each "
+             "part 5-20 ms off the grid (normal spread), a crescendo, decrescendo or swell over the clip and each "
+             "note's velocity up to 10 steps off it. The mix goes through a reverb (the v1 room, a hall with "
+             "pre-delay, a bright plate, or none), a bus compressor (RMS, threshold -24..-10 dBFS of the mix at full "
+             "scale, ratio 2-6) and a master limiter (0-10 dB of makeup gain, ceiling -1..-0.1 dBFS); then the clip "
+             "is set to its peak level as in v1 (-12..-1 dBFS). No panning: the clips are mono.", ""]
+    counts = report.get("negatives") or {}
+    if not report["spec"].get("negatives"):
+        return lines
+    lines += ["## Negative clips", "",
+              f"{sum(counts.values())} clips ({report['spec']['negatives']:.0%} asked) play no instrument and have "
+              f"every label 0: " + (", ".join(f"{n} {kind}" for kind, n in counts.items()) or "none") + ". "
+              "Kinds: digital silence (exact zeros); white, pink or brown noise at -50..-15 dBFS; synthetic applause "
+              "(band-passed noise bursts, 20-80 claps a second, in a room); speech."]
+    speech = report.get("speech", {})
+    if speech.get("missing"):
+        lines.append(f"No speech: {speech['missing']}.")
+    else:
+        lines.append("Speech: ALSA's spoken channel names (`alsa-utils`, one speaker), the files split like the "
+                     "sources — " + "; ".join(f"{split}: {', '.join(files) or '—'}"
+                                               for split, files in speech.get("files", {}).items()) + ".")
+    return lines + [""]

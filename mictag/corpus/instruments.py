@@ -19,9 +19,14 @@ FONTS = {
     "timgm": ("timgm6mb-soundfont", "usr/share/sounds/sf2/TimGM6mb.sf2"),
     "avl-black-pearl": ("avldrums.lv2-soundfont", "usr/share/sounds/sf2/Black_Pearl_4_LV2.sf2"),
     "avl-red-zeppelin": ("avldrums.lv2-soundfont", "usr/share/sounds/sf2/Red_Zeppelin_4_LV2.sf2"),
+    "csound": ("csound-soundfont", "usr/share/sounds/sf2/sf_GMbank.sf2"),
 }
 PACKAGES = ("musescore-general-soundfont", "timgm6mb-soundfont", "avldrums.lv2-soundfont", "hydrogen-drumkits",
             "sonic-pi-samples", "lmms-common")
+# Not among the defaults: a sample family of its own (an EMU8000-era GS bank, public domain), kept
+# out of training so that mictag's own held-out test has recordings no trained model has heard
+# (`mictag corpus build --packages csound-soundfont`).
+HELD_OUT_PACKAGES = ("csound-soundfont",)
 LICENCE_NOTES = {
     # Its copyright file says it adapts Fluid (R3) Mono GM, which is also the source of two of the
     # packages kept for the independent evaluation: an evaluation on those shares sample lineage.
@@ -32,6 +37,7 @@ LICENCE_NOTES = {
     "hydrogen-drumkits": "GPL-2+ and CC (see the package's copyright file, kit by kit)",
     "sonic-pi-samples": "CC0 (each sample from freesound.org)",
     "lmms-common": "GPL-2+",
+    "csound-soundfont": "public domain (Csound's sf_GMbank.sf2, a GM/GS bank: \"Public Domain\" in its licence field)",
 }
 
 
@@ -56,10 +62,14 @@ def _gm(label: str, programs, low: int, high: int, role: str = "melody", fonts=(
         extra: tuple[tuple[int, int], ...] = ()) -> list[Preset]:
     out = [Preset(label, font, 0, p, low, high, role) for p in programs for font in fonts]
     out += [Preset(label, "musescore", bank, p, low, high, role) for bank, p in extra]
+    out += [Preset(label, "csound", 0, p, low, high, role) for p in programs]
+    out += [Preset(label, "csound", bank, p, low, high, role) for bank, p in extra if bank == 8]
     return out
 
 
-# (bank, program) beyond General MIDI's bank 0 are MuseScore General's own variations.
+# (bank, program) beyond General MIDI's bank 0 are MuseScore General's own variations; the GS
+# variations (bank 8, 16) are in the csound bank too where it has them (the catalogue keeps only
+# the presets a font holds).
 PRESETS: list[Preset] = [
     *_gm("accordion", (21, 23), 48, 84, "chords", extra=((8, 21), (17, 21))),
     *_gm("banjo", (105,), 48, 79, "chords"),
@@ -70,6 +80,7 @@ PRESETS: list[Preset] = [
     *_gm("guitar", (24, 25, 26, 27, 28, 29, 30), 40, 76, "chords", extra=((8, 25), (8, 26), (8, 28))),
     *_gm("mallet_percussion", (9, 11, 12, 13), 60, 96),
     Preset("mandolin", "musescore", 16, 25, 55, 88, "chords"),
+    Preset("mandolin", "csound", 16, 25, 55, 88, "chords"),
     *_gm("organ", (16, 17, 18, 19, 20), 36, 84, "chords", extra=((8, 16), (8, 17), (8, 19), (17, 16))),
     *_gm("piano", (0, 1, 2, 3, 4), 36, 96, "chords", extra=((8, 0),)),
     *_gm("saxophone", (64, 65, 66, 67), 49, 80, extra=((17, 64), (17, 65), (17, 66))),
@@ -77,6 +88,7 @@ PRESETS: list[Preset] = [
     *_gm("trombone", (57,), 40, 72, extra=((17, 57),)),
     *_gm("trumpet", (56, 59), 55, 82, extra=((17, 56),)),
     Preset("ukulele", "musescore", 8, 24, 60, 81, "chords"),
+    Preset("ukulele", "csound", 8, 24, 60, 81, "chords"),
     *_gm("violin", (40,), 55, 96, extra=((8, 40), (17, 40))),
     *_gm("voice", (52, 53), 48, 79, "pad", extra=((17, 52), (17, 53))),
 ]
@@ -85,7 +97,8 @@ PRESETS: list[Preset] = [
 # kits (TR-808, Electronic) are left out: a drum machine is not OpenMIC's drum kit.
 SOUNDFONT_KITS: list[tuple[str, int, int]] = [
     ("musescore", 128, p) for p in (0, 1, 2, 3, 8, 9, 16, 32, 33, 40, 41, 48)
-] + [("timgm", 128, p) for p in (0, 8, 16, 32, 40, 48)] + [("avl-black-pearl", 0, 0), ("avl-red-zeppelin", 0, 0)]
+] + [("timgm", 128, p) for p in (0, 8, 16, 32, 40, 48)] + [("avl-black-pearl", 0, 0), ("avl-red-zeppelin", 0, 0)] + [
+    ("csound", 128, p) for p in (0, 8, 16, 32, 40, 48)]
 HYDROGEN_DIR = "usr/share/hydrogen/data/drumkits"
 ELECTRONIC_KITS = ("HardElectro1", "ElectricEmpireKit", "VariBreaks")  # drum-machine and breakbeat kits
 
@@ -104,6 +117,3 @@ PROVENANCE = {
                  "recorded reeds",
 }
 
-
-def presets_for(label: str) -> list[Preset]:
-    return [p for p in PRESETS if p.label == label]

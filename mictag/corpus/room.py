@@ -1,5 +1,6 @@
 """What makes clips not all dry: a room (a synthetic exponentially decaying impulse response),
-a tilt of the spectrum (low and high shelves), and the mix of parts at their gains."""
+a tilt of the spectrum (low and high shelves), and the mix of parts at their gains. The
+"produced" style adds two studio reverbs, a hall and a plate (:func:`response` picks one)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,59 @@ def impulse_response(rng: np.random.Generator, rt60: float, rate: int) -> np.nda
         ir[at] += rng.uniform(0.3, 0.8) * rng.choice([-1, 1])
     ir[0] = 1.0
     return (ir / np.sqrt(np.sum(ir**2))).astype(np.float32)
+
+
+def _diffuse_tail(rng: np.random.Generator, n: int, rate: int, rt60_low: float, rt60_high: float,
+                  high_gain: float = 1.0, crossover: float = 2000.0) -> np.ndarray:
+    """Dense decaying noise whose band above ``crossover`` Hz dies in ``rt60_high`` seconds and
+    the band below in ``rt60_low`` (air and walls absorb highs faster; a plate keeps them)."""
+    noise = rng.standard_normal(n)
+    f = np.fft.rfftfreq(n, 1 / rate)
+    to_high = 1 / (1 + (crossover / np.maximum(f, 1.0)) ** 4)
+    low = np.fft.irfft(np.fft.rfft(noise) * (1 - to_high), n)
+    t = np.arange(n) / rate
+    return low * np.exp(-6.91 * t / rt60_low) + high_gain * (noise - low) * np.exp(-6.91 * t / rt60_high)
+
+
+def hall_response(rng: np.random.Generator, rt60: float, predelay: float, rate: int) -> np.ndarray:
+    """A hall's reverberation (no direct sound): silent for ``predelay`` seconds, a few sparse
+    early reflections, then a tail that builds up over tens of milliseconds, darker as it decays."""
+    start = int(predelay * rate)
+    n = start + int(rt60 * rate)
+    ir = np.zeros(n)
+    tail = _diffuse_tail(rng, n - start, rate, rt60, rt60 * float(rng.uniform(0.4, 0.6)), high_gain=0.7)
+    t = np.arange(n - start) / rate
+    ir[start:] = tail * (1 - np.exp(-t / float(rng.uniform(0.02, 0.05))))
+    level = np.sqrt(np.mean(tail[: rate // 10] ** 2))
+    for _ in range(8):  # single samples 4-12 times the tail's RMS: distinct above the diffuse sound
+        at = start + int(rng.uniform(0.0, 0.08) * rate)
+        ir[at] += rng.uniform(4, 12) * level * rng.choice([-1, 1])
+    return (ir / np.sqrt(np.sum(ir**2))).astype(np.float32)
+
+
+def plate_response(rng: np.random.Generator, rt60: float, rate: int) -> np.ndarray:
+    """A plate's reverberation (no direct sound): dense from the first sample, no discrete
+    reflections, bright (its highs ring almost as long as its lows, and louder)."""
+    n = int(rt60 * rate)
+    ir = _diffuse_tail(rng, n, rate, rt60, rt60 * float(rng.uniform(0.8, 1.0)), high_gain=1.5)
+    return (ir / np.sqrt(np.sum(ir**2))).astype(np.float32)
+
+
+REVERBS = ("room", "hall", "plate", "dry")
+
+
+def response(kind: str, rt60: float, rate: int, seed: int, predelay: float = 0.0) -> np.ndarray | None:
+    """The impulse response of reverb ``kind`` (one of :data:`REVERBS`); None for dry."""
+    rng = np.random.default_rng(seed)
+    if kind == "room":
+        return impulse_response(rng, rt60, rate)
+    if kind == "hall":
+        return hall_response(rng, rt60, predelay, rate)
+    if kind == "plate":
+        return plate_response(rng, rt60, rate)
+    if kind == "dry":
+        return None
+    raise ValueError(f"no reverb {kind!r}: one of {', '.join(REVERBS)}")
 
 
 def reverb(x: np.ndarray, ir: np.ndarray, wet: float) -> np.ndarray:
