@@ -150,3 +150,30 @@ def test_system_config_round_trips_through_a_dict():
 def test_mismatched_fbank_and_ast_shapes_are_refused():
     with pytest.raises(ValueError, match="frames"):
         SystemConfig(ast=TINY_AST, fbank=FbankConfig())
+
+
+def test_musicnn_pool_features_feed_the_mapper_and_keep_the_backbone_output():
+    """features="pool": the mapper reads the 1,506 pooled mid-end features; the backbone's own
+    logits (forward_head on them) are the dense model's, exactly; the default stays out of the
+    record so v1 records are unchanged."""
+    from mictag.backbones.musicnn import MusicnnConfig, build_musicnn
+
+    torch.manual_seed(0)
+    dense = build_musicnn(MusicnnConfig()).eval()
+    pool = build_musicnn(MusicnnConfig(features="pool")).eval()
+    pool.load_state_dict(dense.state_dict())
+    x = torch.randn(3, 187, 96)
+    with torch.inference_mode():
+        features = pool.forward_features(x)
+        assert features.shape == (3, 1506) and pool.hidden_size == 1506
+        assert torch.allclose(pool.forward_head(features), dense(x), atol=1e-5)
+        assert torch.allclose(pool(x), dense(x), atol=1e-5)
+    assert "features" not in MusicnnConfig().to_dict()
+    assert MusicnnConfig.from_dict(MusicnnConfig(features="pool").to_dict()).features == "pool"
+    cfg = SystemConfig(backbone="musicnn", musicnn=MusicnnConfig(features="pool"), mapper="mlp",
+                       mapper_options={"hidden": 64})
+    model = build_system(cfg)
+    assert model.num_trainable() == 2 * 1506 + 1506 * 64 + 64 + 64 * 20 + 20
+    assert SystemConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="pool"):
+        MusicnnConfig(architecture="vgg", features="pool")

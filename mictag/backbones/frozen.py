@@ -109,8 +109,10 @@ def musicnn_tags(source: str | os.PathLike, path: Path) -> str:
     return "MSD" if ":MSD_" in recorded else "MTT"
 
 
-def load_backbone(kind: str, source: str | os.PathLike, input_frames: int | None = None) -> nn.Module:
-    """A frozen backbone with its pretrained weights."""
+def load_backbone(kind: str, source: str | os.PathLike, input_frames: int | None = None,
+                  features: str = "dense") -> nn.Module:
+    """A frozen backbone with its pretrained weights (musicnn: giving the ``features`` its mappers
+    read, see :class:`~mictag.backbones.musicnn.MusicnnConfig`)."""
     if check_kind(kind) == "musicnn":
         from mictag.backbones.musicnn import MusicnnConfig, load_musicnn
         from mictag.backbones.musicnn_weights import load_weights
@@ -122,7 +124,7 @@ def load_backbone(kind: str, source: str | os.PathLike, input_frames: int | None
             weights = load_file(str(path))
         else:
             weights = load_weights(str(source))  # checked against the manifest's sha256
-        cfg = MusicnnConfig(tags=musicnn_tags(source, path))
+        cfg = MusicnnConfig(tags=musicnn_tags(source, path), features=features)
         return load_musicnn(weights, cfg if input_frames is None else replace(cfg, frames=input_frames))
     from mictag.backbones.ast_checkpoints import load_ast
 

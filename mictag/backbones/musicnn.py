@@ -29,6 +29,7 @@ TF_BN_EPS = 1e-3
 
 
 ARCHITECTURES = ("musicnn", "vgg")
+FEATURES = ("dense", "pool")
 VGG_POOLS = (((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((4, 4), (4, 4)))
 
 
@@ -42,13 +43,22 @@ class MusicnnConfig:
     architecture: str = "musicnn"  # or "vgg" (MTT_vgg, MSD_vgg)
     vgg_filters: int = 128
     tags: str = "MTT"  # what the 50 outputs are: MagnaTagATune tags, or "MSD" (Million Song Dataset)
+    # What forward_features gives the mappers (musicnn only): "dense", the 200-d layer before the
+    # output, or "pool", the 1,506 max/mean-pooled mid-end features that layer reads.
+    features: str = "dense"
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown musicnn architecture {self.architecture!r}; choose {', '.join(ARCHITECTURES)}")
+        if self.features not in FEATURES or (self.features == "pool" and self.architecture != "musicnn"):
+            raise ValueError(f"musicnn features must be dense or pool (pool: the musicnn architecture only), "
+                             f"not {self.features!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.features == "dense":
+            del d["features"]  # the default: records written before it existed stay the same
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "MusicnnConfig":
@@ -76,7 +86,7 @@ class MusicnnConfig:
         if self.architecture == "vgg":
             h, w = self.vgg_grid
             return h * w * self.vgg_filters
-        return self.units_backend
+        return self.pooled_features if self.features == "pool" else self.units_backend
 
 
 def _bn2d(c: int) -> nn.BatchNorm2d:
@@ -128,12 +138,12 @@ class MusicnnBackbone(nn.Module):
         return [self.out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
 
 
 class Musicnn(MusicnnBackbone):
     """(B, frames, n_mels) -> logits (B, num_classes); ``forward_features`` gives the 200-d
-    penultimate layer."""
+    penultimate layer, or with ``cfg.features == "pool"`` the 1,506 pooled features before it."""
 
     def __init__(self, cfg: MusicnnConfig = MusicnnConfig()):
         super().__init__()
@@ -168,7 +178,13 @@ class Musicnn(MusicnnBackbone):
             feats.append(h)
         mid = torch.cat(feats, dim=1)  # (B, 753, T)
         pooled = torch.stack([mid.amax(dim=2), mid.mean(dim=2)], dim=2).flatten(1)  # max/mean interleaved
+        return pooled if self.cfg.features == "pool" else self.dense_layer(pooled)
+
+    def dense_layer(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.bn_dense(torch.relu(self.dense(self.bn_pool(pooled))))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dense_layer(features) if self.cfg.features == "pool" else features)
 
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from mictag.backbones.frozen import backbone_reference, load_backbone, same_weights
+from mictag.backbones.frozen import backbone_reference, same_weights
 from mictag.digest import file_digest
 from mictag.errors import CheckpointError
-from mictag.model.system import SystemConfig, build_system
+from mictag.model.system import SystemConfig, build_system, frozen_backbone
 from mictag.runtime.shipped import TAGGERS_DIR, built_name, provenance, weights_path
 from mictag.train.checkpoint import read_model, trained_state
 
@@ -68,7 +68,7 @@ def load_shipped(name: str, source: str | os.PathLike | None = None) -> tuple[to
     weights_file = weights_path(name)
     if file_digest(weights_file) != record["weights"]["sha256"]:
         raise CheckpointError(f"{weights_file} does not match its record (sha256): reinstall mictag")
-    model = build_system(cfg, backbone=load_backbone(cfg.backbone, source))
+    model = build_system(cfg, backbone=frozen_backbone(cfg, source))
     weights = load_file(str(weights_file))
     expected = trained_state(model)
     if set(weights) != set(expected):

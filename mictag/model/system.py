@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mictag.backbones.ast import AST, ASTConfig
-from mictag.backbones.frozen import check_kind, frontend_for, openmic_source_map, source_labels
+from mictag.backbones.frozen import check_kind, frontend_for, load_backbone, openmic_source_map, source_labels
 from mictag.backbones.musicnn import MusicnnConfig, build_musicnn
 from mictag.frontends import FbankConfig, MusicnnMelConfig, frontend_from_dict
 from mictag.labels import OPENMIC_LABELS
@@ -103,6 +103,14 @@ def default_source_map(cfg: SystemConfig) -> dict[str, tuple[int, ...]] | None:
         return None  # MSD's tags are genres and moods: no map to instruments
     table = openmic_source_map(cfg.backbone)
     return table if all(label in table for label in cfg.labels) else None
+
+
+def frozen_backbone(cfg: SystemConfig, source) -> nn.Module:
+    """The pretrained backbone at ``source``, shaped as the system reads it (input frames, and
+    which musicnn features)."""
+    if cfg.backbone == "musicnn":
+        return load_backbone("musicnn", source, input_frames=cfg.musicnn.frames, features=cfg.musicnn.features)
+    return load_backbone("ast", source, input_frames=cfg.ast.input_frames)
 
 
 def new_backbone(cfg: SystemConfig) -> nn.Module:

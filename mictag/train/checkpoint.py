@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from mictag import __version__
-from mictag.backbones.frozen import load_backbone, same_weights
+from mictag.backbones.frozen import same_weights
 from mictag.errors import CheckpointError
-from mictag.model.system import SystemConfig, build_system
+from mictag.model.system import SystemConfig, build_system, frozen_backbone
 
 FORMAT = "mictag-model"
 FORMAT_VERSION = 1
@@ -85,8 +85,7 @@ def load_model(path: str | os.PathLike, source: str | os.PathLike | None = None,
                 raise CheckpointError(
                     f"{path} was trained on the frozen {cfg.backbone.replace('ast', 'AST')} {ref.get('file')} (sha256 {ref['sha256'][:12]}...), "
                     f"but {source} has sha256 {actual[:12]}...: pass the original backbone with {option}")
-        frames = cfg.backbone_config.frames if cfg.backbone == "musicnn" else cfg.ast.input_frames
-        backbone = load_backbone(cfg.backbone, source, input_frames=frames)
+        backbone = frozen_backbone(cfg, source)
     model = build_system(cfg, backbone=backbone)
     expected = trained_state(model)
     weights = payload["weights"]
