@@ -170,6 +170,7 @@ def train_run(args, name: str, labels: str, seed: int, splits: Splits, cross: li
            "seconds": time.perf_counter() - t0, "best_epoch": result["metrics"]["best_epoch"],
            "val_macro_f1": result["metrics"]["val_macro_f1"], "model": _relative(result["model"], args.work),
            "epoch_seconds": [h["seconds"] for h in result["history"]],
+           "val_history": [h["val_macro_f1"] for h in result["history"]],  # the budget curve
            "test": summary(present_report(splits.labels, test, test_scores)),
            "test_tuned_macro_f1": result["metrics"]["test_tuned_thresholds"]["macro_f1"],
            "test_expressible": present_report(splits.labels, test, test_scores, expressible).summary()}

@@ -56,14 +56,15 @@ def built_name(name: str, backbone_sha256: str) -> str:
 
 
 def summary(record: dict) -> str:
-    """One line: the system, its corpus, and its test scores."""
+    """One line: the system, its version, and its test scores (corpus test, real recordings, and
+    the held-out sample family where measured)."""
     m = record.get("metrics", {})
-    test = m.get("test", {})
-    cross = m.get("cross_domain", {})
-    parts = [f"{record.get('system_name', '?')}, {len(record.get('labels', []))} labels, "
+    nan = float("nan")
+    version = f"version {record['version']}, " if "version" in record else ""
+    parts = [f"{version}{record.get('system_name', '?')}, {len(record.get('labels', []))} labels, "
              f"{record.get('trainable', 0):,} trained parameters"]
-    if test:
-        parts.append(f"corpus test macro F1 {test.get('macro_f1', float('nan')):.3f}, mAP {test.get('mAP', float('nan')):.3f}")
-    if cross:
-        parts.append(f"real recordings macro F1 {cross.get('macro_f1', float('nan')):.3f}")
+    for key, what in (("test", "corpus test"), ("cross_domain", "real recordings"),
+                      ("held_out_family", "held-out sample family")):
+        if m.get(key):
+            parts.append(f"{what} macro F1 {m[key].get('macro_f1', nan):.3f}, mAP {m[key].get('mAP', nan):.3f}")
     return "; ".join(parts)

@@ -1,0 +1,437 @@
+"""The v2 study for the shipped musicnn tagger: which frozen networks, which mapper, which training
+target and which thresholds make tags that hold on recordings the model never heard.
+
+    python experiments/musicnn_features.py --data CORPUS --name corpus --out FEATS
+    python experiments/musicnn_features.py --data REAL --name real --out FEATS
+    python experiments/musicnn_features.py --data HELDOUT --name heldout --out FEATS
+    python experiments/musicnn_v2.py --feats FEATS --corpus CORPUS --real REAL --seeds 3
+
+Everything is scored per FILE as the scan scores it: every 3-s window of the file (the scan's
+window rule), the window's sigmoid, the maximum over windows (the scan's default aggregate).
+
+Data and how it is kept apart:
+- corpus: mictag's generated corpus (train / val / test by source);
+- real: sonic-pi and lmms one-shot recordings, each clip one instrument (so all 20 labels are
+  known). A clip whose take the corpus's training clips play may train ("real-train"); takes
+  that only validation clips play select ("real-val"); takes that only test clips play are the
+  real test ("real-test"), never used for training or selection;
+- heldout: clips rendered from a sample family no corpus source comes from (the csound GS bank,
+  ``mictag corpus build --packages csound-soundfont``), test only.
+
+Systems (a mapper on per-window features of frozen networks): the shipped v1 tagger as it is, and
+mappers trained on each feature set, with the v1 target (every window of a clip carries the
+clip's labels) or the scan's own (the file's maximum over windows, a multiple-instance loss).
+Threshold rules: per label on the corpus validation split, on the corpus and real validation
+together, or a single 0.5. Selection: validation only (the mean of corpus-val and real-val macro
+F1); the tables report every test set. Results: benchmarks/results/musicnn-v2-study.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mictag.corpus.recordings import take
+from mictag.cpu import cpu_info
+from mictag.labels import OPENMIC_LABELS
+from mictag.train.metrics import evaluate, tune_thresholds
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+FEATURE_SETS = {
+    "MTT-musicnn": [("MTT_musicnn", "pen")],
+    "MSD-musicnn": [("MSD_musicnn", "pen")],
+    "MTT-vgg": [("MTT_vgg", "pen")],
+    "MSD-vgg": [("MSD_vgg", "pen")],
+    "MTT-musicnn-pool": [("MTT_musicnn", "pool")],
+    "vgg-both": [("MTT_vgg", "pen"), ("MSD_vgg", "pen")],
+    "musicnn-both": [("MTT_musicnn", "pen"), ("MSD_musicnn", "pen")],
+    "all-four": [("MTT_musicnn", "pen"), ("MSD_musicnn", "pen"), ("MTT_vgg", "pen"), ("MSD_vgg", "pen")],
+    "all-four+logits": [("MTT_musicnn", "pen"), ("MSD_musicnn", "pen"), ("MTT_vgg", "pen"), ("MSD_vgg", "pen"),
+                        ("MTT_musicnn", "logits"), ("MSD_musicnn", "logits"), ("MTT_vgg", "logits"),
+                        ("MSD_vgg", "logits")],
+}
+
+
+class Data:
+    """One feature set's windows, files and labels for one named data set."""
+
+    def __init__(self, feats: Path, name: str, parts: list[tuple[str, str]]):
+        index = np.load(feats / name / "index.npz")
+        self.window_file = index["window_file"]
+        self.files = [str(f) for f in index["files"]]
+        self.splits = [str(s) for s in index["splits"]]
+        self.y = index["y"]
+        self.x = np.concatenate([np.load(feats / name / f"{net}.npz")[what] for net, what in parts], axis=1)
+
+    def subset(self, keep: np.ndarray) -> "Subset":
+        return Subset(self, np.flatnonzero(keep))
+
+
+class Subset:
+    """Some files of a Data: their windows as a padded (files, windows, features) tensor."""
+
+    def __init__(self, data: Data, files: np.ndarray):
+        self.files = files
+        self.y = data.y[files]
+        per = [np.flatnonzero(data.window_file == f) for f in files]
+        w = max((len(p) for p in per), default=1)
+        self.x = np.zeros((len(files), w, data.x.shape[1]), np.float32)
+        self.mask = np.zeros((len(files), w), bool)
+        for i, p in enumerate(per):
+            self.x[i, :len(p)] = data.x[p]
+            self.mask[i, :len(p)] = True
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def join(*subsets: Subset) -> Subset:
+    out = object.__new__(Subset)
+    w = max(s.x.shape[1] for s in subsets)
+    pad = lambda a, fill: np.pad(a, [(0, 0), (0, w - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
+    out.files = np.concatenate([s.files for s in subsets])
+    out.y = np.concatenate([s.y for s in subsets])
+    out.x = np.concatenate([pad(s.x, 0) for s in subsets])
+    out.mask = np.concatenate([pad(s.mask, False) for s in subsets])
+    return out
+
+
+class Mapper(nn.Module):
+    """LayerNorm + Linear (v1's head), or LayerNorm + a hidden layer ("mlp": 256 units, "mlp64": 64),
+    as :class:`mictag.model.mappers.MLPMapper`."""
+
+    def __init__(self, d: int, kind: str, hidden: int = 256, dropout: float = 0.3):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        if kind == "head":
+            self.body = nn.Linear(d, len(OPENMIC_LABELS))
+        else:
+            hidden = 64 if kind == "mlp64" else hidden
+            self.body = nn.Sequential(nn.Dropout(0.1), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout),
+                                      nn.Linear(hidden, len(OPENMIC_LABELS)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.norm(x))
+
+
+def file_scores(model: nn.Module, s: Subset) -> np.ndarray:
+    """The scan's file scores: max over the file's windows of the window's sigmoid."""
+    model.eval()
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(s.x))
+        logits = logits.masked_fill(~torch.from_numpy(s.mask)[..., None], -torch.inf)
+        return torch.sigmoid(logits.amax(1)).numpy()
+
+
+def train(train_set: Subset, val_sets: list[Subset], kind: str, target: str, seed: int, epochs: int,
+          lr: float = 1e-3, batch: int = 32, weight_decay: float = 1e-4) -> tuple[nn.Module, dict]:
+    """A mapper trained on ``train_set``; the epoch with the best mean validation mAP is kept."""
+    torch.manual_seed(seed)
+    model = Mapper(train_set.x.shape[2], kind)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    x, mask = torch.from_numpy(train_set.x), torch.from_numpy(train_set.mask)
+    y = torch.from_numpy(np.nan_to_num(train_set.y, nan=0.0))
+    known = torch.from_numpy(~np.isnan(train_set.y)).float()
+    rng = np.random.default_rng(seed)
+    best = (-1.0, 0, None)
+    for epoch in range(epochs):
+        model.train()
+        for idx in np.array_split(rng.permutation(len(train_set)), max(1, len(train_set) // batch)):
+            idx = torch.from_numpy(idx)
+            logits = model(x[idx])
+            m = mask[idx]
+            if target == "mil":
+                out = logits.masked_fill(~m[..., None], -1e4).amax(1)
+                loss = (nn.functional.binary_cross_entropy_with_logits(out, y[idx], reduction="none") * known[idx]).mean()
+            else:
+                per = nn.functional.binary_cross_entropy_with_logits(
+                    logits, y[idx][:, None].expand_as(logits), reduction="none")
+                weight = (m[..., None] * known[idx][:, None]).float()
+                loss = (per * weight).sum() / weight.sum().clamp(min=1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+        score = float(np.mean([mean_ap(s, file_scores(model, s)) for s in val_sets]))
+        if score > best[0]:
+            best = (score, epoch + 1, {k: v.clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[2])
+    return model, {"best_epoch": best[1], "val_map": best[0]}
+
+
+def mean_ap(s: Subset, scores: np.ndarray) -> float:
+    return evaluate(OPENMIC_LABELS, np.nan_to_num(s.y), ~np.isnan(s.y), scores).mean_ap
+
+
+def report(s: Subset, scores: np.ndarray, thresholds) -> dict:
+    r = evaluate(OPENMIC_LABELS, np.nan_to_num(s.y), ~np.isnan(s.y), scores, thresholds)
+    present = np.nansum(s.y, 0) > 0
+    return {"macro_f1": r.macro_f1, "present_macro_f1": float(np.nanmean(r.f1_macro[present])),
+            "map": r.mean_ap, "per_label_f1": dict(zip(OPENMIC_LABELS, map(float, r.f1_macro))),
+            "tagged_share": dict(zip(OPENMIC_LABELS, map(float, (scores >= np.broadcast_to(thresholds, (20,))).mean(0)))),
+            "files": len(s)}
+
+
+def take_roles(corpus: Path) -> dict[str, str]:
+    """take -> train | val | test for the takes only one corpus split plays (train wins over the rest)."""
+    used = {"train": set(), "val": set(), "test": set()}
+    for line in (corpus / "clips.jsonl").read_text("utf-8").splitlines():
+        clip = json.loads(line)
+        for part in clip["parts"]:
+            used[clip["split"]].add(take(part["source"]))
+    roles = {t: "train" for t in used["train"]}
+    roles.update({t: "val" for t in used["val"] - used["train"] - used["test"]})
+    roles.update({t: "test" for t in used["test"] - used["train"] - used["val"]})
+    return roles
+
+
+def real_roles(real: Path, corpus: Path) -> dict[str, str]:
+    """clip file -> its role (see the module docstring); clips of takes two splits play: none."""
+    roles = take_roles(corpus)
+    report_ = json.loads((real / "report.json").read_text("utf-8"))
+    out = {}
+    for source in report_["sources"]:
+        role = roles.get(source["take"], "unused")
+        for clip in source["clips"]:
+            out[clip] = role
+    return out
+
+
+def v1_model(d: int) -> nn.Module:
+    """The shipped v1 tagger's mapper (musicnn-openmic20, LayerNorm + Linear on MTT musicnn's 200)."""
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parent.parent / "mictag" / "data" / "taggers"
+    w = load_file(str(root / "musicnn-openmic20.safetensors"))
+    model = Mapper(d, "head")
+    model.norm.load_state_dict({"weight": w["mapper.norm.weight"], "bias": w["mapper.norm.bias"]})
+    model.body.load_state_dict({"weight": w["mapper.linear.weight"], "bias": w["mapper.linear.bias"]})
+    model.norm.eps = 1e-5
+    return model
+
+
+def slug(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in key)
+
+
+SHIPPABLE_SETS = {"MTT-musicnn": "dense", "MTT-musicnn-pool": "pool"}  # one network: the scan's cost stays
+
+
+def shippable(run: dict) -> bool:
+    return run.get("features") in SHIPPABLE_SETS
+
+
+def ship(key: str, results: dict, models: Path, args) -> None:
+    """Package run ``key`` ("<run> | thresholds <rule>") as the shipped musicnn-openmic20 (version 2):
+    its mapper on the frozen MTT musicnn, the rule's thresholds, and the study's record. The scores
+    users get are measured afterwards through `mictag scan` (--measure)."""
+    from mictag.backbones.frozen import backbone_reference
+    from mictag.backbones.musicnn import MusicnnConfig
+    from mictag.export.shipped import package
+    from mictag.model.system import SystemConfig, build_system, frozen_backbone
+    from mictag.train.checkpoint import save_model
+
+    run = results["runs"][key]
+    if not shippable(run):
+        raise SystemExit(f"{key}: only a mapper on one network ships ({', '.join(SHIPPABLE_SETS)}); the scan's cost "
+                         "would grow with every network added")
+    state = torch.load(models / f"{slug(key.split(' | thresholds ')[0])}.pt", weights_only=True)
+    options = {"hidden": 64} if run["mapper"] == "mlp64" else {}
+    cfg = SystemConfig(backbone="musicnn", musicnn=MusicnnConfig(features=SHIPPABLE_SETS[run["features"]]),
+                       mapper="head" if run["mapper"] == "head" else "mlp", mapper_options=options)
+    model = build_system(cfg, backbone=frozen_backbone(cfg, "MTT_musicnn")).eval()
+    if run["mapper"] == "head":
+        state = {k.replace("body.", "linear."): v for k, v in state.items()}
+    model.mapper.load_state_dict(state)
+    study = Mapper(model.backbone.hidden_size, run["mapper"]).eval()
+    study.load_state_dict(torch.load(models / f"{slug(key.split(' | thresholds ')[0])}.pt", weights_only=True))
+    probe = torch.randn(8, model.backbone.hidden_size)
+    with torch.inference_mode():
+        if not torch.allclose(model.mapper(probe), study(probe), atol=1e-5):
+            raise SystemExit("the packaged mapper does not compute what the study trained")
+    recipe = {"name": "v2-study", "optimizer": "AdamW", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32,
+              "epochs": args.epochs, "schedule": "cosine", "best_epoch_by": "mean validation mAP (corpus-val, real-val)",
+              "target": run["target"], "seed": run["seed"], "trained_on": run["trained_on"],
+              "features": "per window as the scan cuts them (3 s, no overlap, last window padded)"}
+    sets = [k for k in run if isinstance(run[k], dict) and "macro_f1" in run[k]]
+    study_metrics = {name: {m: run[name][m] for m in ("macro_f1", "present_macro_f1", "map", "files")} for name in sets}
+    table = {k: v["selection"] for k, v in results["runs"].items()}
+    corpora = {}
+    for name in run["trained_on"]:
+        spec = args.corpus if name == "corpus" else args.real if name == "real" else args.feats.parent / name
+        info = spec / "corpus.json"
+        if info.is_file():
+            report = json.loads(info.read_text("utf-8"))
+            corpora[name] = {"recipe_digest": report["recipe_digest"], "spec": report["spec"]}
+        else:
+            corpora[name] = {"what": "real one-shot recordings (experiments/real_instruments.py), takes only "
+                                     "corpus-train clips play"}
+    record = {
+        "version": 2,
+        "description": "musicnn (MTT), frozen; a mapper on its pooled features trained for the 20 OpenMIC classes on "
+                       "mictag's generated corpus, with thresholds chosen on corpus and real-recording validation",
+        "corpus": corpora.get("corpus"), "trained_on": corpora, "seed": run["seed"],
+        "selection": {"rule": "best selection score: mean of the corpus-val and real-val macro F1 (20 labels, file "
+                              "scores as the scan makes them), over runs of one-network systems",
+                      "run": key, "scores": table, "experiment": args.out.name},
+        "thresholds_tuned_on": key.split(" | thresholds ")[1],
+        "study_metrics": study_metrics,
+    }
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        model_file = save_model(Path(tmp) / "model.pt", model, cfg, backbone_reference("musicnn", "MTT_musicnn"),
+                                run["thresholds"], recipe, study_metrics)
+        path = package(model_file, "musicnn-openmic20", run["thresholds"], record)
+    print(f"packaged {key} as musicnn-openmic20 version 2: {path}")
+
+
+def measure(args, roles: dict[str, str], v1: Path | None) -> None:
+    """The shipped tagger's scores as users get them: `mictag models pull musicnn` builds it, `mictag
+    scan` tags the corpus's test split, the real-test recordings and the held-out family, and the
+    tags it wrote are scored (experiments/scan_metrics.py). Written into the tagger's record as
+    ``metrics``, beside v1's (``v1``: a folder of v1 scans named like these, if given)."""
+    import subprocess
+    import tempfile
+
+    from scan_metrics import metrics as scan_metrics
+
+    from mictag.runtime.shipped import provenance_path
+
+    subprocess.run(["mictag", "models", "pull", "musicnn"], check=True)
+    real_test = {f for f, r in roles.items() if r == "test"}
+    targets = {"test": (args.corpus, args.corpus / "audio" / "test", None),
+               "cross_domain": (args.real, args.real / "audio", real_test)}
+    if args.heldout:
+        targets["held_out_family"] = (args.heldout, args.heldout / "audio", None)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (data, root, files) in targets.items():
+            csv_path = Path(tmp) / f"{name}.csv"
+            subprocess.run(["mictag", "scan", str(root), "--backbone", "musicnn", "--out", str(csv_path)], check=True)
+            m = scan_metrics(csv_path, data, root, None, files)
+            out[name] = {"macro_f1": m["macro_f1"], "present_macro_f1": m["present_macro_f1"], "mAP": m["map"],
+                         "files": m["files"], "per_label_f1": m["per_label_f1"], "per_label_ap": m["per_label_ap"],
+                         "tagged_share": m["tagged_share"], "truth_share": m["truth_share"]}
+            if v1 and (v1 / f"{name}.csv").is_file():
+                old = scan_metrics(v1 / f"{name}.csv", data, root, None, files)
+                out[name]["v1"] = {"macro_f1": old["macro_f1"], "present_macro_f1": old["present_macro_f1"],
+                                   "mAP": old["map"], "per_label_f1": old["per_label_f1"]}
+    path = provenance_path("musicnn-openmic20")
+    record = json.loads(path.read_text("utf-8"))
+    record["metrics"] = {**out, "measured_with": "mictag scan --backbone musicnn (auto engine), tags as written",
+                         "cpu": cpu_info().describe()}
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    for name, m in out.items():
+        before = f" (v1 {m['v1']['macro_f1']:.3f} / {m['v1']['mAP']:.3f})" if "v1" in m else ""
+        print(f"{name}: macro F1 {m['macro_f1']:.3f}, mAP {m['mAP']:.3f}{before}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--feats", type=Path, required=True)
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--real", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--sets", nargs="*", default=list(FEATURE_SETS))
+    parser.add_argument("--mappers", nargs="*", default=["head", "mlp"])
+    parser.add_argument("--targets", nargs="*", default=["window", "mil"])
+    parser.add_argument("--train", nargs="+", default=["corpus"],
+                        help="data sets whose training split trains: corpus, real (its real-train clips), or "
+                             "another corpus's features (e.g. corpus2)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "musicnn-v2-study.json")
+    parser.add_argument("--models", type=Path, default=None, help="where each run's mapper is saved (default: FEATS/models)")
+    parser.add_argument("--ship", default=None, metavar="RUN",
+                        help="package this run (a key of the results, with its thresholds rule) as musicnn-openmic20")
+    parser.add_argument("--measure", action="store_true", help="score the shipped tagger through mictag scan")
+    parser.add_argument("--heldout", type=Path, default=None, help="the held-out family's folder (for --measure)")
+    parser.add_argument("--v1-scans", type=Path, default=None, help="v1's scans of the same folders (for --measure)")
+    parser.add_argument("--choose", action="store_true",
+                        help="print the shippable run with the best selection score (validation only)")
+    args = parser.parse_args(argv)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
+    models = args.models or args.feats / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    if args.choose:
+        saved = [k for k, run in results["runs"].items()
+                 if shippable(run) and (models / f"{slug(k.split(' | thresholds ')[0])}.pt").is_file()]
+        best = max(saved, key=lambda k: results["runs"][k]["selection"])
+        print(f"{best}\tselection {results['runs'][best]['selection']:.4f} (of {len(saved)} shippable runs)")
+        return
+    if args.ship:
+        return ship(args.ship, results, models, args)
+    results.update({"cpu": cpu_info().describe(), "python": platform.python_version(), "torch": torch.__version__})
+    roles = real_roles(args.real, args.corpus)
+    if args.measure:
+        return measure(args, roles, args.v1_scans)
+    have_heldout = (args.feats / "heldout" / "index.npz").is_file()
+
+    def sets_for(parts):
+        corpus, real = Data(args.feats, "corpus", parts), Data(args.feats, "real", parts)
+        role = np.array([roles.get(f, "unused") for f in real.files])
+        split = np.array(corpus.splits)
+        out = {"corpus-train": corpus.subset(split == "train"), "corpus-val": corpus.subset(split == "val"),
+               "corpus-test": corpus.subset(split == "test"), "real-train": real.subset(role == "train"),
+               "real-val": real.subset(role == "val"), "real-test": real.subset(role == "test")}
+        if have_heldout:
+            held = Data(args.feats, "heldout", parts)
+            out["heldout"] = held.subset(np.ones(len(held.files), bool))
+        for extra in (name for name in args.train if name not in ("corpus", "real")):
+            more = Data(args.feats, extra, parts)
+            out[f"{extra}-train"] = more.subset(np.array(more.splits) == "train")
+        return out
+
+    def evaluate_all(model, sets, key, extra):
+        scores = {name: file_scores(model, s) for name, s in sets.items()}
+        rules = {"0.5": np.full(20, 0.5)}
+        v = sets["corpus-val"]
+        rules["corpus-val"] = tune_thresholds(np.nan_to_num(v.y), ~np.isnan(v.y), scores["corpus-val"])
+        mixed = join(sets["corpus-val"], sets["real-val"])
+        rules["corpus+real-val"] = tune_thresholds(np.nan_to_num(mixed.y), ~np.isnan(mixed.y),
+                                                   np.concatenate([scores["corpus-val"], scores["real-val"]]))
+        if "v1" in extra:
+            rules["v1-shipped"] = np.asarray(extra.pop("v1"))
+        for rule, thr in rules.items():
+            entry = {**extra, "thresholds": [float(t) for t in thr],
+                     **{name: report(s, scores[name], thr) for name, s in sets.items() if not name.endswith("-train")}}
+            entry["selection"] = float(np.mean([entry["corpus-val"]["macro_f1"], entry["real-val"]["macro_f1"]]))
+            results["runs"][f"{key} | thresholds {rule}"] = entry
+            print(f"{key:<48} {rule:<16} sel {entry['selection']:.3f}  corpus-test {entry['corpus-test']['macro_f1']:.3f}"
+                  f"/{entry['corpus-test']['map']:.3f}  real-test {entry['real-test']['macro_f1']:.3f}"
+                  f"/{entry['real-test']['present_macro_f1']:.3f}"
+                  + (f"  heldout {entry['heldout']['macro_f1']:.3f}/{entry['heldout']['map']:.3f}" if "heldout" in entry else ""),
+                  flush=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+    sets = sets_for(FEATURE_SETS["MTT-musicnn"])
+    print({k: len(v) for k, v in sets.items()})
+    v1 = v1_model(200)
+    shipped = json.loads((Path(__file__).resolve().parent.parent / "mictag/data/taggers/musicnn-openmic20.json").read_text())
+    evaluate_all(v1, sets, "v1 shipped (MTT-musicnn head, first-window target)", {"v1": shipped["thresholds"]})
+    for set_name in args.sets:
+        sets = sets_for(FEATURE_SETS[set_name])
+        train_set = join(*(sets[f"{name}-train"] for name in args.train))
+        for kind in args.mappers:
+            for target in args.targets:
+                for seed in range(args.seeds):
+                    key = f"{set_name} {kind} {target} seed {seed}" + "".join(f" +{n}" for n in args.train if n != "corpus")
+                    if any(k.startswith(key + " |") for k in results["runs"]):
+                        continue
+                    t0 = time.perf_counter()
+                    model, info = train(train_set, [sets["corpus-val"], sets["real-val"]], kind, target, seed, args.epochs)
+                    info["seconds"] = time.perf_counter() - t0
+                    torch.save(model.state_dict(), models / f"{slug(key)}.pt")
+                    info["trainable"] = sum(p.numel() for p in model.parameters())
+                    evaluate_all(model, sets, key, {**info, "features": set_name, "mapper": kind, "target": target,
+                                                    "seed": seed, "trained_on": args.train})
+
+
+if __name__ == "__main__":
+    main()
