@@ -215,3 +215,9 @@ def test_the_weights_digest_is_of_the_tensors_not_of_the_file(tmp_path):
     changed = dict(tensors, a=np.full(4, 2.0, np.float32))
     save_file(changed, str(tmp_path / "changed.safetensors"))
     assert tensor_digest(tmp_path / "changed.safetensors") != tensor_digest(first)
+    # The zero-training tagger is named by that digest too: a second `models pull musicnn` (the
+    # same wheel converted again) finds the tagger it built, instead of building and naming another.
+    from mictag.runtime.models import zero_training_path
+
+    assert zero_training_path("musicnn", first) == zero_training_path("musicnn", second)
+    assert zero_training_path("musicnn", first) != zero_training_path("musicnn", tmp_path / "changed.safetensors")

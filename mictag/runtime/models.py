@@ -73,6 +73,19 @@ def verify_hub_blob(weights: Path) -> str:
     return digest
 
 
+def zero_training_path(backbone: str, weights: Path) -> Path:
+    """Where the zero-training tagger of these backbone weights is built: named by the AST file's
+    sha256 (checked against its hub blob name), or by musicnn's tensor digest, which, unlike its
+    file's sha256, stays the same when `models pull musicnn` converts the wheel again."""
+    if backbone == "musicnn":
+        from mictag.backbones.musicnn_weights import tensor_digest
+
+        digest = tensor_digest(weights)
+    else:
+        digest = verify_hub_blob(weights)
+    return models_dir() / f"{_tagger_prefix(backbone)}{digest[:12]}.onnx"
+
+
 def wants_int8(int8: bool | None) -> bool:
     """Whether to build a tagger's int8 variant: asked, or where auto would run it (a CPU with int8
     dot products)."""
@@ -96,8 +109,7 @@ def build_default_tagger(source: str | os.PathLike, on_message=None, backbone: s
     from mictag.export.onnx import export_onnx, metadata
     from mictag.export.zero_training import zero_training_tagger
 
-    digest = verify_hub_blob(weights_file(backbone, source))
-    target = models_dir() / f"{_tagger_prefix(backbone)}{digest[:12]}.onnx"
+    target = zero_training_path(backbone, weights_file(backbone, source))
     if not target.is_file():
         if on_message:
             on_message(f"building the zero-training tagger from {source} (once; cached as {target})")
@@ -218,10 +230,7 @@ def default_musicnn_model(model: str = "MTT_musicnn", on_message=None) -> Path:
     """The zero-training tagger of a musicnn ``model`` converted by `mictag models pull musicnn`:
     found by its weights' sha256 (no torch needed), else built; with no weights, the error says
     how to get them."""
-    from mictag.digest import file_digest
-
-    weights = require_musicnn_weights(model)
-    built = models_dir() / f"{_tagger_prefix('musicnn')}{file_digest(weights)[:12]}.onnx"
+    built = zero_training_path("musicnn", require_musicnn_weights(model))
     return built if built.is_file() else build_default_tagger(model, on_message, backbone="musicnn")
 
 
