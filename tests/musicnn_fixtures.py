@@ -90,10 +90,10 @@ def package_fake_tagger(name: str, wheel, folder, seed: int = 3):
     import numpy as np
     import torch
 
-    from mictag.backbones.frozen import backbone_reference, load_backbone
+    from mictag.backbones.frozen import backbone_reference
     from mictag.backbones.musicnn_weights import pull
     from mictag.export.shipped import package
-    from mictag.model.system import SystemConfig, build_system
+    from mictag.model.system import SystemConfig, build_system, frozen_backbone
     from mictag.runtime import shipped
     from mictag.train.checkpoint import save_model
 
@@ -101,7 +101,7 @@ def package_fake_tagger(name: str, wheel, folder, seed: int = 3):
     record = shipped.provenance(name)
     cfg = SystemConfig.from_dict(record["system"])
     torch.manual_seed(seed)
-    model = build_system(cfg, backbone=load_backbone("musicnn", "MTT_musicnn"))
+    model = build_system(cfg, backbone=frozen_backbone(cfg, "MTT_musicnn"))
     with torch.no_grad():
         for p in model.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -37,7 +37,7 @@ def test_the_packaged_tagger_fits_its_system_with_20_labels_and_thresholds():
     assert tuple(record["labels"]) == OPENMIC_LABELS and len(record["thresholds"]) == 20
     assert all(0.0 < t < 1.0 for t in record["thresholds"])
     weights = shipped.weights_path(NAME)
-    assert file_digest(weights) == record["weights"]["sha256"] and weights.stat().st_size < 200_000
+    assert file_digest(weights) == record["weights"]["sha256"] and weights.stat().st_size < 1_000_000
     assert record["backbone"]["kind"] == "musicnn" and len(record["backbone"]["sha256"]) == 64
     assert record["corpus"]["recipe_digest"] and record["recipe"]["seed"] == record["seed"]
     assert record["metrics"]["test"]["macro_f1"] > 0.5 and "mean_validation_macro_f1" in record["selection"]
@@ -46,7 +46,9 @@ def test_the_packaged_tagger_fits_its_system_with_20_labels_and_thresholds():
     expected = trained_state(build_system(cfg))  # a random backbone of the recorded shape
     tensors = load_file(str(weights))
     assert {k: tuple(v.shape) for k, v in tensors.items()} == {k: tuple(v.shape) for k, v in expected.items()}
-    assert sum(v.size for v in tensors.values()) < 50_000  # kilobytes, not a backbone
+    # A mapper, not a backbone: under a fifth of the frozen musicnn's 790k weights (v2's mapper on
+    # the pooled features has 100,760; v1's head on the dense layer had 4,420).
+    assert sum(v.size for v in tensors.values()) < 150_000
 
 
 @pytest.fixture
