@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mictag.frontends import AST_FBANK  # noqa: E402
-from mictag.runtime.backends import Backend  # noqa: E402
+from mictag.runtime.engines.base import Backend  # noqa: E402
 from mictag.runtime.discovery import discover  # noqa: E402
 from mictag.runtime.pipeline import Scanner, ScanOptions  # noqa: E402
 

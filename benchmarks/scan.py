@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mictag.runtime.backends import open_backend  # noqa: E402
 from mictag.runtime.discovery import discover  # noqa: E402
-from mictag.runtime.pipeline import ScanOptions, decode_file  # noqa: E402
+from mictag.runtime.decode import decode_file  # noqa: E402
+from mictag.runtime.pipeline import ScanOptions  # noqa: E402
 from mictag.runtime.scan import run_scan  # noqa: E402
 
 FORMATS = ("mp3", "flac", "ogg", "m4a")

@@ -155,7 +155,7 @@ def main(argv=None) -> dict:
     diff_max = deviation["second"]["max_abs"]
     tags_changed = deviation["second"]["share_of_files_whose_tags_change"]
     ratio = {k: peer_s / v for k, v in runs.items()}
-    print(f"mictag / peer speed: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()) +
+    print("mictag / peer speed: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()) +
           f"; max |score - fp32| {diff_max:.4f}; tag sets changed in {100 * tags_changed:.1f}% of files", flush=True)
     return save_result("vs_peer" + ("-tiny" if args.tiny else ""), {
         "clips": len(files), "audio_seconds": seconds_audio, "model": "tiny AST" if args.tiny else "AudioSet AST (random weights)",

@@ -3,6 +3,8 @@ kernels, ``tf.compat.v1.layers`` names in build order), for tests that cannot do
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 BN_WIDTHS = (1, 204, 204, 51, 51, 51, 64, 64, 64, 1506, 200)  # batch_normalization, _1 ... _10

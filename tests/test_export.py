@@ -79,7 +79,7 @@ def test_metadata_is_complete_and_missing_metadata_is_refused(trained, tmp_path)
 
     meta = read_metadata(trained / "m.onnx")
     assert meta["labels"][0] == "accordion" and len(meta["thresholds"]) == 20
-    assert meta["sample_rate"] == 16000 and meta["window_samples"] == F.samples_for_frames(128)
+    assert meta["sample_rate"] == 16000 and meta["window_samples"] == F.samples_for_frames(128, F.AST_FBANK)
     assert meta["backbone"]["sha256"] and meta["recipe"]["name"] == "paper" and meta["mapper"] == "head"
     assert meta["variant"] == "waveform" and meta["mictag_version"]
     bare = onnx.load(str(trained / "m.onnx"))

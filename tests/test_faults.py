@@ -325,7 +325,7 @@ def test_the_python_api_ends_its_workers_when_the_caller_stops(setup):
 # -- 5. files that change under the scan ---------------------------------------------------------
 def test_a_file_deleted_after_listing_is_an_error_row_saying_so(tmp_path):
     from mictag.frontends import FbankConfig
-    from mictag.runtime.pipeline import decode_file
+    from mictag.runtime.decode import decode_file
 
     (message,) = decode_file(0, str(tmp_path / "gone.flac"), FbankConfig(target_frames=128), "fbank", 128, 1.0)
     assert message == ("error", 0, "the file was deleted after the library was listed")
@@ -333,7 +333,7 @@ def test_a_file_deleted_after_listing_is_an_error_row_saying_so(tmp_path):
 
 def test_a_file_still_being_written_is_partial_and_redone(tmp_path):
     from mictag.frontends import FbankConfig
-    from mictag.runtime.pipeline import decode_file
+    from mictag.runtime.decode import decode_file
 
     path = tmp_path / "growing.wav"
     x = (0.2 * np.random.default_rng(0).standard_normal(5 * 16000)).astype(np.float32)

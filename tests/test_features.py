@@ -60,7 +60,7 @@ def extractor():
 def test_numpy_matches_transformers_feature_extractor(name, extractor):
     w = SIGNALS[name].astype(np.float32)
     ref = extractor(w, sampling_rate=SR, return_tensors="np")["input_values"][0]
-    ours = F.model_input(w)
+    ours = F.model_input(w, F.AST_FBANK)
     assert ours.shape == ref.shape == (1024, 128)
     diff = np.abs(ours - ref)
     near_floor = ref < FLOOR_NORM + 3.0 / (2 * F.AST_FBANK.norm_std)
@@ -72,7 +72,7 @@ def test_numpy_matches_transformers_feature_extractor(name, extractor):
 @pytest.mark.parametrize("name", list(SIGNALS))
 def test_torch_matches_numpy(name):
     w = SIGNALS[name].astype(np.float32)
-    ours = F.model_input(w)
+    ours = F.model_input(w, F.AST_FBANK)
     with torch.no_grad():
         t = Fbank()(torch.from_numpy(w)[None], torch.tensor([len(w)]))[0].numpy()
     diff = np.abs(t - ours)
@@ -91,9 +91,9 @@ def test_torch_batched_items_are_independent_and_padded_by_valid_length():
     with torch.no_grad():
         out = Fbank()(torch.from_numpy(batch), torch.tensor(lengths)).numpy()
     for i, length in enumerate(lengths):
-        expect = F.model_input(batch[i, :length])
+        expect = F.model_input(batch[i, :length], F.AST_FBANK)
         np.testing.assert_allclose(out[i], expect, atol=1e-4, rtol=0)  # noise: no deep bands
-        valid = F.frame_count(length)
+        valid = F.frame_count(length, F.AST_FBANK)
         pad_value = -F.AST_FBANK.norm_mean / (2 * F.AST_FBANK.norm_std)  # 0 before normalisation
         np.testing.assert_allclose(out[i, valid:], pad_value, atol=1e-6)
 
@@ -130,11 +130,11 @@ def test_streaming_in_chunks_equals_one_shot(chunk):
     w = (0.3 * rng.standard_normal(3 * SR + 77)).astype(np.float32)
     if chunk == 1:
         w = w[:2000]  # one sample at a time is slow; the carry logic is the same
-    one_shot = F.log_mel(w)
-    stream = F.FbankStream()
+    one_shot = F.log_mel(w, F.AST_FBANK)
+    stream = F.FbankStream(F.AST_FBANK)
     pieces = [stream.push(w[i : i + chunk]) for i in range(0, len(w), chunk)]
     streamed = np.concatenate(pieces)
-    assert streamed.shape == one_shot.shape == (F.frame_count(len(w)), 128)
+    assert streamed.shape == one_shot.shape == (F.frame_count(len(w), F.AST_FBANK), 128)
     np.testing.assert_allclose(streamed, one_shot, atol=1e-4, rtol=0)  # BLAS blocking differs by shape
 
 
@@ -144,10 +144,10 @@ def test_windows_cut_from_the_frame_stream_equal_each_window_computed_alone():
     rng = np.random.default_rng(11)
     cfg = F.AST_FBANK
     w = (0.3 * rng.standard_normal(25 * SR)).astype(np.float32)
-    frames = F.log_mel(w)
-    hop = F.hop_frames(5.0)
+    frames = F.log_mel(w, F.AST_FBANK)
+    hop = F.hop_frames(5.0, F.AST_FBANK)
     for start in F.window_starts(frames.shape[0], hop, cfg.target_frames):
-        alone = F.log_mel(w[start * cfg.frame_shift : start * cfg.frame_shift + cfg.window_samples])
+        alone = F.log_mel(w[start * cfg.frame_shift : start * cfg.frame_shift + cfg.window_samples], F.AST_FBANK)
         sliced = frames[start : start + cfg.target_frames]
         np.testing.assert_allclose(sliced, alone, atol=1e-4, rtol=0)
 
@@ -155,9 +155,9 @@ def test_windows_cut_from_the_frame_stream_equal_each_window_computed_alone():
 def test_window_constants_and_rule():
     cfg = F.AST_FBANK
     assert cfg.window_samples == 164_080
-    assert F.frame_count(cfg.window_samples) == 1024
-    assert F.frame_count(cfg.window_samples - 1) == 1023
-    assert F.frame_count(399) == 0 and F.frame_count(400) == 1
+    assert F.frame_count(cfg.window_samples, F.AST_FBANK) == 1024
+    assert F.frame_count(cfg.window_samples - 1, F.AST_FBANK) == 1023
+    assert F.frame_count(399, F.AST_FBANK) == 0 and F.frame_count(400, F.AST_FBANK) == 1
     assert F.window_starts(0, 1024, 1024) == [0]
     assert F.window_starts(1024, 1024, 1024) == [0]
     assert F.window_starts(1025, 1024, 1024) == [0, 1024]
@@ -167,13 +167,13 @@ def test_window_constants_and_rule():
             starts = F.window_starts(total, hop, 1024)
             assert starts[-1] + 1024 >= total  # the end is covered
             assert len(starts) == 1 or starts[-2] + 1024 < total  # no window past the need
-    assert F.hop_frames(10.24) == 1024 and F.hop_frames(0.5) == 50
+    assert F.hop_frames(10.24, F.AST_FBANK) == 1024 and F.hop_frames(0.5, F.AST_FBANK) == 50
     with pytest.raises(ValueError):
-        F.hop_frames(0.005)
+        F.hop_frames(0.005, F.AST_FBANK)
 
 
 def test_constant_offset_is_removed_by_per_frame_dc_removal():
     """Why we skip AST's per-clip mean subtraction: it cannot change the fbank."""
     rng = np.random.default_rng(5)
     w = (0.2 * rng.standard_normal(SR)).astype(np.float32)
-    np.testing.assert_allclose(F.log_mel(w + 0.25), F.log_mel(w), atol=2e-3)
+    np.testing.assert_allclose(F.log_mel(w + 0.25, F.AST_FBANK), F.log_mel(w, F.AST_FBANK), atol=2e-3)

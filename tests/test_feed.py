@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from library import make_library
 from mictag import frontends as F
 from mictag.cli import main
-from mictag.runtime.backends import Backend
+from mictag.runtime.engines.base import Backend
 from mictag.runtime.decode_pool import SLOTS_PER_WORKER, DecodePool
 from mictag.runtime.discovery import discover
 from mictag.runtime.pipeline import Scanner, ScanOptions
@@ -280,7 +280,7 @@ class PipelinedProbe(ProbeBackend):
         self.outstanding = self.most_outstanding = 0
 
     def submit(self, x, valid):
-        from mictag.runtime.backends import Submitted
+        from mictag.runtime.engines.base import Submitted
 
         staged, counts = x.copy(), valid.copy()  # the caller may reuse x at once
         self.outstanding += 1

@@ -615,7 +615,7 @@ def test_batch_buckets():
 
 
 def test_submit_batch_serves_wrappers_that_only_run():
-    from mictag.runtime.backends import pipeline_depth, submit_batch
+    from mictag.runtime.engines.base import pipeline_depth, submit_batch
 
     class OnlyRun:  # like the int8 check, which wraps two backends
         def run(self, x, valid):

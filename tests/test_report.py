@@ -6,7 +6,6 @@ a screenshot kept as an artifact)."""
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import math
 import os

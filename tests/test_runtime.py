@@ -65,7 +65,7 @@ def test_streaming_an_hour_keeps_memory_bounded():
         n += 1
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert n == len(F.window_starts(F.frame_count(3600 * 16000), 1024, 1024))
+    assert n == len(F.window_starts(F.frame_count(3600 * 16000, cfg), 1024, 1024))
     assert peak < 40e6, f"peak {peak / 1e6:.1f} MB"
 
 

@@ -5,7 +5,6 @@ its own thresholds, equals the PyTorch system, and `--zero-training` keeps the 8
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pytest

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from mictag.corpus import instruments as I
-from mictag.corpus.midi import DRUM_CHANNEL, Note, Part, write_midi
+from mictag.corpus.midi import DRUM_CHANNEL, Part, write_midi
 from mictag.corpus.music import drum_pattern, line, new_song
 from mictag.corpus.room import impulse_response, mix, reverb, rms, tilt
 from mictag.errors import ConfigError

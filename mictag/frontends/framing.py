@@ -1,9 +1,9 @@
 """What every front end shares: snip-edges framing, the window rule, padding to the model's window,
 normalisation, centred edge padding and chunked streaming, in numpy for the CPU runtime.
 
-Each function takes a front-end config (:class:`~mictag.frontends.kaldi_fbank.FbankConfig` or
-:class:`~mictag.frontends.musicnn_mel.MusicnnMelConfig`): both fold their framing and DFT into one
-matrix and differ only in constants, edge padding and the compression of the mel energies.
+Each function takes a front-end config, always explicitly (:class:`~mictag.frontends.kaldi_fbank.FbankConfig`
+or :class:`~mictag.frontends.musicnn_mel.MusicnnMelConfig`): both fold their framing and DFT into
+one matrix and differ only in constants, edge padding and the compression of the mel energies.
 """
 
 from __future__ import annotations
@@ -12,22 +12,10 @@ import math
 
 import numpy as np
 
-from mictag.frontends.kaldi_fbank import AST_FBANK, FbankConfig
+from mictag.frontends.spectral import SpectralFrontEnd, frame_count
 
 
-def frame_count(num_samples: int | np.ndarray, cfg: FbankConfig = AST_FBANK):
-    """Kaldi snip_edges frame count: 1 + (n - frame_length) // frame_shift, or 0 if too short."""
-    n = np.asarray(num_samples)
-    count = np.where(n >= cfg.frame_length, (n - cfg.frame_length) // cfg.frame_shift + 1, 0)
-    return int(count) if count.ndim == 0 else count
-
-
-def samples_for_frames(num_frames: int, cfg: FbankConfig = AST_FBANK) -> int:
-    """Fewest samples that yield ``num_frames`` frames."""
-    return 0 if num_frames <= 0 else (num_frames - 1) * cfg.frame_shift + cfg.frame_length
-
-
-def hop_frames(hop_seconds: float, cfg: FbankConfig = AST_FBANK) -> int:
+def hop_frames(hop_seconds: float, cfg: SpectralFrontEnd) -> int:
     """A window hop in seconds as a whole number of frames (it must be a multiple of the shift)."""
     frames = hop_seconds * cfg.sample_rate / cfg.frame_shift
     rounded = round(frames)
@@ -51,7 +39,7 @@ def window_starts(total_frames: int, hop: int, window: int) -> list[int]:
     return [i * hop for i in range(1 + math.ceil((total_frames - window) / hop))]
 
 
-def log_mel(waveform: np.ndarray, cfg: FbankConfig = AST_FBANK) -> np.ndarray:
+def log_mel(waveform: np.ndarray, cfg: SpectralFrontEnd) -> np.ndarray:
     """Raw (un-normalised) log-mel frames of a mono waveform, snip-edges framing (a centred front
     end's edge padding is the caller's: see :class:`EdgePadder`): (frames, mel_bins).
 
@@ -72,7 +60,7 @@ def log_mel(waveform: np.ndarray, cfg: FbankConfig = AST_FBANK) -> np.ndarray:
     return cfg.compress(power @ cfg.mel_matrix_f32)
 
 
-def pad_frames(frames: np.ndarray, cfg: FbankConfig = AST_FBANK) -> tuple[np.ndarray, int]:
+def pad_frames(frames: np.ndarray, cfg: SpectralFrontEnd) -> tuple[np.ndarray, int]:
     """Cut or zero-pad (before normalisation) log-mel frames to ``target_frames``.
 
     Returns the padded (target_frames, mel_bins) array and the number of valid frames.
@@ -83,18 +71,18 @@ def pad_frames(frames: np.ndarray, cfg: FbankConfig = AST_FBANK) -> tuple[np.nda
     return out, valid
 
 
-def normalize(frames: np.ndarray, cfg: FbankConfig = AST_FBANK) -> np.ndarray:
+def normalize(frames: np.ndarray, cfg: SpectralFrontEnd) -> np.ndarray:
     """AudioSet normalisation: (fbank - mean) / (2 std)."""
     return ((frames - np.float32(cfg.norm_mean)) / np.float32(2.0 * cfg.norm_std)).astype(np.float32)
 
 
-def model_input(waveform: np.ndarray, cfg: FbankConfig = AST_FBANK) -> np.ndarray:
+def model_input(waveform: np.ndarray, cfg: SpectralFrontEnd) -> np.ndarray:
     """The normalised (target_frames, mel_bins) model input of one clip, exactly as in training."""
     padded, _ = pad_frames(log_mel(edge_padded(waveform, cfg), cfg), cfg)
     return normalize(padded, cfg)
 
 
-def edge_padded(waveform: np.ndarray, cfg: FbankConfig = AST_FBANK) -> np.ndarray:
+def edge_padded(waveform: np.ndarray, cfg: SpectralFrontEnd) -> np.ndarray:
     """A whole waveform with its front end's edge padding (none for Kaldi)."""
     padder = EdgePadder(cfg.edge_pad)
     return np.concatenate([padder.push(waveform), padder.finish()])
@@ -142,7 +130,7 @@ class FbankStream:
     shares with the next chunk are carried over, so nothing is computed twice.
     """
 
-    def __init__(self, cfg: FbankConfig = AST_FBANK):
+    def __init__(self, cfg: SpectralFrontEnd):
         self.cfg = cfg
         self._padder = EdgePadder(cfg.edge_pad)
         self._carry = np.zeros(0, dtype=np.float32)

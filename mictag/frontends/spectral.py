@@ -1,5 +1,6 @@
 """What both front-end configs are made of besides their constants and matrices: the bin count,
-the window in samples and seconds, (de)serialisation, and float32 copies of the matrices. Each
+the window in samples and seconds, (de)serialisation, and float32 copies of the matrices; and the
+snip-edges frame arithmetic (frames in n samples, samples for n frames) they and the framing use. Each
 config (a frozen dataclass) defines ``kind``, ``n_fft``, ``frame_shift``, ``sample_rate``,
 ``target_frames``, ``frame_matrix`` and ``mel_matrix``."""
 
@@ -9,6 +10,18 @@ from dataclasses import asdict
 from functools import cached_property
 
 import numpy as np
+
+
+def frame_count(num_samples: int | np.ndarray, cfg: "SpectralFrontEnd"):
+    """Kaldi snip_edges frame count: 1 + (n - frame_length) // frame_shift, or 0 if too short."""
+    n = np.asarray(num_samples)
+    count = np.where(n >= cfg.frame_length, (n - cfg.frame_length) // cfg.frame_shift + 1, 0)
+    return int(count) if count.ndim == 0 else count
+
+
+def samples_for_frames(num_frames: int, cfg: "SpectralFrontEnd") -> int:
+    """Fewest samples that yield ``num_frames`` frames."""
+    return 0 if num_frames <= 0 else (num_frames - 1) * cfg.frame_shift + cfg.frame_length
 
 
 class SpectralFrontEnd:
@@ -24,8 +37,6 @@ class SpectralFrontEnd:
     def window_samples(self) -> int:
         """Samples (of the edge-padded stream) that make exactly ``target_frames`` frames: 164,080
         for the AST, 48,128 for musicnn's 3 s."""
-        from mictag.frontends.framing import samples_for_frames  # framing's defaults import the configs
-
         return samples_for_frames(self.target_frames, self)
 
     @property

@@ -126,7 +126,7 @@ def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk
     if os.environ.get(KEEP_DECODER_STDERR, "") in ("", "0"):
         silence_native_stderr()
     if source is None:
-        from mictag.runtime.pipeline import decode_file as source  # the worker's own import (spawned)
+        from mictag.runtime.decode import decode_file as source  # the worker's own import (spawned)
 
     cfg = frontend_from_dict(cfg_dict)
     free: deque[int] = deque()  # slots this worker may write
@@ -197,7 +197,7 @@ class DecodePool:
     copied out with :meth:`fill`; :meth:`stop_taking` lets the workers finish their files but
     starts no new ones; :meth:`close` ends everything. ``feed`` is "shm" (slots; "pickle" where
     this platform has no shared memory to hand over) or "pickle"; ``source`` replaces
-    :func:`~mictag.runtime.pipeline.decode_file` in the workers (importable by name)."""
+    :func:`~mictag.runtime.decode.decode_file` in the workers (importable by name)."""
 
     def __init__(self, jobs: Iterable[tuple[int, str]], workers: int, cfg_dict: dict, variant: str, hop: int,
                  chunk_seconds: float, feed: str = "auto", source: Callable[..., Iterator[tuple]] | None = None,

@@ -4,7 +4,7 @@ Stages:
 1. listing, on the driver: discovery and the resume journal, exactly as the local scan
    (:func:`mictag.runtime.scan.run_scan` does this before handing the files here);
 2. decode + window: ``map_batches`` over Ray tasks, one file per task, reusing the runtime's
-   :func:`~mictag.runtime.pipeline.decode_file` (decode, resample, fbank, windows); a generator, so
+   :func:`~mictag.runtime.decode.decode_file` (decode, resample, fbank, windows); a generator, so
    a long file streams out in blocks of windows instead of one huge block;
 3. model: ``map_batches`` on an actor pool (one actor per GPU with ``num_gpus=1``, CPU actors
    otherwise), each loading the model once; windows are batched for the backend and the heavy
@@ -32,9 +32,11 @@ import numpy as np
 from mictag.errors import MictagError
 from mictag.privacy import keep_quiet
 from mictag.frontends import frontend_from_dict
-from mictag.runtime.backends import model_metadata, open_backend, submit_batch
+from mictag.runtime.backends import model_metadata, open_backend
+from mictag.runtime.engines.base import submit_batch
 from mictag.runtime.discovery import FileEntry
-from mictag.runtime.pipeline import ScanOptions, Scoring, _FileState, decode_file
+from mictag.runtime.decode import decode_file
+from mictag.runtime.pipeline import ScanOptions, Scoring, _FileState
 from mictag.runtime.results import FileResult
 from mictag.runtime.trust import CheckOutcome, RowGate
 

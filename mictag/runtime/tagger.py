@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from mictag.audio import AudioError, Resampler, downmix
-from mictag.runtime.backends import open_backend, submit_batch
+from mictag.runtime.backends import open_backend
+from mictag.runtime.engines.base import submit_batch
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.pipeline import Scanner, ScanOptions, _FileState
 from mictag.runtime.results import FileResult

@@ -293,7 +293,7 @@ class TrustedBackend:
         return self.submit(x, valid).result()
 
     def submit(self, x: np.ndarray, valid: np.ndarray):
-        from mictag.runtime.backends import Submitted
+        from mictag.runtime.engines.base import Submitted
 
         valid = np.asarray(valid)
         if not self.on_fast:

@@ -1,0 +1,1 @@
+"""The inference engines behind one interface (:mod:`mictag.runtime.engines.base`)."""

@@ -1,0 +1,88 @@
+"""What every inference engine is to the scan: a :class:`Backend` that scores a batch of windows,
+at once (``run``) or in two halves (``submit`` now, ``Submitted.result()`` later), so that a GPU
+engine overlaps one batch's upload with another's compute. The engines themselves and how one is
+chosen and opened: :mod:`mictag.runtime.backends`, :mod:`mictag.runtime.choice`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+class Submitted:
+    """A batch handed to :meth:`Backend.submit`. ``result()`` waits for it and returns its
+    probabilities, (rows, labels) float32, an array of its own (the same one on later calls).
+    ``outcome``: what a checked fast path's checks found in it (:mod:`mictag.runtime.trust`)."""
+
+    __slots__ = ("rows", "_fetch", "_value", "outcome")
+
+    def __init__(self, rows: int, fetch: Callable[[], np.ndarray] | None = None, value: np.ndarray | None = None,
+                 outcome=None):
+        self.rows, self._fetch, self._value, self.outcome = rows, fetch, value, outcome
+
+    def result(self) -> np.ndarray:
+        if self._value is None:
+            self._value = np.asarray(self._fetch(), np.float32)
+            self._fetch = None
+        return self._value
+
+
+def _in_parts(submit_one: Callable[[np.ndarray, np.ndarray], object], x: np.ndarray, valid: np.ndarray,
+              limit: int) -> Submitted:
+    """``submit_one`` on slices of at most ``limit`` rows, as one batch."""
+    parts = [submit_one(x[i : i + limit], valid[i : i + limit]) for i in range(0, x.shape[0], limit)]
+    if len(parts) == 1:
+        return Submitted(x.shape[0], parts[0].result)
+    return Submitted(x.shape[0], lambda: np.concatenate([p.result() for p in parts]))
+
+
+class Backend:
+    """``run(x, valid) -> probabilities`` on a batch of windows; ``meta`` describes the model.
+    ``submit`` / ``Submitted.result`` split the two halves of ``run`` (see the module docstring)."""
+
+    name = ""
+    meta: dict
+    preferred_batch = 8
+    in_flight = 1  # batches worth holding in flight: 2 where submit returns before the GPU is done
+    plan = None  # the EnginePlan (mictag.runtime.choice) that opened it, where one did
+
+    @property
+    def description(self) -> str:
+        """What runs the model, e.g. "openvino bf16 (avx512_bf16)"."""
+        return self.plan.describe() if self.plan else self.name
+
+    @property
+    def variant(self) -> str:
+        return self.meta.get("variant", "waveform")
+
+    def run(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Probabilities (rows, labels) for windows ``x`` with ``valid`` samples (or frames) each."""
+        return self.submit(x, valid).result()
+
+    def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
+        """Start scoring a batch; ``x`` and ``valid`` may be reused once this returns. A backend
+        without a pipeline runs the batch here."""
+        if type(self).run is Backend.run:
+            raise NotImplementedError(f"{type(self).__name__} implements neither run nor submit")
+        return Submitted(x.shape[0], value=np.asarray(self.run(x, valid), np.float32))
+
+    def result(self, handle: Submitted) -> np.ndarray:
+        """``handle.result()``: the probabilities of a submitted batch."""
+        return handle.result()
+
+    def _empty(self) -> Submitted:
+        return Submitted(0, value=np.zeros((0, len(self.meta["labels"])), np.float32))
+
+
+def submit_batch(backend, x: np.ndarray, valid: np.ndarray) -> Submitted:
+    """``backend.submit(x, valid)``, also for wrappers that only have ``run``."""
+    submit = getattr(backend, "submit", None)
+    if submit is not None:
+        return submit(x, valid)
+    return Submitted(x.shape[0], value=np.asarray(backend.run(x, valid), np.float32))
+
+
+def pipeline_depth(backend) -> int:
+    """How many submitted batches ``backend`` usefully holds unfetched (1 for wrappers without one)."""
+    return int(getattr(backend, "in_flight", 1))
