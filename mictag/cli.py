@@ -430,8 +430,6 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
                 model = str(default_model(ast, on_message=say, backbone=backbone or ("musicnn" if zero_training else "ast"),
                                           musicnn=musicnn, zero_training=zero_training))
             workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
-            if threshold is not None and not 0.0 <= threshold <= 1.0:
-                raise MictagError(f"--threshold must be between 0 and 1, not {threshold}")
             options = ScanOptions(hop_seconds=hop, batch_size=batch_size, aggregate=aggregate, threshold=threshold,
                                   workers=workers)
             progress = _Progress(not quiet and sys.stderr.isatty())
@@ -442,8 +440,6 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
                                    ray_address=None if ray_address in (None, "local") else ray_address,
                                    ray_workers=workers + 1 if ray_address == "local" else None, precision=precision,
                                    should_stop=stop, wait=wait, counts=counts)
-            except ValueError as exc:
-                raise MictagError(str(exc)) from None
             finally:
                 progress.close()
         except KeyboardInterrupt:  # a second signal (or one before the scan began): stop now

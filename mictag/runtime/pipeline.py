@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mictag.audio import CHUNK_SECONDS
+from mictag.errors import ConfigError
 from mictag.frontends import frontend_from_dict, hop_frames
 from mictag.runtime.decode import SILENCE, decode_file
 from mictag.runtime.discovery import FileEntry
@@ -46,6 +47,21 @@ class ScanOptions:
     # How windows travel from decode workers: "shm" (shared-memory slots), "pickle" (pickled
     # through the pipe: where no descriptor can be handed to a worker), "auto" (shm where possible).
     feed: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Options a user gives are checked here, where they are made (CLI and API alike)."""
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"the threshold must be between 0 and 1, not {self.threshold}")
+        if self.aggregate not in ("max", "mean"):
+            raise ConfigError(f"aggregate must be max or mean, not {self.aggregate!r}")
+        if self.feed not in FEEDS:
+            raise ConfigError(f"feed must be one of {', '.join(FEEDS)}, not {self.feed!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"the batch size must be at least 1, not {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"the number of decode workers cannot be negative ({self.workers})")
+        if self.hop_seconds is not None and not self.hop_seconds > 0:
+            raise ConfigError(f"the window hop must be positive, not {self.hop_seconds} s")
 
 
 @dataclass
@@ -103,14 +119,18 @@ class Scoring:
     def __init__(self, meta: dict, options: ScanOptions):
         self.options = options
         self.labels: list[str] = list(meta["labels"])
-        self.cfg = frontend_from_dict(meta["features"])
+        try:
+            self.cfg = frontend_from_dict(meta["features"])
+        except ValueError as exc:  # a model from a newer mictag
+            raise ConfigError(f"the model's front end cannot be computed here: {exc}") from None
         self.variant = meta.get("variant", "waveform")
         o = options
-        self.hop = hop_frames(o.hop_seconds, self.cfg) if o.hop_seconds else self.cfg.target_frames
+        try:
+            self.hop = hop_frames(o.hop_seconds, self.cfg) if o.hop_seconds else self.cfg.target_frames
+        except ValueError as exc:  # a hop the model's frames cannot make
+            raise ConfigError(str(exc)) from None
         self.thresholds = (np.full(len(self.labels), o.threshold) if o.threshold is not None
                            else np.asarray(meta["thresholds"], np.float64))
-        if o.aggregate not in ("max", "mean"):
-            raise ValueError(f"aggregate must be max or mean, not {o.aggregate!r}")
 
     def result(self, st: "_FileState") -> FileResult:
         e = st.entry
@@ -140,7 +160,7 @@ class Scanner:
         self.backend = backend
         self.options = options or ScanOptions()
         if self.options.feed not in FEEDS:
-            raise ValueError(f"feed must be one of {', '.join(FEEDS)}, not {self.options.feed!r}")
+            raise ConfigError(f"feed must be one of {', '.join(FEEDS)}, not {self.options.feed!r}")
         self.source = source or decode_file
         self.scoring = Scoring(backend.meta, self.options)
         sc = self.scoring

@@ -40,14 +40,14 @@ class Tagger:
         against fp32 as it goes); ``library`` names the folder the files come from, so that what
         those checks find is remembered for it (None: for the Python API as a whole);
         ``on_message`` hears what the model and engine choice have to say."""
+        self.options = ScanOptions(hop_seconds=hop_seconds, batch_size=batch_size, aggregate=aggregate,
+                                   threshold=threshold, workers=0, segments=segments)  # checked before any model loads
         if model is None:
             from mictag.runtime.models import first_scan_model
 
             model = first_scan_model(on_message=on_message)
         self.model = Path(model)
         self.backend = open_backend(model, backend, precision=precision, on_message=on_message, library=library)
-        self.options = ScanOptions(hop_seconds=hop_seconds, batch_size=batch_size, aggregate=aggregate,
-                                   threshold=threshold, workers=0, segments=segments)
         self._scanner = Scanner(self.backend, self.options)
 
     @property
