@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ import numpy as np
 from mictag.cpu import cpu_info
 from mictag.errors import MictagError
 from mictag.metadata import int8_path
-from mictag.runtime.choice import ChoiceError, EnginePlan, Engines, Int8Variant, choose_engine
+from mictag.runtime.choice import EnginePlan, Engines, Int8Variant, choose_engine
 from mictag.runtime.engines.base import Backend, Submitted, _in_parts
 
 BACKENDS = ("auto", "openvino", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch")
@@ -35,6 +37,22 @@ BACKENDS = ("auto", "openvino", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "t
 
 class ModelError(MictagError):
     """A model file that cannot be used: missing, foreign, or without mictag metadata."""
+
+
+@contextmanager
+def model_errors(foreign: Callable[[Exception], str] | None = None):
+    """mictag's own errors from loading or running a model become ModelError, with their message;
+    with ``foreign``, so does any other exception (an engine library's), saying ``foreign(exc)``."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except MictagError as exc:
+        raise ModelError(str(exc)) from None
+    except Exception as exc:
+        if foreign is None:
+            raise
+        raise ModelError(foreign(exc)) from None
 
 
 def _input_names(variant: str) -> tuple[str, str]:
@@ -79,7 +97,7 @@ class OrtBackend(Backend):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        try:
+        with model_errors(lambda exc: f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}"):
             if name == "ort-cpu":
                 providers: list = [provider]
             else:
@@ -91,10 +109,6 @@ class OrtBackend(Backend):
                                              precision, available)
             self.session = ort.InferenceSession(str(path), options, providers=providers)
             self.meta = check_metadata(self.session.get_modelmeta().custom_metadata_map, path)
-        except MictagError as exc:
-            raise ModelError(str(exc)) from None
-        except Exception as exc:
-            raise ModelError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:200]}") from None
         if provider not in self.session.get_providers():
             # ONNX Runtime falls back to the CPU when a provider fails to start; say so, don't crawl.
             raise ModelError(f"ONNX Runtime could not start its {provider} for {path} (its 'EP Error' above says why); "
@@ -130,10 +144,8 @@ class OpenVINOBackend(Backend):
         from mictag.metadata import read_metadata
         from mictag.runtime.openvino_engine import compile_model
 
-        try:
+        with model_errors():
             self.meta = read_metadata(path)
-        except MictagError as exc:
-            raise ModelError(str(exc)) from None
         try:
             self.compiled, self.runs_in = compile_model(path, rest or precision, threads)
         except Exception as exc:
@@ -171,13 +183,11 @@ class TorchBackend(Backend):
         self.compiled = bool(compile)
         if self.cuda:
             torch.backends.cudnn.allow_tf32 = False  # the fbank conv must stay exact fp32
-        try:
+        with model_errors():
             # On CUDA our own graphs replace torch.compile's reduce-overhead mode (which captures
             # per shape on the current stream and cannot share our streams).
             self.module, self.meta = load_torch_artifact(path, self.device, precision,
                                                          compile=self.compiled and not self.cuda)
-        except MictagError as exc:
-            raise ModelError(str(exc)) from None
         if self.compiled and self.cuda:
             self.module = torch.compile(self.module, dynamic=False)
         self.name = "torch"
@@ -232,10 +242,8 @@ class TensorRTBackend(Backend):
         self.path = path
         self.name = "tensorrt"
         self.inputs = _input_names(self.variant)
-        try:
+        with model_errors():
             self.runner = EngineRunner(load_engine(path), memory, outputs=("probabilities",))
-        except MictagError as exc:
-            raise ModelError(str(exc)) from None
         missing = [n for n in self.inputs if n not in {s.name for s in self.runner.engine.inputs}]
         if missing:
             raise ModelError(f"{path} has no input {', '.join(missing)}: rebuild it with `mictag export --engine`")
@@ -243,10 +251,8 @@ class TensorRTBackend(Backend):
         self.in_flight = len(self.runner.slots)
 
     def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
-        try:
+        with model_errors():
             pending = self.runner.submit({self.inputs[0]: x, self.inputs[1]: valid})
-        except MictagError as exc:
-            raise ModelError(str(exc)) from None
         return Submitted(x.shape[0], lambda: pending.result()["probabilities"])
 
 
@@ -264,11 +270,9 @@ def model_kind(path: Path) -> str:
 def _onnx_precision(path: Path) -> str:
     from mictag.metadata import read_metadata
 
-    try:
+    with model_errors():
         precision = str(read_metadata(path).get("precision", "fp32"))
         return "int8" if precision.startswith("int8") else precision  # int8-dynamic runs as int8 does
-    except MictagError as exc:
-        raise ModelError(str(exc)) from None
 
 
 def int8_variant(path: Path) -> Int8Variant | None:
@@ -323,11 +327,9 @@ def plan_engine(model: str | os.PathLike, backend: str = "auto", precision: str 
     int8 = int8_variant(path) if kind == "onnx" and model_precision == "fp32" else None
     from mictag.runtime.trust import library_scope
 
-    try:
+    with model_errors():
         plan = choose_engine(path, kind, model_precision, cpu_info(), engines, backend, precision, int8, cuda,
                              _refusals(library_scope(library)))
-    except ChoiceError as exc:
-        raise ModelError(str(exc)) from None
     if plan.backend in ("openvino", "tensorrt", "torch") and not engines.has(plan.backend):
         what = {"openvino": "pip install openvino", "tensorrt": "TensorRT", "torch": "pip install 'mictag[train]'"}
         raise ModelError(f"backend {plan.backend} is not installed here ({what[plan.backend]})")
@@ -381,7 +383,7 @@ def model_metadata(model: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ModelError(f"model {path} does not exist")
     kind = model_kind(path)
-    try:
+    with model_errors(lambda exc: f"cannot read the metadata of {path}: {exc}"):
         if kind == "onnx":
             from mictag.metadata import read_metadata
 
@@ -393,7 +395,3 @@ def model_metadata(model: str | os.PathLike) -> dict:
         import torch
 
         return torch.load(str(path), map_location="cpu", weights_only=True)["meta"]
-    except MictagError as exc:
-        raise ModelError(str(exc)) from None
-    except Exception as exc:
-        raise ModelError(f"cannot read the metadata of {path}: {exc}") from None
