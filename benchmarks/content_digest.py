@@ -54,7 +54,7 @@ def _scan_seconds(model: Path, audio: Path, work: Path, digests: bool) -> float:
         scan.BackgroundHasher, scan.plan_reuse = NoHasher, lambda entries, known: ReusePlan(scan=list(entries))
     try:
         t0 = time.perf_counter()
-        scan.run_scan(audio, work / f"t-{digests}-{time.time_ns()}.csv", model, options=ScanOptions(workers=1))
+        scan.run_scan(scan.ScanRequest(audio, work / f"t-{digests}-{time.time_ns()}.csv", model, options=ScanOptions(workers=1)))
         return time.perf_counter() - t0
     finally:
         scan.BackgroundHasher, scan.plan_reuse = saved

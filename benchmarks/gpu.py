@@ -594,7 +594,7 @@ def scan_row(table: Table, artifacts: Artifacts, library: Library | None, worker
 
     from mictag.runtime.discovery import discover
     from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import run_scan
+    from mictag.runtime.scan import ScanRequest, run_scan
 
     best = fastest_backend(table.rows)
     if best is None:
@@ -617,9 +617,9 @@ def scan_row(table: Table, artifacts: Artifacts, library: Library | None, worker
     artifacts.close_backends()  # the scan loads its own
     samples: list[tuple[float, int]] = []
     t0 = time.perf_counter()
-    summary = run_scan(info["root"], artifacts.work / "tags.csv", model,
-                       backend="torch" if name == "torch-backend" else name, options=ScanOptions(workers=workers),
-                       overwrite=True,
+    summary = run_scan(ScanRequest(info["root"], artifacts.work / "tags.csv", model,
+                                   backend="torch" if name == "torch-backend" else name,
+                                   options=ScanOptions(workers=workers), overwrite=True),
                        on_progress=lambda p: samples.append((p["elapsed"], p["windows"])),
                        should_stop=lambda: budget.left() < 10.0)
     wall = time.perf_counter() - t0

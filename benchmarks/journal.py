@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
 
     from mictag.cli import main as cli
     from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import run_scan
+    from mictag.runtime.scan import ScanRequest, run_scan
 
     work = Path(tempfile.mkdtemp(prefix="mictag-journal-"))
     torch.manual_seed(0)
@@ -88,8 +88,8 @@ def main(argv=None) -> dict:
         for m in modes[r % 3:] + modes[: r % 3]:  # rotated: no mode always runs first
             with mode(m):
                 t0 = time.perf_counter()
-                s = run_scan(lib, work / f"{m}.csv", work / "f.onnx", "ort-cpu", ScanOptions(workers=1),
-                             overwrite=True)
+                s = run_scan(ScanRequest(lib, work / f"{m}.csv", work / "f.onnx", "ort-cpu", ScanOptions(workers=1),
+                                         overwrite=True))
                 best[m] = min(best[m], time.perf_counter() - t0)
                 assert s.files == args.files
         print(f"repeat {r + 1}: " + ", ".join(f"{m} {best[m]:.2f} s" for m in modes), flush=True)

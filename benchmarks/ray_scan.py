@@ -22,7 +22,7 @@ from engine import save_result  # noqa: E402
 from scan import _tiny_model, make_library  # noqa: E402
 
 from mictag.runtime.pipeline import ScanOptions  # noqa: E402
-from mictag.runtime.scan import run_scan  # noqa: E402
+from mictag.runtime.scan import ScanRequest, run_scan  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     rows = []
     for n in args.cpus:
         t0 = time.perf_counter()
-        s = run_scan(library, work / f"local-{n}.csv", model, options=ScanOptions(workers=n), overwrite=True)
+        s = run_scan(ScanRequest(library, work / f"local-{n}.csv", model, options=ScanOptions(workers=n), overwrite=True))
         seconds = time.perf_counter() - t0
         rows.append({"mode": "local", "cpus": n, "seconds": seconds, "files_per_s": s.files / seconds,
                      "windows_per_s": s.windows / seconds})
@@ -51,7 +51,8 @@ def main(argv=None) -> dict:
         startup = time.perf_counter() - t0
         try:
             t0 = time.perf_counter()
-            s = run_scan(library, work / f"ray-{n}.csv", model, options=ScanOptions(), overwrite=True, use_ray=True)
+            s = run_scan(ScanRequest(library, work / f"ray-{n}.csv", model, options=ScanOptions(), overwrite=True,
+                                     use_ray=True))
             seconds = time.perf_counter() - t0
         finally:
             ray.shutdown()

@@ -27,7 +27,7 @@ from mictag.runtime.backends import open_backend  # noqa: E402
 from mictag.runtime.discovery import discover  # noqa: E402
 from mictag.runtime.decode import decode_file  # noqa: E402
 from mictag.runtime.pipeline import ScanOptions  # noqa: E402
-from mictag.runtime.scan import run_scan  # noqa: E402
+from mictag.runtime.scan import ScanRequest, run_scan  # noqa: E402
 
 FORMATS = ("mp3", "flac", "ogg", "m4a")
 
@@ -147,8 +147,8 @@ def main(argv=None) -> dict:
     for w in args.workers:
         decode = decode_ceiling(entries, backend.meta, w)
         t0 = time.perf_counter()
-        summary = run_scan(library, work / f"tags-{w}.csv", model, options=ScanOptions(workers=w, batch_size=batch),
-                           overwrite=True)
+        summary = run_scan(ScanRequest(library, work / f"tags-{w}.csv", model,
+                                       options=ScanOptions(workers=w, batch_size=batch), overwrite=True))
         seconds = time.perf_counter() - t0
         scan = {"seconds": seconds, "files_per_s": summary.files / seconds, "windows_per_s": summary.windows / seconds}
         ceiling = min(decode["windows_per_s"], engine["windows_per_s"])

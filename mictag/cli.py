@@ -416,7 +416,7 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
     from mictag.runtime.interrupts import StopSignals
     from mictag.runtime.models import default_model, ensure_musicnn_weights, first_scan_model
     from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import interrupted_line, run_scan, special_line, summary_line
+    from mictag.runtime.scan import ScanRequest, interrupted_line, run_scan, special_line, summary_line
 
     say = (lambda m: None) if quiet else _echo_err
     counts: dict = {}  # done / total, kept up to date by the scan
@@ -434,12 +434,12 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
                                   workers=workers)
             progress = _Progress(not quiet and sys.stderr.isatty())
             try:
-                summary = run_scan(library, out, model, backend, options, fmt, tuple(include), tuple(exclude),
-                                   overwrite, retry_failed, segments, on_progress=progress, on_message=say,
-                                   use_ray=ray_address is not None,
-                                   ray_address=None if ray_address in (None, "local") else ray_address,
-                                   ray_workers=workers + 1 if ray_address == "local" else None, precision=precision,
-                                   should_stop=stop, wait=wait, counts=counts)
+                request = ScanRequest(library, out, model, backend, options, fmt, tuple(include), tuple(exclude),
+                                      overwrite, retry_failed, segments, use_ray=ray_address is not None,
+                                      ray_address=None if ray_address in (None, "local") else ray_address,
+                                      ray_workers=workers + 1 if ray_address == "local" else None,
+                                      precision=precision, wait=wait)
+                summary = run_scan(request, on_progress=progress, on_message=say, should_stop=stop, counts=counts)
             finally:
                 progress.close()
         except KeyboardInterrupt:  # a second signal (or one before the scan began): stop now

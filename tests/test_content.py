@@ -33,9 +33,11 @@ def _library(root: Path) -> Path:
 
 def _scan(lib, out, model, workers=1, **kw):
     from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import run_scan
+    from mictag.runtime.scan import ScanRequest, run_scan
 
-    return run_scan(lib, out, model, backend="ort-cpu", options=ScanOptions(workers=workers), **kw)
+    say = kw.pop("on_message", None)
+    return run_scan(ScanRequest(lib, out, model, **{"backend": "ort-cpu", **kw}, options=ScanOptions(workers=workers)),
+                    on_message=say)
 
 
 def _scores(row: dict) -> list[str]:

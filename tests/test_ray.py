@@ -191,8 +191,8 @@ def test_the_local_scan_never_imports_ray(models, tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
     sf.write(lib / "a.wav", np.zeros(20000, np.float32), 16000)
-    code = ("import sys\nfrom mictag.runtime.scan import run_scan\nfrom mictag.runtime.pipeline import ScanOptions\n"
-            f"run_scan({str(lib)!r}, {str(tmp_path / 't.csv')!r}, {str(models / 'f.onnx')!r}, options=ScanOptions(workers=0))\n"
+    code = ("import sys\nfrom mictag.runtime.scan import ScanRequest, run_scan\nfrom mictag.runtime.pipeline import ScanOptions\n"
+            f"run_scan(ScanRequest({str(lib)!r}, {str(tmp_path / 't.csv')!r}, {str(models / 'f.onnx')!r}, options=ScanOptions(workers=0)))\n"
             "print('ray' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -75,9 +75,10 @@ def _assert_within_bound(got: dict, want: dict, labels: list[str]) -> float:
 
 def _scan(lib, out, model, workers, **kw):
     from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import run_scan
+    from mictag.runtime.scan import ScanRequest, run_scan
 
-    return run_scan(lib, out, model, options=ScanOptions(workers=workers), **kw)
+    say = kw.pop("on_message", None)
+    return run_scan(ScanRequest(lib, out, model, options=ScanOptions(workers=workers), **kw), on_message=say)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

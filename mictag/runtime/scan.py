@@ -14,7 +14,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mictag.digest import file_digest
@@ -99,45 +100,61 @@ def _last_per_path(rows: list[dict]) -> list[dict]:
     return [r for r in rows if last.get(r.get("path")) is r]
 
 
-def run_scan(library: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLike, backend: str = "auto",
-             options: ScanOptions | None = None, fmt: str | None = None, include: tuple[str, ...] = (),
-             exclude: tuple[str, ...] = (), overwrite: bool = False, retry_failed: bool = False,
-             segments: str | os.PathLike | None = None,
-             on_progress: Callable[[dict], None] | None = None,
-             on_message: Callable[[str], None] | None = None,
-             use_ray: bool = False, ray_address: str | None = None, ray_workers: int | None = None,
-             precision: str | None = None, should_stop: Callable[[], bool] | None = None,
-             wait: bool = False, counts: dict | None = None) -> ScanSummary:
-    """Scan ``library`` into ``out``; locally, or as a Ray Data pipeline with ``use_ray`` (joining
-    the cluster at ``ray_address``, else starting a local Ray). Both write the same rows through
-    the same resume journal. ``backend``/``precision`` as :func:`mictag.runtime.backends.open_backend`.
+@dataclass(frozen=True)
+class ScanRequest:
+    """Everything a scan is asked: what to scan, into what, with which model, engine and options.
+    ``backend``/``precision`` as :func:`mictag.runtime.backends.open_backend`; ``use_ray`` runs it
+    as a Ray Data pipeline (joining the cluster at ``ray_address``, else starting a local Ray with
+    ``ray_workers``); ``wait``: wait for another scan writing ``out`` instead of refusing."""
+
+    library: str | os.PathLike
+    out: str | os.PathLike
+    model: str | os.PathLike
+    backend: str = "auto"
+    options: ScanOptions = field(default_factory=ScanOptions)
+    fmt: str | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    overwrite: bool = False
+    retry_failed: bool = False
+    segments: str | os.PathLike | None = None
+    use_ray: bool = False
+    ray_address: str | None = None
+    ray_workers: int | None = None
+    precision: str | None = None
+    wait: bool = False
+
+
+def run_scan(request: ScanRequest, on_progress: Callable[[dict], None] | None = None,
+             on_message: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
+             counts: dict | None = None) -> ScanSummary:
+    """Scan ``request.library`` into ``request.out``, locally or on Ray: both write the same rows
+    through the same resume journal.
 
     One scan writes an output at a time (:mod:`mictag.runtime.output_lock`): another one on the same
     ``out`` raises OutputBusy, or with ``wait`` waits for it. Once ``should_stop()`` is true the scan
     starts no new file and returns what finished (``interrupted``). ``counts`` (a dict), if given,
     holds ``done`` and ``total`` as the scan goes, for a caller that is stopped at once."""
     say = on_message or (lambda m: None)
-    library, out = Path(library), Path(out)
+    library, out = Path(request.library), Path(request.out)
     if not library.exists():
         raise MictagError(f"library {library} does not exist")
     kind = None if library.is_dir() else special_kind(library.stat().st_mode)
     if kind:
         raise MictagError(f"library {library} is {kind}, not a folder or an audio file")
-    fmt = fmt or (out.suffix.lstrip(".").lower() if out.suffix.lstrip(".").lower() in FORMATS else "csv")
+    fmt = request.fmt or (out.suffix.lstrip(".").lower() if out.suffix.lstrip(".").lower() in FORMATS else "csv")
     if fmt not in FORMATS:
         raise MictagError(f"unknown output format {fmt!r}; choose {', '.join(FORMATS)}")
-    options = options or ScanOptions()
-    options.segments = segments is not None
+    options = replace(request.options, segments=request.segments is not None)  # the caller's stay as they were
     counts = counts if counts is not None else {}
-    with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        lock = OutputLock(out, wait, say).__enter__()
-    try:
-        return _scan_locked(library, out, model, backend, options, fmt, include, exclude, overwrite, retry_failed,
-                            segments, on_progress, say, use_ray, ray_address, ray_workers, precision,
+    with ExitStack() as held:
+        with writing(out):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            held.enter_context(OutputLock(out, request.wait, say))
+        return _scan_locked(library, out, request.model, request.backend, options, fmt, request.include,
+                            request.exclude, request.overwrite, request.retry_failed, request.segments, on_progress,
+                            say, request.use_ray, request.ray_address, request.ray_workers, request.precision,
                             should_stop or (lambda: False), counts)
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _scan_locked(library, out, model, backend, options, fmt, include, exclude, overwrite, retry_failed, segments,
