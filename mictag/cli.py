@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from mictag import __version__
-from mictag.errors import MictagError
+from mictag.errors import ConfigError, MictagError
 from mictag.paths import hf_hub_cache, mictag_home
 
 
@@ -127,6 +127,10 @@ def _verdict_lines(model) -> list[str]:
                          f"scans, max |dp| {e.get('max_abs_dp', 0.0):.3f} from fp32")
     return lines
 
+
+# ScanOptions' fields as `mictag scan` spells them, for its error messages.
+_SCAN_FLAGS = {"threshold": "--threshold", "aggregate": "--aggregate", "batch_size": "--batch-size",
+               "workers": "--workers", "hop_seconds": "--hop"}
 
 _BACKBONE = click.option("--backbone", type=click.Choice(["ast", "musicnn"]), default="ast", show_default=True,
                          help="The frozen backbone: the AudioSet AST, or musicnn (MTT; `mictag models pull musicnn`).")
@@ -430,8 +434,11 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
                 model = str(default_model(ast, on_message=say, backbone=backbone or ("musicnn" if zero_training else "ast"),
                                           musicnn=musicnn, zero_training=zero_training))
             workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
-            options = ScanOptions(hop_seconds=hop, batch_size=batch_size, aggregate=aggregate, threshold=threshold,
-                                  workers=workers)
+            try:
+                options = ScanOptions(hop_seconds=hop, batch_size=batch_size, aggregate=aggregate, threshold=threshold,
+                                      workers=workers)
+            except ConfigError as exc:  # said with the flag the user typed
+                raise ConfigError(exc.problem, _SCAN_FLAGS.get(exc.option, exc.option)) from None
             progress = _Progress(not quiet and sys.stderr.isatty())
             try:
                 request = ScanRequest(library, out, model, backend, options, fmt, tuple(include), tuple(exclude),

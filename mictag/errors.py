@@ -19,4 +19,9 @@ class ModelNotFoundError(MictagError):
 
 
 class ConfigError(MictagError):
-    """An option or configuration value is invalid."""
+    """An option or configuration value is invalid. With ``option``, the message is "<option>
+    <problem>", and a front end can name the option its own way (the CLI: its flag)."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(f"{option} {message}" if option else message)
+        self.option, self.problem = option, message

@@ -17,9 +17,9 @@ from mictag.runtime.pipeline import ScanOptions
     ({"threshold": -0.1}, "threshold must be between 0 and 1"),
     ({"aggregate": "median"}, "aggregate must be max or mean"),
     ({"feed": "carrier pigeon"}, "feed must be one of"),
-    ({"batch_size": 0}, "batch size must be at least 1"),
-    ({"workers": -1}, "cannot be negative"),
-    ({"hop_seconds": 0.0}, "hop must be positive"),
+    ({"batch_size": 0}, "batch_size must be at least 1"),
+    ({"workers": -1}, "workers cannot be negative"),
+    ({"hop_seconds": 0.0}, "hop_seconds must be positive"),
 ])
 def test_bad_scan_options_are_refused_where_they_are_made(options, words):
     with pytest.raises(ConfigError, match=words):
@@ -43,5 +43,5 @@ def test_the_cli_says_it_in_one_line(tmp_path, tiny_tagger):
     done = subprocess.run([sys.executable, "-m", "mictag", "scan", str(tmp_path / "lib"), "--model", str(tiny_tagger),
                            "--out", str(tmp_path / "t.csv"), "--threshold", "2"], capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
-    assert "threshold must be between 0 and 1, not 2.0" in done.stderr
+    assert "--threshold must be between 0 and 1, not 2.0" in done.stderr  # the flag the user typed
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

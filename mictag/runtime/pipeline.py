@@ -14,7 +14,6 @@ scored. ``scan(..., should_stop=)`` stops taking files when asked and returns wh
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -51,17 +50,17 @@ class ScanOptions:
     def __post_init__(self) -> None:
         """Options a user gives are checked here, where they are made (CLI and API alike)."""
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"the threshold must be between 0 and 1, not {self.threshold}")
+            raise ConfigError(f"must be between 0 and 1, not {self.threshold}", "threshold")
         if self.aggregate not in ("max", "mean"):
-            raise ConfigError(f"aggregate must be max or mean, not {self.aggregate!r}")
+            raise ConfigError(f"must be max or mean, not {self.aggregate!r}", "aggregate")
         if self.feed not in FEEDS:
-            raise ConfigError(f"feed must be one of {', '.join(FEEDS)}, not {self.feed!r}")
+            raise ConfigError(f"must be one of {', '.join(FEEDS)}, not {self.feed!r}", "feed")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"the batch size must be at least 1, not {self.batch_size}")
+            raise ConfigError(f"must be at least 1, not {self.batch_size}", "batch_size")
         if self.workers < 0:
-            raise ConfigError(f"the number of decode workers cannot be negative ({self.workers})")
+            raise ConfigError(f"cannot be negative ({self.workers})", "workers")
         if self.hop_seconds is not None and not self.hop_seconds > 0:
-            raise ConfigError(f"the window hop must be positive, not {self.hop_seconds} s")
+            raise ConfigError(f"must be positive, not {self.hop_seconds} s", "hop_seconds")
 
 
 @dataclass
@@ -193,12 +192,6 @@ class Scanner:
 
     def _result(self, st: _FileState) -> FileResult:
         return self.scoring.result(st)
-
-    # -- message sources ------------------------------------------------------------------
-    def _inline(self, entries: list[FileEntry]) -> Iterator[tuple]:
-        for fid, e in enumerate(entries):
-            yield ("start", fid, os.getpid())
-            yield from self.source(fid, e.path, self.cfg, self.variant, self.hop, self.options.chunk_seconds)
 
     def scan(self, entries: Iterable[FileEntry], on_progress: Callable[[dict], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> Iterator[FileResult]:
