@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mictag.frontends import AST_FBANK  # noqa: E402
+from mictag.runtime.decode import Done, Window  # noqa: E402
 from mictag.runtime.engines.base import Backend  # noqa: E402
 from mictag.runtime.discovery import discover  # noqa: E402
 from mictag.runtime.pipeline import Scanner, ScanOptions  # noqa: E402
@@ -114,8 +115,8 @@ def replay_windows(fid, path, cfg, variant, hop, chunk_seconds, alloc=None):
     for i in range(n):
         data = alloc() if alloc else np.empty(shape, np.float32)
         data[...] = ready
-        yield ("win", fid, i, i * hop, data, shape[0], (i * WINDOW_SECONDS, (i + 1) * WINDOW_SECONDS))
-    yield ("done", fid, n * WINDOW_SECONDS, n, "ok", "", 0, 0.0)
+        yield Window(fid, i, i * hop, data, shape[0], (i * WINDOW_SECONDS, (i + 1) * WINDOW_SECONDS))
+    yield Done(fid, n * WINDOW_SECONDS, n, "ok", "", 0, 0.0)
 
 
 _READY: dict = {}

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mictag.runtime.backends import open_backend  # noqa: E402
 from mictag.runtime.discovery import discover  # noqa: E402
-from mictag.runtime.decode import decode_file  # noqa: E402
+from mictag.runtime.decode import Done, Window, decode_file  # noqa: E402
 from mictag.runtime.pipeline import ScanOptions  # noqa: E402
 from mictag.runtime.scan import ScanRequest, run_scan  # noqa: E402
 
@@ -99,10 +99,10 @@ def _decode_count(job) -> tuple[int, float]:
     cfg = frontend_from_dict(meta["features"])
     n, duration = 0, 0.0
     for msg in decode_file(0, path, cfg, meta.get("variant", "waveform"), cfg.target_frames, 30.0):
-        if msg[0] == "win":
+        if isinstance(msg, Window):
             n += 1
-        elif msg[0] == "done":
-            duration = msg[2]
+        elif isinstance(msg, Done):
+            duration = msg.duration
     return n, duration
 
 

@@ -325,15 +325,15 @@ def test_the_python_api_ends_its_workers_when_the_caller_stops(setup):
 # -- 5. files that change under the scan ---------------------------------------------------------
 def test_a_file_deleted_after_listing_is_an_error_row_saying_so(tmp_path):
     from mictag.frontends import FbankConfig
-    from mictag.runtime.decode import decode_file
+    from mictag.runtime.decode import Failed, decode_file
 
     (message,) = decode_file(0, str(tmp_path / "gone.flac"), FbankConfig(target_frames=128), "fbank", 128, 1.0)
-    assert message == ("error", 0, "the file was deleted after the library was listed")
+    assert message == Failed(0, "the file was deleted after the library was listed")
 
 
 def test_a_file_still_being_written_is_partial_and_redone(tmp_path):
     from mictag.frontends import FbankConfig
-    from mictag.runtime.decode import decode_file
+    from mictag.runtime.decode import Done, Window, decode_file
 
     path = tmp_path / "growing.wav"
     x = (0.2 * np.random.default_rng(0).standard_normal(5 * 16000)).astype(np.float32)
@@ -341,13 +341,13 @@ def test_a_file_still_being_written_is_partial_and_redone(tmp_path):
     before = os.stat(path)
     messages = decode_file(0, str(path), FbankConfig(target_frames=128), "fbank", 128, 1.0)
     first = next(messages)
-    assert first[0] == "win"
+    assert isinstance(first, Window)
     with path.open("ab") as f:  # the writer goes on while the scan reads
         f.write(b"\0" * 64000)
     *_, done = messages
-    assert done[0] == "done" and done[4] == "partial"
-    assert "changed while it was read" in done[5] and "still being written" in done[5]
-    assert done[6:8] == (before.st_size, before.st_mtime)  # the row records what the read began with
+    assert isinstance(done, Done) and done.status == "partial"
+    assert "changed while it was read" in done.note and "still being written" in done.note
+    assert (done.size_bytes, done.mtime) == (before.st_size, before.st_mtime)  # the row records what the read began with
 
 
 @pytest.mark.parametrize("code, phrase", [

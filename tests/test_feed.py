@@ -18,6 +18,7 @@ from library import make_library
 from mictag import frontends as F
 from mictag.cli import main
 from mictag.runtime.engines.base import Backend
+from mictag.runtime.decode import Done, Failed, Window
 from mictag.runtime.decode_pool import SLOTS_PER_WORKER, DecodePool
 from mictag.runtime.discovery import discover
 from mictag.runtime.pipeline import Scanner, ScanOptions
@@ -107,8 +108,8 @@ def numbered_windows(fid, path, cfg, variant, hop, chunk_seconds, alloc=None):
     for i in range(int(path)):
         data = alloc() if alloc else np.empty(shape, np.float32)
         data[...] = fid * 1000 + i
-        yield ("win", fid, i, i, data, shape[0], (0.0, 1.0))
-    yield ("done", fid, 1.0, int(path), "ok", "")
+        yield Window(fid, i, i, data, shape[0], (0.0, 1.0))
+    yield Done(fid, 1.0, int(path), "ok", "")
 
 
 def _pool(jobs, workers=1, feed="shm") -> DecodePool:
@@ -133,7 +134,7 @@ def _nothing_for(pool: DecodePool, seconds: float) -> bool:
     return True
 
 
-def _value(pool: DecodePool, msg: tuple) -> float:
+def _value(pool: DecodePool, msg: Window) -> float:
     row = np.empty(window_shape(CFG, "waveform"), np.float32)
     pool.fill(row, msg)
     assert row.min() == row.max()  # one window, whole
@@ -144,16 +145,16 @@ def test_slots_bound_what_is_in_flight_and_come_back():
     pool = _pool([(0, "40")])
     try:
         held = [_next(pool) for _ in range(SLOTS_PER_WORKER)]
-        assert all(m[0] == "win" for m in held)
+        assert all(isinstance(m, Window) for m in held)
         assert _nothing_for(pool, 1.0)  # every slot is the scan's: the worker waits
         assert _value(pool, held[0]) == 0.0
         nxt = _next(pool)  # one slot back, one window more
-        assert nxt[0] == "win" and nxt[2] == SLOTS_PER_WORKER
+        assert isinstance(nxt, Window) and nxt.index == SLOTS_PER_WORKER
         assert _nothing_for(pool, 0.5)
         values = [_value(pool, m) for m in held[1:] + [nxt]]
-        while (msg := _next(pool))[0] == "win":
+        while isinstance(msg := _next(pool), Window):
             values.append(_value(pool, msg))
-        assert msg[0] == "done" and values == [float(i) for i in range(1, 40)]
+        assert isinstance(msg, Done) and values == [float(i) for i in range(1, 40)]
     finally:
         pool.close()
 
@@ -162,17 +163,17 @@ def test_a_dead_workers_replacement_never_gets_the_slots_the_scan_still_holds():
     pool = _pool([(0, str(SLOTS_PER_WORKER)), (1, "crash"), (2, "3")])
     try:
         held = [_next(pool) for _ in range(SLOTS_PER_WORKER)]
-        assert [m[:3] for m in held] == [("win", 0, i) for i in range(SLOTS_PER_WORKER)]
-        assert _next(pool)[0] == "done"
+        assert [(type(m), m.fid, m.index) for m in held] == [(Window, 0, i) for i in range(SLOTS_PER_WORKER)]
+        assert isinstance(_next(pool), Done)
         error = _next(pool)
-        assert error[:2] == ("error", 1) and "crashed" in error[2] and "exit code 3" in error[2]
+        assert isinstance(error, Failed) and error.fid == 1 and "crashed" in error.reason and "exit code 3" in error.reason
         # The replacement has no free slot: file 2 waits for the scan, and file 0's windows stay whole.
         assert _nothing_for(pool, 2.0)
         assert [_value(pool, m) for m in held] == [float(i) for i in range(SLOTS_PER_WORKER)]
         got = [_next(pool) for _ in range(3)]
-        assert [m[:3] for m in got] == [("win", 2, i) for i in range(3)]
+        assert [(type(m), m.fid, m.index) for m in got] == [(Window, 2, i) for i in range(3)]
         assert [_value(pool, m) for m in got] == [2000.0, 2001.0, 2002.0]
-        assert _next(pool)[0] == "done"
+        assert isinstance(_next(pool), Done)
     finally:
         pool.close()
 
@@ -181,7 +182,7 @@ def test_the_pickle_feed_sends_arrays():
     pool = _pool([(0, "3")], feed="pickle")
     try:
         msgs = [_next(pool) for _ in range(3)]
-        assert all(isinstance(m[4], np.ndarray) for m in msgs)
+        assert all(isinstance(m.data, np.ndarray) for m in msgs)
         assert [_value(pool, m) for m in msgs] == [0.0, 1.0, 2.0]
     finally:
         pool.close()
@@ -332,7 +333,7 @@ kinds, deadline = [], time.monotonic() + 60
 while "done" not in kinds and time.monotonic() < deadline:
     msg = pool.get(timeout=0.2)
     if msg is not None:
-        kinds.append(msg[0])
+        kinds.append(type(msg).__name__.lower().replace("window", "win").replace("failed", "error"))
 pool.close()
 print(kinds)
 """
@@ -351,3 +352,20 @@ def test_native_decoder_text_on_stderr_is_dropped_python_messages_kept(keep):
     assert out.stdout.strip() == "['win', 'win', 'done']"
     assert "PYTHON-WORKER-MESSAGE" in out.stderr
     assert ("NATIVE-DECODER-NOISE" in out.stderr) == keep
+
+
+def old_style_windows(fid, path, cfg, variant, hop, chunk_seconds, alloc=None):
+    """A source that still speaks in bare tuples: the pool must say so, not wait for ever."""
+    yield ("win", fid, 0, 0, np.zeros(window_shape(cfg, variant), np.float32), 1, (0.0, 1.0))
+
+
+def test_a_source_that_sends_no_decode_message_fails_the_pool_instead_of_hanging_it():
+    from mictag.runtime.decode_pool import PoolFailed
+
+    pool = DecodePool([(0, "1")], 1, CFG.to_dict(), "waveform", CFG.target_frames, 1.0, feed="pickle",
+                      source=old_style_windows)
+    try:
+        msg = _next(pool)
+        assert isinstance(msg, PoolFailed) and "not a decode message" in msg.reason
+    finally:
+        pool.close()

@@ -10,12 +10,48 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
 from mictag.audio import AudioError, AudioStream
 from mictag.frontends import FbankConfig
 from mictag.runtime.windows import Alloc, frame_windows, sample_windows
+
+class Window(NamedTuple):
+    """A window of file ``fid``, cut: ``data`` is its array, or where it waits (a shared-memory slot;
+    the decode pool says which), ``valid`` its unpadded frames (or samples), ``seconds`` its span."""
+
+    fid: int
+    index: int
+    start_frame: int
+    data: object
+    valid: int
+    seconds: tuple[float, float]
+
+
+class Done(NamedTuple):
+    """File ``fid`` is decoded: its duration, windows sent, status and note; its size and mtime when
+    its read began (what the row and resume record), where known."""
+
+    fid: int
+    duration: float
+    windows: int
+    status: str
+    note: str
+    size_bytes: int | None = None
+    mtime: float | None = None
+
+
+class Failed(NamedTuple):
+    """File ``fid`` could not be decoded at all: why."""
+
+    fid: int
+    reason: str
+
+
+DecodeMessage = Window | Done | Failed
+
 
 # The note of a file whose every sample is zero: it is scored, but gets no tags (no instrument
 # plays in it, whatever a model trained on music makes of zeros).
@@ -46,9 +82,8 @@ def _changed(path: str, before: os.stat_result) -> str:
 
 
 def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, chunk_seconds: float,
-                alloc: Alloc | None = None) -> Iterator[tuple]:
-    """Messages for one file: ("win", fid, index, start_frame, data, valid, (t0, t1)) ... then
-    ("done", fid, duration_s, windows, status, note, size_bytes, mtime) or ("error", fid, reason).
+                alloc: Alloc | None = None) -> Iterator[DecodeMessage]:
+    """Messages for one file: its :class:`Window` s, then :class:`Done`, or :class:`Failed`.
     size and mtime are the file's when its read began: what the row (and resume) records. A file
     that changes while it is read is ``partial``, so that the next run does it again. ``data`` is
     cut into an ``alloc()`` array if given (a worker's shared-memory slot), else a fresh one."""
@@ -57,7 +92,7 @@ def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, c
             before = os.stat(path)
         except FileNotFoundError:
             if not os.path.islink(path):  # a dangling link is reported as unreadable, below
-                yield ("error", fid, "the file was deleted after the library was listed")
+                yield Failed(fid, "the file was deleted after the library was listed")
                 return
             before = None
         stream = AudioStream(path, chunk_seconds)
@@ -67,23 +102,23 @@ def decode_file(fid: int, path: str, cfg: FbankConfig, variant: str, hop: int, c
         for w in cut(_peak_tracked(stream, state), cfg, hop, alloc):
             if stream.samples == 0:
                 break  # nothing decoded: no window worth scoring
-            yield ("win", fid, w.index, w.start_frame, w.data, w.valid, w.seconds(cfg))
+            yield Window(fid, w.index, w.start_frame, w.data, w.valid, w.seconds(cfg))
             n += 1
         duration = stream.samples / cfg.sample_rate
         seen = (before.st_size, before.st_mtime) if before else ()
         changed = _changed(path, before) if before else ""
         if stream.samples == 0:
-            yield ("done", fid, 0.0, 0, "error" if stream.partial or changed else "empty",
-                   changed or stream.partial or "no audio in the file", *seen)
+            yield Done(fid, 0.0, 0, "error" if stream.partial or changed else "empty",
+                       changed or stream.partial or "no audio in the file", *seen)
         elif stream.partial or changed:
-            yield ("done", fid, duration, n, "partial", changed or stream.partial, *seen)
+            yield Done(fid, duration, n, "partial", changed or stream.partial, *seen)
         elif state["peak"] == 0.0:
-            yield ("done", fid, duration, n, "ok", SILENCE, *seen)
+            yield Done(fid, duration, n, "ok", SILENCE, *seen)
         else:
-            yield ("done", fid, duration, n, "ok", "", *seen)
+            yield Done(fid, duration, n, "ok", "", *seen)
     except AudioError as exc:
-        yield ("error", fid, str(exc).split(": ", 1)[-1] if str(exc).startswith(path) else str(exc))
+        yield Failed(fid, str(exc).split(": ", 1)[-1] if str(exc).startswith(path) else str(exc))
     except MemoryError:
-        yield ("error", fid, "out of memory while decoding")
+        yield Failed(fid, "out of memory while decoding")
     except Exception as exc:  # a decoder bug must not end the scan: report it on the file
-        yield ("error", fid, f"{type(exc).__name__}: {exc}")
+        yield Failed(fid, f"{type(exc).__name__}: {exc}")

@@ -1,14 +1,14 @@
 """Decode worker processes: one file at a time each, over pipes, ended with their parent.
 
 - Each worker is spawned (a crashing native decoder takes down only its worker) and holds one
-  duplex pipe to the scan. The scan sends it one file; it sends back that file's window and
-  ``done``/``error`` messages; then it gets the next file. So the scan always knows which file a
+  duplex pipe to the scan. The scan sends it one file (:class:`Job`); it sends back that file's
+  :class:`~mictag.runtime.decode.Window` s and its ``Done`` or ``Failed``; then it gets the next file. So the scan always knows which file a
   worker holds (a dead worker becomes an error row for exactly that file), and "take no new
   files" is simply not sending one.
 - Windows do not cross the pipe (``feed="shm"``): each worker seat has an arena of
   ``SLOTS_PER_WORKER`` window slots in anonymous shared memory (:mod:`mictag.runtime.shm_slots`).
   The worker cuts a window straight into a free slot and sends the slot's number; the scan copies
-  the window into its batch (:meth:`DecodePool.fill`) and sends the slot back (``("free", n)``)
+  the window into its batch (:meth:`DecodePool.fill`) and sends the slot back (:class:`FreeSlots`)
   on the same pipe. A worker with no free slot waits for one: the slots bound memory and let
   decoders run ahead of the model. ``feed="pickle"`` sends pickled arrays instead (platforms
   that cannot hand a spawned process a descriptor).
@@ -46,10 +46,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import wait
+from typing import NamedTuple
 
 import numpy as np
 
 from mictag.frontends import frontend_from_dict
+from mictag.runtime.decode import DecodeMessage, Done, Failed, Window
 from mictag.runtime.shm_slots import InheritedArena, SlotArena, shared_memory_available
 from mictag.runtime.windows import window_shape
 
@@ -118,8 +120,34 @@ class _Closed(BaseException):
     catch-all, which turns errors into a file's error row, must let it through.)"""
 
 
+class Job(NamedTuple):
+    """The pool to a worker: decode this file."""
+
+    fid: int
+    path: str
+
+
+class FreeSlots(NamedTuple):
+    """The pool to a worker: these shared-memory slots are yours to write again."""
+
+    slots: tuple[int, ...]
+
+
+class PoolIdle(NamedTuple):
+    """The pool to the scan: every worker has exited."""
+
+
+class PoolFailed(NamedTuple):
+    """The pool to the scan: its reader failed (the scan reports it and stops)."""
+
+    reason: str
+
+
+PoolMessage = DecodeMessage | PoolIdle | PoolFailed
+
+
 def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk_seconds: float,
-            arena: SlotArena | None = None, source: Callable[..., Iterator[tuple]] | None = None) -> None:
+            arena: SlotArena | None = None, source: Callable[..., Iterator[DecodeMessage]] | None = None) -> None:
     die_with_parent(parent_pid)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):  # the scan handles the group's signals
         signal.signal(sig, signal.SIG_IGN)
@@ -139,9 +167,9 @@ def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk
                 message = conn.recv()
             except (EOFError, OSError):
                 raise _Closed from None
-            if message is None or message[0] != "free":  # mid-file the scan only gives slots back
+            if not isinstance(message, FreeSlots):  # mid-file the scan only gives slots back
                 raise _Closed
-            free.extend(message[1:])
+            free.extend(message.slots)
         slot = free.popleft()
         lent.add(slot)
         return arena.view(slot)
@@ -153,16 +181,15 @@ def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk
             return  # the scan closed our pipe
         if job is None:
             return
-        if job[0] == "free":
-            free.extend(job[1:])
+        if isinstance(job, FreeSlots):
+            free.extend(job.slots)
             continue
-        _, fid, path = job
         try:
-            for message in source(fid, path, cfg, variant, hop, chunk_seconds, alloc=take if arena else None):
-                if arena is not None and message[0] == "win":
-                    slot = arena.index_of(message[4])
+            for message in source(job.fid, job.path, cfg, variant, hop, chunk_seconds, alloc=take if arena else None):
+                if arena is not None and isinstance(message, Window):
+                    slot = arena.index_of(message.data)
                     lent.discard(slot)
-                    message = (*message[:4], slot, *message[5:])
+                    message = message._replace(data=slot)  # only the slot's number crosses the pipe
                 conn.send(message)
         except (BrokenPipeError, EOFError, OSError, _Closed):
             return
@@ -193,17 +220,17 @@ class _Seat:
 
 class DecodePool:
     """``workers`` decode processes over ``jobs`` ((file id, path) pairs, taken in order).
-    :meth:`get` returns the next message (or None after ``timeout``); a "win" message's window is
+    :meth:`get` returns the next message (or None after ``timeout``); a window's data is
     copied out with :meth:`fill`; :meth:`stop_taking` lets the workers finish their files but
     starts no new ones; :meth:`close` ends everything. ``feed`` is "shm" (slots; "pickle" where
     this platform has no shared memory to hand over) or "pickle"; ``source`` replaces
     :func:`~mictag.runtime.decode.decode_file` in the workers (importable by name)."""
 
     def __init__(self, jobs: Iterable[tuple[int, str]], workers: int, cfg_dict: dict, variant: str, hop: int,
-                 chunk_seconds: float, feed: str = "auto", source: Callable[..., Iterator[tuple]] | None = None,
+                 chunk_seconds: float, feed: str = "auto", source: Callable[..., Iterator[DecodeMessage]] | None = None,
                  slots: int = SLOTS_PER_WORKER):
         self._ctx = mp.get_context("spawn")
-        self._todo = deque(jobs)
+        self._todo = deque(Job(fid, path) for fid, path in jobs)
         self._args = (os.getpid(), cfg_dict, variant, hop, chunk_seconds)
         self._source = source
         self.feed = "shm" if feed in ("shm", "auto") and shared_memory_available() else "pickle"
@@ -239,17 +266,17 @@ class DecodePool:
         with seat.lock:
             seat.process, seat.conn = process, mine
             if seat.arena is not None:
-                seat.send(("free", *(i for i in range(seat.arena.count) if i not in seat.held)))
+                seat.send(FreeSlots(tuple(i for i in range(seat.arena.count) if i not in seat.held)))
 
     def _dispatch(self, seat: _Seat) -> None:
         """Give ``seat``'s worker its next file, or tell it to exit."""
         with self._lock:
             job = self._todo.popleft() if self._taking and self._todo else None
-        seat.fid = job[0] if job else None
+        seat.fid = job.fid if job else None
         with seat.lock:
-            seat.send(("job", *job) if job else None)
+            seat.send(job)
 
-    def _put(self, message: tuple) -> bool:
+    def _put(self, message: PoolMessage) -> bool:
         while not self._closed.is_set():
             try:
                 self._out.put(message, timeout=0.2)
@@ -263,7 +290,7 @@ class DecodePool:
             while not self._closed.is_set():
                 live = [s for s in self._seats if s.conn is not None]
                 if not live:
-                    self._put(("idle",))
+                    self._put(PoolIdle())
                     return
                 for conn in wait([s.conn for s in live], timeout=0.2):
                     seat = next(s for s in live if s.conn is conn)
@@ -272,16 +299,18 @@ class DecodePool:
                     except (EOFError, OSError):
                         self._ended(seat)
                         continue
-                    if message[0] == "win" and seat.arena is not None:
+                    if not isinstance(message, (Window, Done, Failed)):  # a source that speaks otherwise
+                        raise TypeError(f"a decode source sent {type(message).__name__}, not a decode message")
+                    if isinstance(message, Window) and seat.arena is not None:
                         with seat.lock:
-                            seat.held.add(message[4])
-                        message = (*message[:4], (seat, message[4]), *message[5:])
+                            seat.held.add(message.data)
+                        message = message._replace(data=(seat, message.data))
                     if not self._put(message):
                         return
-                    if message[0] in ("done", "error"):
+                    if isinstance(message, (Done, Failed)):
                         self._dispatch(seat)
         except Exception as exc:  # never a silent hang: the scan reports it and stops
-            self._put(("fatal", f"{type(exc).__name__}: {exc}"))
+            self._put(PoolFailed(f"{type(exc).__name__}: {exc}"))
 
     def _ended(self, seat: _Seat) -> None:
         """A worker's pipe closed: it exited after being told to, or it died holding a file."""
@@ -293,7 +322,7 @@ class DecodePool:
             return
         code = seat.process.exitcode
         why = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        self._put(("error", seat.fid, f"the decoder crashed on this file ({why})"))
+        self._put(Failed(seat.fid, f"the decoder crashed on this file ({why})"))
         seat.fid = None
         with self._lock:
             more = self._taking and bool(self._todo)
@@ -303,16 +332,16 @@ class DecodePool:
             self._dispatch(seat)
 
     # -- the scan's side ----------------------------------------------------------------------
-    def get(self, timeout: float = 0.2) -> tuple | None:
+    def get(self, timeout: float = 0.2) -> PoolMessage | None:
         try:
             return self._out.get(timeout=timeout)
         except queue.Empty:
             return None
 
-    def fill(self, out: np.ndarray, message: tuple) -> None:
-        """Copy a "win" message's window into ``out`` (a row of the scan's batch); with the shm feed,
-        give its slot back to the worker that now sits in the seat."""
-        data = message[4]
+    def fill(self, out: np.ndarray, message: Window) -> None:
+        """Copy a window into ``out`` (a row of the scan's batch); with the shm feed, give its slot
+        back to the worker that now sits in the seat."""
+        data = message.data
         if isinstance(data, np.ndarray):  # the pickle feed
             out[...] = data
             return
@@ -320,7 +349,7 @@ class DecodePool:
         out[...] = seat.arena.view(slot)
         with seat.lock:
             seat.held.discard(slot)
-            seat.send(("free", slot))
+            seat.send(FreeSlots((slot,)))
 
     def stop_taking(self) -> None:
         with self._lock:

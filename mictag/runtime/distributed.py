@@ -35,12 +35,13 @@ from mictag.frontends import frontend_from_dict
 from mictag.runtime.backends import model_metadata, open_backend
 from mictag.runtime.engines.base import submit_batch
 from mictag.runtime.discovery import FileEntry
-from mictag.runtime.decode import decode_file
+from mictag.runtime.decode import Done, Failed, Window, decode_file
 from mictag.runtime.pipeline import ScanOptions, Scoring, _FileState
 from mictag.runtime.results import FileResult
 from mictag.runtime.trust import CheckOutcome, RowGate
 
 NEEDS_RAY = "--ray needs Ray Data, which is not installed: pip install 'mictag[dist]'"
+_KINDS = {Window: "win", Done: "done", Failed: "error"}  # a decode message's kind in a Ray block
 WINDOWS_PER_BLOCK = 16
 
 
@@ -59,24 +60,26 @@ def decode_stage(batch: dict, cfg: dict, variant: str, hop: int, chunk_seconds: 
     fb = frontend_from_dict(cfg)
     shape = (fb.target_frames, fb.num_mel_bins) if variant == "fbank" else (fb.window_samples,)
     fid, path = int(batch["fid"][0]), str(batch["path"][0])
-    rows: list[tuple] = []
+    rows: list = []
 
-    def block(items: list[tuple]) -> dict:
+    def block(items: list) -> dict:
         n = len(items)
-        out = {"kind": np.array([m[0] for m in items]), "fid": np.full(n, fid, np.int64),
+        out = {"kind": np.array([_KINDS[type(m)] for m in items]), "fid": np.full(n, fid, np.int64),
                "index": np.zeros(n, np.int64), "valid": np.zeros(n, np.int64), "t0": np.zeros(n), "t1": np.zeros(n),
                "data": np.zeros((n, *shape), np.float32), "duration": np.zeros(n), "n_windows": np.zeros(n, np.int64),
                "status": np.array([""] * n, dtype=object), "note": np.array([""] * n, dtype=object),
                "size": np.full(n, -1, np.int64), "mtime": np.zeros(n)}
         for i, m in enumerate(items):
-            if m[0] == "win":
-                out["index"][i], out["data"][i], out["valid"][i] = m[2], m[4], m[5]
-                out["t0"][i], out["t1"][i] = m[6]
-            elif m[0] == "done":
-                out["duration"][i], out["n_windows"][i], out["status"][i], out["note"][i] = m[2], m[3], m[4], m[5]
-                out["size"][i], out["mtime"][i] = m[6], m[7]
+            if isinstance(m, Window):
+                out["index"][i], out["data"][i], out["valid"][i] = m.index, m.data, m.valid
+                out["t0"][i], out["t1"][i] = m.seconds
+            elif isinstance(m, Done):
+                out["duration"][i], out["n_windows"][i], out["status"][i], out["note"][i] = (m.duration, m.windows,
+                                                                                            m.status, m.note)
+                if m.size_bytes is not None:  # (-1: not known, a dangling link)
+                    out["size"][i], out["mtime"][i] = m.size_bytes, m.mtime
             else:
-                out["status"][i], out["note"][i] = "error", m[2]
+                out["status"][i], out["note"][i] = "error", m.reason
         return out
 
     for message in decode_file(fid, path, fb, variant, hop, chunk_seconds):
@@ -241,10 +244,10 @@ class RayExecutor:
                     yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", str(batch["note"][r]))
                     continue
                 else:
-                    st.done = ("done", fid, float(batch["duration"][r]), int(batch["n_windows"][r]),
-                               str(batch["status"][r]), str(batch["note"][r]), int(batch["size"][r]),
-                               float(batch["mtime"][r]))
-                if st.done is not None and len(st.probs) >= st.done[3]:
+                    size = int(batch["size"][r])
+                    st.done = Done(fid, float(batch["duration"][r]), int(batch["n_windows"][r]), str(batch["status"][r]),
+                                   str(batch["note"][r]), *((size, float(batch["mtime"][r])) if size >= 0 else ()))
+                if st.done is not None and len(st.probs) >= st.done.windows:
                     del states[fid]
                     finished += 1
                     if gate.finished(fid, st):

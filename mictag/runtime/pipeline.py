@@ -24,7 +24,7 @@ import numpy as np
 from mictag.audio import CHUNK_SECONDS
 from mictag.errors import ConfigError
 from mictag.frontends import frontend_from_dict, hop_frames
-from mictag.runtime.decode import SILENCE, decode_file
+from mictag.runtime.decode import SILENCE, DecodeMessage, Done, Failed, Window, decode_file
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.engines.base import Backend, pipeline_depth, submit_batch
 from mictag.runtime.results import FileResult
@@ -68,7 +68,7 @@ class _FileState:
     entry: FileEntry
     probs: dict
     segments: list
-    done: tuple | None = None
+    done: Done | None = None
 
 
 class _Batch:
@@ -85,12 +85,12 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, msg: tuple, fill: Callable[[np.ndarray, tuple], None]) -> bool:
-        """Copy a "win" message's window in with ``fill(row, msg)``; True once the batch is full."""
+    def add(self, msg: Window, fill: Callable[[np.ndarray, Window], None]) -> bool:
+        """Copy a window in with ``fill(row, msg)``; True once the batch is full."""
         if self.x is None:
             self.x = np.empty((self.size, *self.shape), np.float32)
         fill(self.x[len(self.items)], msg)
-        self.items.append((msg[1], msg[2], msg[5], msg[6]))
+        self.items.append((msg.fid, msg.index, msg.valid, msg.seconds))
         return len(self.items) >= self.size
 
     def drop(self, fid: int) -> None:
@@ -106,8 +106,8 @@ class _Batch:
         return self.x[: len(items)], np.asarray([item[2] for item in items], np.int64), items
 
 
-def _copy_window(row: np.ndarray, msg: tuple) -> None:
-    row[...] = msg[4]
+def _copy_window(row: np.ndarray, msg: Window) -> None:
+    row[...] = msg.data
 
 
 class Scoring:
@@ -133,8 +133,9 @@ class Scoring:
 
     def result(self, st: "_FileState") -> FileResult:
         e = st.entry
-        duration, n, status, note = st.done[2:6]
-        size, mtime = st.done[6:8] if len(st.done) >= 8 else (e.size, e.mtime)  # as read, where known
+        d = st.done
+        duration, n, status, note = d.duration, d.windows, d.status, d.note
+        size, mtime = (d.size_bytes, d.mtime) if d.size_bytes is not None else (e.size, e.mtime)  # as read, where known
         res = FileResult(e.rel, size, mtime, duration, n, status, note)
         if n:
             probs = np.stack([st.probs[i] for i in range(n)])
@@ -240,7 +241,7 @@ class Scanner:
         def complete(fid: int) -> Iterator[FileResult]:
             nonlocal finished
             st = states.get(fid)
-            if st is None or st.done is None or len(st.probs) < st.done[3]:
+            if st is None or st.done is None or len(st.probs) < st.done.windows:
                 return
             del states[fid]
             finished += 1
@@ -251,23 +252,22 @@ class Scanner:
                     self._fast_rows.append(st.entry)
             yield self._result(st)
 
-        def handle(msg: tuple) -> Iterator[FileResult]:
+        def handle(msg: DecodeMessage) -> Iterator[FileResult]:
             nonlocal finished, errors
-            kind, fid = msg[0], msg[1]
-            if kind == "win":
+            if isinstance(msg, Window):
                 if batch.add(msg, fill):
                     yield from flush()
-            elif kind == "done":
-                states[fid].done = msg
-                yield from complete(fid)
-            elif kind == "error":
-                st = states.pop(fid, None)
+            elif isinstance(msg, Done):
+                states[msg.fid].done = msg
+                yield from complete(msg.fid)
+            elif isinstance(msg, Failed):
+                st = states.pop(msg.fid, None)
                 if st is not None:
-                    batch.drop(fid)
+                    batch.drop(msg.fid)
                     finished += 1
                     errors += 1
                     e = st.entry
-                    yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", msg[2])
+                    yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", msg.reason)
 
         t0 = time.perf_counter()
         last_report = 0.0
@@ -345,6 +345,8 @@ class Scanner:
         self.windows_scored += again.windows_scored
 
     def _run_workers(self, pool, states, handle, flush, report, stopping) -> Iterator[FileResult]:
+        from mictag.runtime.decode_pool import PoolFailed, PoolIdle
+
         try:
             while states:
                 if stopping():
@@ -355,13 +357,13 @@ class Scanner:
                     yield from flush(drain=True)  # nothing arriving: do not let a partial batch wait
                     report()
                     continue
-                if msg[0] == "idle":  # every worker has exited: score what is pending; the rest is lost
+                if isinstance(msg, PoolIdle):  # every worker has exited: score what is pending; the rest is lost
                     yield from flush(drain=True)
                     for fid in list(states):
-                        yield from handle(("error", fid, "no decoder processed this file"))
+                        yield from handle(Failed(fid, "no decoder processed this file"))
                     break
-                if msg[0] == "fatal":
-                    raise RuntimeError(f"the decode pool failed: {msg[1]}")
+                if isinstance(msg, PoolFailed):
+                    raise RuntimeError(f"the decode pool failed: {msg.reason}")
                 yield from handle(msg)
                 report()
             yield from flush(drain=True)

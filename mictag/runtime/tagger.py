@@ -22,6 +22,7 @@ import numpy as np
 from mictag.audio import AudioError, Resampler, downmix
 from mictag.runtime.backends import open_backend
 from mictag.runtime.engines.base import submit_batch
+from mictag.runtime.decode import Done
 from mictag.runtime.discovery import FileEntry
 from mictag.runtime.pipeline import Scanner, ScanOptions, _FileState
 from mictag.runtime.results import FileResult
@@ -128,5 +129,5 @@ class Tagger:
                     probs = self.backend.reference.run(np.stack([w.data for w in batch]),
                                                        np.asarray([w.valid for w in batch]))
                     state.probs.update({w.index: row for w, row in zip(batch, probs)})
-        state.done = ("done", 0, audio16k.size / s.cfg.sample_rate, len(windows), "ok", "")
+        state.done = Done(0, audio16k.size / s.cfg.sample_rate, len(windows), "ok", "")
         return s._result(state)
