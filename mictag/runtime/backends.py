@@ -29,7 +29,7 @@ import numpy as np
 from mictag.cpu import cpu_info
 from mictag.errors import MictagError
 from mictag.metadata import int8_path
-from mictag.runtime.choice import EnginePlan, Engines, Int8Variant, choose_engine
+from mictag.runtime.choice import ORT_PROVIDERS, EnginePlan, Engines, Int8Variant, choose_engine
 from mictag.runtime.engines.base import Backend, Submitted, _in_parts
 
 BACKENDS = ("auto", "openvino", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch")
@@ -78,16 +78,13 @@ class OrtBackend(Backend):
     its engines beside the model. ``io_binding`` forces it on or off (the CPU provider runs plain
     ``session.run`` unless asked)."""
 
-    PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
-                 "ort-trt": "TensorrtExecutionProvider"}
-
     def __init__(self, path: Path, name: str, threads: int | None = None, precision: str = "fp32",
                  io_binding: bool | None = None, batch: int | None = None):
         import onnxruntime as ort
 
         from mictag.metadata import check_metadata, read_metadata
 
-        provider = self.PROVIDERS[name]
+        provider = ORT_PROVIDERS[name]
         available = tuple(ort.get_available_providers())
         if provider not in available:
             raise ModelError(f"backend {name} needs ONNX Runtime's {provider}, which this installation lacks "

@@ -76,7 +76,7 @@ def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int, allo
     buf_start = 0  # frame index of buf[0]
     index = 0
 
-    def cut(start: int, total: int | None) -> Window:
+    def cut(start: int) -> Window:
         nonlocal index
         rel = start - buf_start
         piece = buf[rel : rel + size]
@@ -89,7 +89,7 @@ def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int, allo
         if new.shape[0]:
             buf = np.concatenate([buf, new]) if buf.shape[0] else new
         while buf_start + buf.shape[0] >= index * hop + size:  # a complete window is ready
-            yield cut(index * hop, None)
+            yield cut(index * hop)
             drop = min(index * hop - buf_start, buf.shape[0])
             buf, buf_start = buf[drop:], buf_start + drop
     last = stream.finish()
@@ -97,7 +97,7 @@ def frame_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int, allo
         buf = np.concatenate([buf, last]) if buf.shape[0] else last
     total = stream.frames_emitted
     for start in frontends.window_starts(total, hop, size)[index:]:
-        yield cut(start, total)
+        yield cut(start)
 
 
 def sample_windows(chunks: Iterable[np.ndarray], cfg: FbankConfig, hop: int, alloc: Alloc | None = None
