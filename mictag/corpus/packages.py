@@ -12,10 +12,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from mictag.errors import MictagError
+
 EVALUATION_ONLY = ("fluid-soundfont-gm", "fluid-soundfont-gs", "fluidr3mono-gm-soundfont", "freepats", "hydrogen-data")
 
 
-class FetchError(RuntimeError):
+class FetchError(MictagError):
     """apt-get or dpkg-deb is missing or failed; the message is one line."""
 
 

@@ -7,6 +7,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from mictag.errors import MictagError
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -15,8 +17,8 @@ class Preset:
     name: str
 
 
-class SoundFontError(ValueError):
-    pass
+class SoundFontError(MictagError):
+    """A file that is not a usable SoundFont."""
 
 
 def presets(path: str | Path) -> list[Preset]:

@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from mictag.corpus.midi import START_CONTROLLERS, Part
+from mictag.errors import MictagError
 
 BLOCK = 64  # FluidSynth's internal block (FLUID_BUFSIZE): events take effect on these boundaries
 SETTLE_BLOCKS = 16  # silent blocks after a reset, before a part
 
 
-class SynthError(RuntimeError):
-    pass
+class SynthError(MictagError):
+    """FluidSynth is missing or failed."""
 
 
 def _library():
