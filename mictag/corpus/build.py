@@ -501,7 +501,7 @@ def build(out: str | os.PathLike, spec: CorpusSpec = CorpusSpec(), cache: str | 
               for lab in OPENMIC_LABELS}
     known = Counter(v for row in masked for v in row.values())
     packages = {name: {"version": version(root), "licence": licence(root, name),
-                       "note": I.LICENCE_NOTES.get(name, "") or PACKAGE_NOTES.get(name, "")}
+                       "note": I.LICENCE_NOTES.get(name, "")}
                 for name, root in roots.items()}
     report = {"spec": spec.to_dict(), "recipe_digest": spec.digest(), "clips": len(records),
               "seconds": round(time.perf_counter() - t0, 1), "packages": packages,
@@ -516,10 +516,6 @@ def build(out: str | os.PathLike, spec: CorpusSpec = CorpusSpec(), cache: str | 
     (out / "corpus.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     (out / "SOURCES.md").write_text(sources_text(report, cat), encoding="utf-8")
     return report
-
-
-# Notes on packages that are no instrument source (instruments.LICENCE_NOTES has those).
-PACKAGE_NOTES = {"alsa-utils": "only its spoken channel names (usr/share/sounds/alsa), the speech in negative clips"}
 
 
 def sources_text(report: dict, cat: Catalogue) -> str:

@@ -37,6 +37,7 @@ LICENCE_NOTES = {
     "hydrogen-drumkits": "GPL-2+ and CC (see the package's copyright file, kit by kit)",
     "sonic-pi-samples": "CC0 (each sample from freesound.org)",
     "lmms-common": "GPL-2+",
+    "alsa-utils": "only its spoken channel names (usr/share/sounds/alsa), the speech in negative clips",
     "csound-soundfont": "public domain (Csound's sf_GMbank.sf2, a GM/GS bank: \"Public Domain\" in its licence field)",
 }
 

@@ -73,28 +73,15 @@ def applause(rng: np.random.Generator, n: int, rate: int, claps_per_second: floa
     return out[:n].astype(np.float32)
 
 
-_DECODED: dict[str, np.ndarray] = {}
-
-
-def _load(path: str) -> np.ndarray:
-    from mictag import audio
-
-    if path not in _DECODED:
-        _DECODED[path] = audio.load(path)
-    return _DECODED[path]
-
-
 def speech(rng: np.random.Generator, files: list[str], n: int, rate: int) -> np.ndarray:
     """Random speech files one after another with short gaps (0.15-0.7 s), each at its own
     gain, until the clip is full."""
-    from mictag import audio
+    from mictag.corpus.recordings import decoded
 
-    if rate != audio.TARGET_RATE:
-        raise ValueError(f"speech plays at {audio.TARGET_RATE} Hz, not {rate}")
     out = np.zeros(n, np.float32)
     t = int(rng.uniform(0.0, 0.5) * rate)
     while t < n:
-        x = _load(files[int(rng.integers(len(files)))])
+        x = decoded(files[int(rng.integers(len(files)))], rate)
         gain = 10 ** (rng.uniform(-4, 0) / 20)
         out[t : t + x.size] += gain * x[: n - t]
         t += x.size + int(rng.uniform(0.15, 0.7) * rate)

@@ -89,11 +89,12 @@ def find_recordings(roots: dict[str, Path]) -> list[tuple[str, str, Path]]:
 _DECODED: dict[str, np.ndarray] = {}
 
 
-def _decoded(path: str, rate: int) -> np.ndarray:
+def decoded(path: str, rate: int) -> np.ndarray:
+    """A sample file as mono 16 kHz float32, decoded once per process (empty if it cannot be)."""
     from mictag import audio
 
     if rate != audio.TARGET_RATE:
-        raise ValueError(f"recordings play at {audio.TARGET_RATE} Hz, not {rate}")
+        raise ValueError(f"samples play at {audio.TARGET_RATE} Hz, not {rate}")
     if path not in _DECODED:
         try:
             _DECODED[path] = audio.load(path)
@@ -106,7 +107,7 @@ def render_recording(path: str, rng: np.random.Generator, beat: float, seconds: 
                      pitched: bool = True) -> np.ndarray:
     """The recording played through the clip: a short one as hits on the beat (pitched ones moved
     by up to three semitones a hit, by resampling), a long one as phrases from random offsets."""
-    x = _decoded(path, rate)
+    x = decoded(path, rate)
     n = int(round(seconds * rate))
     out = np.zeros(n + rate, np.float32)
     if x.size == 0:
