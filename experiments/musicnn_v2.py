@@ -41,6 +41,7 @@ from torch import nn
 from mictag.corpus.recordings import take
 from mictag.cpu import cpu_info
 from mictag.labels import OPENMIC_LABELS
+from mictag.model.mappers import build_mapper
 from mictag.train.metrics import evaluate, tune_thresholds
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -103,22 +104,14 @@ def join(*subsets: Subset) -> Subset:
     return out
 
 
-class Mapper(nn.Module):
-    """LayerNorm + Linear (v1's head), or LayerNorm + a hidden layer ("mlp": 256 units, "mlp64": 64),
-    as :class:`mictag.model.mappers.MLPMapper`."""
+MAPPER_OPTIONS = {"head": ("head", {}), "mlp": ("mlp", {}), "mlp64": ("mlp", {"hidden": 64})}
 
-    def __init__(self, d: int, kind: str, hidden: int = 256, dropout: float = 0.3):
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-        if kind == "head":
-            self.body = nn.Linear(d, len(OPENMIC_LABELS))
-        else:
-            hidden = 64 if kind == "mlp64" else hidden
-            self.body = nn.Sequential(nn.Dropout(0.1), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout),
-                                      nn.Linear(hidden, len(OPENMIC_LABELS)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.norm(x))
+def new_mapper(d: int, kind: str) -> nn.Module:
+    """The package's own mapper of ``kind`` (head, mlp, mlp64: a 64-unit mlp) on ``d`` features:
+    what the study trains is what ships."""
+    name, options = MAPPER_OPTIONS[kind]
+    return build_mapper(name, d, 0, OPENMIC_LABELS, **options)
 
 
 def file_scores(model: nn.Module, s: Subset) -> np.ndarray:
@@ -130,11 +123,16 @@ def file_scores(model: nn.Module, s: Subset) -> np.ndarray:
         return torch.sigmoid(logits.amax(1)).numpy()
 
 
-def train(train_set: Subset, val_sets: list[Subset], kind: str, target: str, seed: int, epochs: int,
-          lr: float = 1e-3, batch: int = 32, weight_decay: float = 1e-4) -> tuple[nn.Module, dict]:
-    """A mapper trained on ``train_set``; the epoch with the best mean validation mAP is kept."""
+OPTIMIZER = {"lr": 1e-3, "batch_size": 32, "weight_decay": 1e-4}  # AdamW, cosine schedule over the epochs
+
+
+def train(train_set: Subset, val_sets: list[Subset], kind: str, target: str, seed: int,
+          epochs: int) -> tuple[nn.Module, dict]:
+    """A mapper trained on ``train_set`` (AdamW, :data:`OPTIMIZER`); the epoch with the best mean
+    validation mAP is kept."""
+    lr, batch, weight_decay = OPTIMIZER["lr"], OPTIMIZER["batch_size"], OPTIMIZER["weight_decay"]
     torch.manual_seed(seed)
-    model = Mapper(train_set.x.shape[2], kind)
+    model = new_mapper(train_set.x.shape[2], kind)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     x, mask = torch.from_numpy(train_set.x), torch.from_numpy(train_set.mask)
@@ -205,17 +203,31 @@ def real_roles(real: Path, corpus: Path) -> dict[str, str]:
     return out
 
 
-def v1_model(d: int) -> nn.Module:
-    """The shipped v1 tagger's mapper (musicnn-openmic20, LayerNorm + Linear on MTT musicnn's 200)."""
+V1_COMMIT = "4e7fb0f"  # the last commit that ships musicnn-openmic20 version 1
+
+
+def v1_tagger() -> tuple[nn.Module, list[float]]:
+    """Version 1 of the shipped tagger (LayerNorm + Linear on MTT musicnn's 200-d layer) and its
+    thresholds, read from the git history (the package now ships version 2)."""
+    import subprocess
+    import tempfile
+
     from safetensors.torch import load_file
 
-    root = Path(__file__).resolve().parent.parent / "mictag" / "data" / "taggers"
-    w = load_file(str(root / "musicnn-openmic20.safetensors"))
-    model = Mapper(d, "head")
-    model.norm.load_state_dict({"weight": w["mapper.norm.weight"], "bias": w["mapper.norm.bias"]})
-    model.body.load_state_dict({"weight": w["mapper.linear.weight"], "bias": w["mapper.linear.bias"]})
-    model.norm.eps = 1e-5
-    return model
+    def show(name: str) -> bytes:
+        try:
+            return subprocess.run(["git", "show", f"{V1_COMMIT}:mictag/data/taggers/{name}"], check=True,
+                                  capture_output=True, cwd=Path(__file__).resolve().parent).stdout
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise SystemExit(f"version 1 of the tagger is read from the git history ({V1_COMMIT}): {exc}") from None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "v1.safetensors"
+        weights.write_bytes(show("musicnn-openmic20.safetensors"))
+        w = load_file(str(weights))
+    model = new_mapper(200, "head")
+    model.load_state_dict({k.removeprefix("mapper."): v for k, v in w.items()})
+    return model, json.loads(show("musicnn-openmic20.json"))["thresholds"]
 
 
 def slug(key: str) -> str:
@@ -267,22 +279,12 @@ def ship(key: str, results: dict, models: Path, args) -> None:
         raise SystemExit(f"{key}: only a mapper on one network ({', '.join(SHIPPABLE_SETS)}; the scan's cost would grow "
                          f"with every network added) and under {SHIPPED_WEIGHTS_LIMIT:,} weights ships")
     chosen, table = choose(results, models)
-    state = torch.load(models / f"{slug(key.split(' | thresholds ')[0])}.pt", weights_only=True)
-    options = {"hidden": 64} if run["mapper"] == "mlp64" else {}
+    name, options = MAPPER_OPTIONS[run["mapper"]]
     cfg = SystemConfig(backbone="musicnn", musicnn=MusicnnConfig(features=SHIPPABLE_SETS[run["features"]]),
-                       mapper="head" if run["mapper"] == "head" else "mlp", mapper_options=options)
+                       mapper=name, mapper_options=options)
     model = build_system(cfg, backbone=frozen_backbone(cfg, "MTT_musicnn")).eval()
-    if run["mapper"] == "head":
-        state = {k.replace("body.", "linear."): v for k, v in state.items()}
-    model.mapper.load_state_dict(state)
-    study = Mapper(model.backbone.hidden_size, run["mapper"]).eval()
-    study.load_state_dict(torch.load(models / f"{slug(key.split(' | thresholds ')[0])}.pt", weights_only=True))
-    probe = torch.randn(8, model.backbone.hidden_size)
-    with torch.inference_mode():
-        if not torch.allclose(model.mapper(probe), study(probe), atol=1e-5):
-            raise SystemExit("the packaged mapper does not compute what the study trained")
-    recipe = {"name": "v2-study", "optimizer": "AdamW", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32,
-              "epochs": args.epochs, "schedule": "cosine", "best_epoch_by": "mean validation mAP (corpus-val, real-val)",
+    model.mapper.load_state_dict(torch.load(models / f"{slug(key.split(' | thresholds ')[0])}.pt", weights_only=True))
+    recipe = {"name": "v2-study", "optimizer": "AdamW", **OPTIMIZER, "epochs": args.epochs, "schedule": "cosine", "best_epoch_by": "mean validation mAP (corpus-val, real-val)",
               "target": run["target"], "seed": run["seed"], "trained_on": run["trained_on"],
               "features": "per window as the scan cuts them (3 s, no overlap, last window padded)"}
     sets = [k for k in run if isinstance(run[k], dict) and "macro_f1" in run[k]]
@@ -437,9 +439,8 @@ def main(argv: list[str] | None = None) -> None:
 
     sets = sets_for(FEATURE_SETS["MTT-musicnn"])
     print({k: len(v) for k, v in sets.items()})
-    v1 = v1_model(200)
-    shipped = json.loads((Path(__file__).resolve().parent.parent / "mictag/data/taggers/musicnn-openmic20.json").read_text())
-    evaluate_all(v1, sets, "v1 shipped (MTT-musicnn head, first-window target)", {"v1": shipped["thresholds"]})
+    v1, v1_thresholds = v1_tagger()
+    evaluate_all(v1, sets, "v1 shipped (MTT-musicnn head, first-window target)", {"v1": v1_thresholds})
     for set_name in args.sets:
         sets = sets_for(FEATURE_SETS[set_name])
         train_set = join(*(sets[f"{name}-train"] for name in args.train))

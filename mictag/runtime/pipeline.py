@@ -156,11 +156,9 @@ class Scanner:
     name in a spawned worker."""
 
     def __init__(self, backend: Backend, options: ScanOptions | None = None,
-                 source: Callable[..., Iterator[tuple]] | None = None):
+                 source: Callable[..., Iterator[DecodeMessage]] | None = None):
         self.backend = backend
         self.options = options or ScanOptions()
-        if self.options.feed not in FEEDS:
-            raise ConfigError(f"feed must be one of {', '.join(FEEDS)}, not {self.options.feed!r}")
         self.source = source or decode_file
         self.scoring = Scoring(backend.meta, self.options)
         sc = self.scoring

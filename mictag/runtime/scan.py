@@ -151,18 +151,20 @@ def run_scan(request: ScanRequest, on_progress: Callable[[dict], None] | None = 
         with writing(out):
             out.parent.mkdir(parents=True, exist_ok=True)
             held.enter_context(OutputLock(out, request.wait, say))
-        return _scan_locked(library, out, request.model, request.backend, options, fmt, request.include,
-                            request.exclude, request.overwrite, request.retry_failed, request.segments, on_progress,
-                            say, request.use_ray, request.ray_address, request.ray_workers, request.precision,
-                            should_stop or (lambda: False), counts)
+        return _scan_locked(request, library, out, options, fmt, on_progress, say, should_stop or (lambda: False),
+                            counts)
 
 
-def _scan_locked(library, out, model, backend, options, fmt, include, exclude, overwrite, retry_failed, segments,
-                 on_progress, say, use_ray, ray_address, ray_workers, precision, should_stop, counts) -> ScanSummary:
-    if use_ray:
+def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOptions, fmt: str, on_progress, say,
+                 should_stop, counts) -> ScanSummary:
+    """The scan, once its output is locked (``library``, ``out``, ``options`` and ``fmt``: the
+    request's, resolved)."""
+    model, backend, precision, segments = request.model, request.backend, request.precision, request.segments
+    if request.use_ray:
         from mictag.runtime.distributed import RayExecutor
 
-        executor = RayExecutor(model, backend, options, ray_address, ray_workers, say, precision, library)
+        executor = RayExecutor(model, backend, options, request.ray_address, request.ray_workers, say, precision,
+                               library)
         scoring = executor.scoring
     else:
         engine = open_backend(model, backend, precision=precision, on_message=say, library=library)
@@ -174,7 +176,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
     journal = out.with_name(out.name + ".jsonl-journal") if fmt == "parquet" else out
     row_fmt = "jsonl" if fmt == "parquet" else fmt
     state_file = _state_path(out)
-    fresh = overwrite or not journal.exists()
+    fresh = request.overwrite or not journal.exists()
     if not fresh:
         try:
             previous = json.loads(state_file.read_text("utf-8"))
@@ -184,7 +186,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
             say(f"{out} was written with another model or other options: starting it afresh")
             fresh = True
     special: list[Skipped] = []
-    entries = _interruptible(lambda: discover(library, include, exclude, skipped=special), should_stop)
+    entries = _interruptible(lambda: discover(library, request.include, request.exclude, skipped=special), should_stop)
     kept: list[dict] = []
     dropped: list[dict] = []  # rows of files gone or changed: their bytes may be under another name now
     redo_file = _redo_path(out)
@@ -199,7 +201,7 @@ def _scan_locked(library, out, model, backend, options, fmt, include, exclude, o
         for row in _last_per_path(rows):
             e = by_path.get(row.get("path"))
             if (e is None or row["path"] in redo or not same_file(row, e.size, e.mtime)
-                    or (retry_failed and row.get("status") == "error")):
+                    or (request.retry_failed and row.get("status") == "error")):
                 if row["path"] not in redo:
                     dropped.append(row)
                 continue
