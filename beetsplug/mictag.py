@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     from beets.importer import ImportSession, ImportTask
     from beets.library import Item, Library
 
-    from mictag.runtime.results import FileResult
-    from mictag.runtime.tagger import Tagger
+    from mictag.output.rows import FileResult
+    from mictag.api import Tagger
 
 PREFIX = "mictag_"
 MODEL_FIELD = "mictag_model"
@@ -172,7 +172,7 @@ class MictagPlugin(BeetsPlugin):
         if not todo:
             return 0, len(items), 0
         tagger = self._load_tagger(path)
-        from mictag.runtime.batch_tagging import tag_files
+        from mictag.api import tag_files
 
         if write:
             self._map_file_tag()
@@ -241,7 +241,7 @@ class MictagPlugin(BeetsPlugin):
             from pathlib import Path
 
             from mictag.errors import MictagError
-            from mictag.runtime.batch_tagging import default_tagger, model_identity
+            from mictag.api import default_tagger, model_identity
 
             model = self.config["model"].get() or ""
             try:
@@ -256,8 +256,8 @@ class MictagPlugin(BeetsPlugin):
     def _load_tagger(self, path: Path) -> Tagger:
         if self._tagger is None:
             from mictag.errors import MictagError
-            from mictag.runtime.backends import BACKENDS
-            from mictag.runtime.tagger import Tagger
+            from mictag.runtime.engines.open import BACKENDS
+            from mictag.api import Tagger
 
             backend = self.config["backend"].as_str()
             if backend not in BACKENDS:

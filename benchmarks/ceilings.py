@@ -74,7 +74,7 @@ def ort_fp32_ceiling(shapes, repeats: int = 3) -> float | None:
 
 def openvino_ceiling(precision: str, shapes, repeats: int = 3) -> float | None:
     try:
-        from mictag.runtime.openvino_engine import import_openvino
+        from mictag.runtime.engines.openvino import import_openvino
 
         ov = import_openvino()
     except ImportError:

@@ -1,4 +1,4 @@
-"""What keying rows by content costs (mictag.runtime.content): sha256 of a file's bytes per GB and
+"""What keying rows by content costs (mictag.runtime.scan.content): sha256 of a file's bytes per GB and
 per file, and a scan with the digests against the same scan without them, side by side.
 
     python benchmarks/content_digest.py [--gb 1] [--small 5000] [--model M --audio DIR]
@@ -24,7 +24,7 @@ from engine import save_result  # noqa: E402
 
 
 def _digest_all(paths: list[Path]) -> float:
-    from mictag.runtime.content import file_sha256
+    from mictag.runtime.scan.content import file_sha256
 
     t0 = time.perf_counter()
     for p in paths:
@@ -35,9 +35,9 @@ def _digest_all(paths: list[Path]) -> float:
 
 def _scan_seconds(model: Path, audio: Path, work: Path, digests: bool) -> float:
     """One scan into a fresh output; without ``digests`` the hashing is switched off."""
-    from mictag.runtime import scan
-    from mictag.runtime.content import ReusePlan
-    from mictag.runtime.pipeline import ScanOptions
+    from mictag.runtime.scan.run import run as scan
+    from mictag.runtime.scan.content import ReusePlan
+    from mictag.runtime.scan.pipeline import ScanOptions
 
     saved = scan.BackgroundHasher, scan.plan_reuse
     if not digests:

@@ -39,7 +39,7 @@ from mictag import __version__  # noqa: E402
 from mictag.cpu import cpu_info  # noqa: E402
 from mictag.export.onnx import convert_precision, export_onnx, metadata, write_int8  # noqa: E402
 from mictag.backbones.ast import ASTConfig  # noqa: E402
-from mictag.export.torch_artifact import TorchTagger  # noqa: E402
+from mictag.model.artifact import TorchTagger  # noqa: E402
 from mictag.backbones.attention import set_kernel  # noqa: E402
 from mictag.model.fbank import Fbank  # noqa: E402
 from mictag.timing import best_seconds  # noqa: E402
@@ -58,7 +58,7 @@ def machine() -> dict:
     for module in ("onnxruntime", "openvino"):
         try:
             if module == "openvino":
-                from mictag.runtime.openvino_engine import import_openvino
+                from mictag.runtime.engines.openvino import import_openvino
 
                 info[module] = import_openvino().get_version()
             else:
@@ -265,7 +265,7 @@ def main(argv=None) -> dict:
         paths = {}
     ov_requests = {}
     try:
-        from mictag.runtime.openvino_engine import import_openvino
+        from mictag.runtime.engines.openvino import import_openvino
 
         ov = import_openvino()
         for precision, source in (("fp32", "fp32"), ("bf16", "fp32"), ("int8", "int8-static"),
@@ -286,7 +286,7 @@ def main(argv=None) -> dict:
     except ImportError:
         pass
 
-    from mictag.runtime.choice import Engines, Int8Variant, choose_engine
+    from mictag.runtime.engines.choice import Engines, Int8Variant, choose_engine
 
     int8_variant = Int8Variant(paths["int8-static"], int8_record["max_abs_dp"]) if int8_record else None
     plan = choose_engine(tmp / "model.onnx", "onnx", "fp32", cpu, Engines.detect(), int8=int8_variant)
@@ -349,7 +349,8 @@ def measure_startup(system, meta, paths: dict, tmp: Path) -> dict:
     """Seconds from a file on disk to a model ready to score: the torch artifact (memory-mapped,
     backbone built on the meta device) and OpenVINO's compile, cold and from its cache."""
     out = {}
-    from mictag.export.torch_artifact import load_torch_artifact, save_torch_artifact
+    from mictag.model.artifact import load_torch_artifact
+    from mictag.model.artifact import save_torch_artifact
 
     artifact = save_torch_artifact(system, tmp / "model.pt", meta)
     for precision in ("fp32", "bf16"):
@@ -358,7 +359,7 @@ def measure_startup(system, meta, paths: dict, tmp: Path) -> dict:
         out[f"torch-artifact-load-{precision}"] = time.perf_counter() - t0
     if "fp32" in paths:
         try:
-            from mictag.runtime import openvino_engine
+            from mictag.runtime.engines import openvino as openvino_engine
 
             openvino_engine.import_openvino()
             for attempt in ("cold", "cached"):

@@ -263,7 +263,7 @@ class TorchModels:
         """Front end in fp32, the rest with weights in ``precision`` (:class:`TorchTagger`)."""
         import copy
 
-        from mictag.export.torch_artifact import DTYPES, TorchTagger
+        from mictag.model.artifact import DTYPES, TorchTagger
 
         if precision not in self.cache:
             self.cache[precision] = TorchTagger(copy.deepcopy(self.system), "waveform", DTYPES[precision]).to(
@@ -271,7 +271,7 @@ class TorchModels:
         return self.cache[precision]
 
     def autocast(self, precision: str):
-        from mictag.export.torch_artifact import DTYPES
+        from mictag.model.artifact import DTYPES
 
         key = f"autocast-{precision}"
         if key not in self.cache:
@@ -392,7 +392,7 @@ class Artifacts:
         return self.paths[key]
 
     def torch(self) -> Path:
-        from mictag.export.torch_artifact import save_torch_artifact
+        from mictag.model.artifact import save_torch_artifact
 
         return self._timed("torch", lambda: save_torch_artifact(self.system, self.work / "model.pt", self.meta))
 
@@ -410,7 +410,7 @@ class Artifacts:
 
     def backend(self, name: str):
         """The backend ``name`` opened through open_backend on its model (once)."""
-        from mictag.runtime.backends import open_backend
+        from mictag.runtime.engines.open import open_backend
 
         if name not in self.backends:
             model = {"torch-backend": self.torch, "tensorrt": self.engine}.get(name, self.onnx)()
@@ -592,9 +592,9 @@ def scan_row(table: Table, artifacts: Artifacts, library: Library | None, worker
     decode-only and engine-only ceilings of scan.py, and which of them bounds it."""
     import scan
 
-    from mictag.runtime.discovery import discover
-    from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import ScanRequest, run_scan
+    from mictag.runtime.scan.discovery import discover
+    from mictag.runtime.scan.pipeline import ScanOptions
+    from mictag.runtime.scan.run import ScanRequest, run_scan
 
     best = fastest_backend(table.rows)
     if best is None:

@@ -28,7 +28,8 @@ from engine import save_result  # noqa: E402
 
 @contextlib.contextmanager
 def mode(name: str):
-    from mictag.runtime import results, scan
+    from mictag.output import journal as results
+    from mictag.runtime.scan.run import run as scan
 
     saved = results.SYNC_SECONDS, results.os.fsync, scan.OutputLock
     try:
@@ -67,8 +68,8 @@ def main(argv=None) -> dict:
     from click.testing import CliRunner
 
     from mictag.cli import main as cli
-    from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import ScanRequest, run_scan
+    from mictag.runtime.scan.pipeline import ScanOptions
+    from mictag.runtime.scan.run import ScanRequest, run_scan
 
     work = Path(tempfile.mkdtemp(prefix="mictag-journal-"))
     torch.manual_seed(0)
@@ -110,7 +111,7 @@ def direct_costs(work: Path, n: int = 200) -> dict:
     """The pieces on their own: taking and releasing the lock, one fsync of a journal, one row."""
     import os
 
-    from mictag.runtime.output_lock import OutputLock
+    from mictag.output.lock import OutputLock
 
     t0 = time.perf_counter()
     for _ in range(n):

@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mictag.frontends import AST_FBANK  # noqa: E402
-from mictag.runtime.decode import Done, Window  # noqa: E402
+from mictag.runtime.scan.decode import Done, Window  # noqa: E402
 from mictag.runtime.engines.base import Backend  # noqa: E402
-from mictag.runtime.discovery import discover  # noqa: E402
-from mictag.runtime.pipeline import Scanner, ScanOptions  # noqa: E402
+from mictag.runtime.scan.discovery import discover  # noqa: E402
+from mictag.runtime.scan.pipeline import Scanner, ScanOptions  # noqa: E402
 
 VARIANTS = ("waveform", "fbank")
 WINDOW_SECONDS = AST_FBANK.target_frames * AST_FBANK.frame_shift / AST_FBANK.sample_rate  # 10.24 s between starts

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine import save_result  # noqa: E402
 from scan import _tiny_model, make_library  # noqa: E402
 
-from mictag.runtime.pipeline import ScanOptions  # noqa: E402
-from mictag.runtime.scan import ScanRequest, run_scan  # noqa: E402
+from mictag.runtime.scan.pipeline import ScanOptions  # noqa: E402
+from mictag.runtime.scan.run import ScanRequest, run_scan  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -23,11 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mictag.runtime.backends import open_backend  # noqa: E402
-from mictag.runtime.discovery import discover  # noqa: E402
-from mictag.runtime.decode import Done, Window, decode_file  # noqa: E402
-from mictag.runtime.pipeline import ScanOptions  # noqa: E402
-from mictag.runtime.scan import ScanRequest, run_scan  # noqa: E402
+from mictag.runtime.engines.open import open_backend  # noqa: E402
+from mictag.runtime.scan.discovery import discover  # noqa: E402
+from mictag.runtime.scan.decode import Done, Window, decode_file  # noqa: E402
+from mictag.runtime.scan.pipeline import ScanOptions  # noqa: E402
+from mictag.runtime.scan.run import ScanRequest, run_scan  # noqa: E402
 
 FORMATS = ("mp3", "flac", "ogg", "m4a")
 
@@ -80,7 +80,7 @@ def decode_ceiling(entries, meta: dict, workers: int) -> dict:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from mictag.runtime.decode_pool import single_threaded_children
+    from mictag.runtime.scan.decode_pool import single_threaded_children
 
     t0 = time.perf_counter()
     with single_threaded_children(), ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:

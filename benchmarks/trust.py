@@ -4,7 +4,7 @@ one run (same files, same process, one decode worker):
 - ``fp32``: the reference (ONNX Runtime's CPU provider, fp32);
 - ``unchecked``: auto's fast path run as asked (``--precision``), with no checks;
 - ``checked``: auto's default, the same fast path checked against fp32 as it goes
-  (:mod:`mictag.runtime.trust`), starting with no verdict for the library.
+  (:mod:`mictag.runtime.engines.trust`), starting with no verdict for the library.
 
 Per path: seconds, windows/s; against fp32, per window (from the segments) and per file: max
 |probability difference| and the windows and files whose tag set differs. For ``checked``: windows
@@ -35,8 +35,8 @@ from engine import save_result  # noqa: E402
 
 
 def _scan(model: Path, entries, library: Path, **kw):
-    from mictag.runtime.backends import open_backend
-    from mictag.runtime.pipeline import Scanner, ScanOptions
+    from mictag.runtime.engines.open import open_backend
+    from mictag.runtime.scan.pipeline import Scanner, ScanOptions
 
     backend = open_backend(model, library=library, **kw)
     scanner = Scanner(backend, ScanOptions(workers=1, segments=True))
@@ -65,8 +65,8 @@ def _compare(got: dict, want: dict, thresholds: np.ndarray) -> dict:
 
 def bench(model: Path, audio: list[Path], work: Path) -> dict:
     from mictag.metadata import read_metadata
-    from mictag.runtime.backends import plan_engine
-    from mictag.runtime.discovery import discover
+    from mictag.runtime.engines.open import plan_engine
+    from mictag.runtime.scan.discovery import discover
 
     library = audio[0]
     entries = [e for d in audio for e in discover(d, (), ())]

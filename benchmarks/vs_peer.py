@@ -112,8 +112,8 @@ def main(argv=None) -> dict:
     os.environ["MICTAG_HOME"] = env["MICTAG_HOME"]
 
     from mictag.audio import load
-    from mictag.runtime.backends import plan_engine
-    from mictag.runtime.models import build_default_tagger
+    from mictag.runtime.engines.open import plan_engine
+    from mictag.catalog import build_default_tagger
 
     t0 = time.perf_counter()
     tagger = build_default_tagger(hf)

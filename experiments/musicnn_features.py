@@ -28,7 +28,7 @@ from mictag.backbones.frozen import frontend_for, load_backbone
 from mictag.backbones.musicnn import MusicnnConfig
 from mictag.labels import OPENMIC_LABELS
 from mictag.model.fbank import FrameFinish
-from mictag.runtime.windows import frame_windows
+from mictag.runtime.scan.windows import frame_windows
 
 NETWORKS = ("MTT_musicnn", "MSD_musicnn", "MTT_vgg", "MSD_vgg")
 
@@ -78,7 +78,7 @@ class Outputs(torch.nn.Module):
 def compiled_network(net: str, finish: FrameFinish, out: Path):
     """The network with its feature outputs, exported to ONNX and compiled by OpenVINO in fp32 (the
     scan's reference precision; torch's CPU convolutions are 5x slower here)."""
-    from mictag.runtime.openvino_engine import compile_model
+    from mictag.runtime.engines.openvino import compile_model
 
     wrapper = Outputs(finish, load_backbone("musicnn", net).eval())
     names = ["pen", "logits"] + (["pool"] if hasattr(wrapper.model, "bn_pool") else [])

@@ -270,7 +270,7 @@ def ship(key: str, results: dict, models: Path, args) -> None:
     users get are measured afterwards through `mictag scan` (--measure)."""
     from mictag.backbones.frozen import backbone_reference
     from mictag.backbones.musicnn import MusicnnConfig
-    from mictag.export.shipped import package
+    from mictag.export.shipped_tagger import package
     from mictag.model.system import SystemConfig, build_system, frozen_backbone
     from mictag.train.checkpoint import save_model
 
@@ -329,7 +329,7 @@ def measure(args, roles: dict[str, str], v1: Path | None) -> None:
 
     from scan_metrics import metrics as scan_metrics
 
-    from mictag.runtime.shipped import provenance_path
+    from mictag.catalog.shipped import provenance_path
 
     subprocess.run(["mictag", "models", "pull", "musicnn"], check=True)
     real_test = {f for f, r in roles.items() if r == "test"}

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"chosen": best_group, "seed": best["seed"], "validation": table, "metrics": metrics}, indent=1))
     if args.dry_run:
         return 0
-    from mictag.export.shipped import package
+    from mictag.export.shipped_tagger import package
 
     path = package(best["model"], NAME, thresholds, record)
     print(f"packaged {NAME}: {path} and its weights")

@@ -17,7 +17,7 @@ __all__ = ["__version__", "Tagger"]
 def __getattr__(name: str):
     # Lazy: `import mictag` stays instant and free of onnxruntime until the API is used.
     if name == "Tagger":
-        from mictag.runtime.tagger import Tagger
+        from mictag.api import Tagger
 
         return Tagger
     raise AttributeError(f"module 'mictag' has no attribute {name!r}")

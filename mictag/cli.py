@@ -57,7 +57,7 @@ def info(model, backend, precision, library) -> None:
     cpu = cpu_info()
     click.echo(f"cpu: {cpu.describe()}")
     if importlib.util.find_spec("openvino") is not None:
-        from mictag.runtime.openvino_engine import import_openvino
+        from mictag.runtime.engines.openvino import import_openvino
 
         try:
             click.echo(f"openvino {import_openvino().get_version()} (its telemetry stays off)")
@@ -84,8 +84,8 @@ def info(model, backend, precision, library) -> None:
         click.echo(f"torch: {torch_version or 'not installed'} (needed for train/export/torch backend: pip install 'mictag[train]')")
     click.echo(f"model cache: {mictag_home()}  (set MICTAG_HOME to move it)")
     click.echo(f"Hugging Face cache: {hf_hub_cache()}  (HF_HOME / HF_HUB_CACHE)")
-    from mictag.runtime.backends import plan_engine
-    from mictag.runtime.models import cached_taggers
+    from mictag.runtime.engines.open import plan_engine
+    from mictag.catalog import cached_taggers
 
     shown = [model] if model else [*cached_taggers()[:1], *cached_taggers("musicnn")[:1]]
     for path in shown:
@@ -107,7 +107,7 @@ def info(model, backend, precision, library) -> None:
 def _verdict_lines(model) -> list[str]:
     """What the checks of earlier scans found for ``model``'s fast paths, a line per library."""
     from mictag.metadata import int8_path
-    from mictag.runtime.trust import Verdicts
+    from mictag.runtime.engines.trust import Verdicts
 
     verdicts = Verdicts()
     found = {}
@@ -327,7 +327,7 @@ def export(model, out, fbank_out, torch_out, engine, engine_batch, ast, backbone
             click.echo(f"wrote {written} ({variant} input, {written.stat().st_size / 1e6:.1f} MB, "
                        f"{time.perf_counter() - t0:.1f} s)")
     if torch_out:
-        from mictag.export.torch_artifact import save_torch_artifact
+        from mictag.model.artifact import save_torch_artifact
 
         meta = metadata(system, thresholds, {**extra, "precision": "fp32"}, "waveform")
         written = save_torch_artifact(system, torch_out, meta)
@@ -417,10 +417,10 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
     writable); 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP."""
     import os
 
-    from mictag.runtime.interrupts import StopSignals
-    from mictag.runtime.models import default_model, ensure_musicnn_weights, first_scan_model
-    from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import ScanRequest, interrupted_line, run_scan, special_line, summary_line
+    from mictag.runtime.scan.signals import StopSignals
+    from mictag.catalog import default_model, ensure_musicnn_weights, first_scan_model
+    from mictag.runtime.scan.pipeline import ScanOptions
+    from mictag.runtime.scan.run import ScanRequest, interrupted_line, run_scan, special_line, summary_line
 
     say = (lambda m: None) if quiet else _echo_err
     counts: dict = {}  # done / total, kept up to date by the scan
@@ -513,7 +513,7 @@ def models() -> None:
 @models.command("list")
 def models_list() -> None:
     """Models found locally."""
-    from mictag.runtime.models import listing, models_dir
+    from mictag.catalog import listing, models_dir
 
     rows = listing()
     if not rows:
@@ -543,13 +543,13 @@ def models_pull(repo_id, wheel, int8) -> None:
             click.echo(f"{model}: {entry['tensors']} tensors, sha256 {entry['sha256'][:12]}...")
         click.echo(f"musicnn weights in {cache_dir()} ({LICENCE_NOTE})")
         if importlib.util.find_spec("torch") is not None:
-            from mictag.runtime.models import build_default_tagger
+            from mictag.catalog import build_default_tagger
 
             path = build_default_tagger("MTT_musicnn", _echo_err, backbone="musicnn", int8=int8)
             click.echo(f"musicnn zero-training tagger ready: {path} (`mictag scan --backbone musicnn --zero-training`)")
             _pull_shipped(int8)
         return
-    from mictag.runtime.models import DEFAULT_HUB_ID, pull
+    from mictag.catalog import DEFAULT_HUB_ID, pull
 
     path = pull(repo_id or DEFAULT_HUB_ID, on_message=_echo_err, int8=int8)
     click.echo(f"default tagger ready: {path}")
@@ -558,8 +558,8 @@ def models_pull(repo_id, wheel, int8) -> None:
 def _pull_shipped(int8) -> None:
     """Build the shipped musicnn tagger; a backbone it was not trained on leaves the zero-training one."""
     from mictag.errors import CheckpointError
-    from mictag.runtime.models import build_shipped_tagger
-    from mictag.runtime.shipped import DEFAULT_SHIPPED, available, provenance, summary
+    from mictag.catalog import build_shipped_tagger
+    from mictag.catalog.shipped import DEFAULT_SHIPPED, available, provenance, summary
 
     name = DEFAULT_SHIPPED["musicnn"]
     if name not in available():

@@ -25,3 +25,7 @@ class ConfigError(MictagError):
     def __init__(self, message: str, option: str | None = None):
         super().__init__(f"{option} {message}" if option else message)
         self.option, self.problem = option, message
+
+
+class ModelError(MictagError):
+    """A model file that cannot be used: missing, foreign, or without mictag metadata."""

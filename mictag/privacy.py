@@ -12,7 +12,7 @@ as it is: that is how a user opts in where a library offers it (e.g. ``ORT_DISAB
 - Hugging Face hub (``mictag models pull``, the first scan's download): telemetry calls, which only
   some libraries make: ``HF_HUB_DISABLE_TELEMETRY``.
 - OpenVINO: its usage events go through the ``openvino_telemetry`` package, which mictag hides while
-  it imports OpenVINO (:mod:`mictag.runtime.openvino_engine`); nothing is written under ``~/intel``.
+  it imports OpenVINO (:mod:`mictag.runtime.engines.openvino`); nothing is written under ``~/intel``.
 """
 
 from __future__ import annotations

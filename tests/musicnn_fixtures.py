@@ -94,9 +94,9 @@ def package_fake_tagger(name: str, wheel, folder, seed: int = 3):
 
     from mictag.backbones.frozen import backbone_reference
     from mictag.backbones.musicnn_weights import pull
-    from mictag.export.shipped import package
+    from mictag.export.shipped_tagger import package
     from mictag.model.system import SystemConfig, build_system, frozen_backbone
-    from mictag.runtime import shipped
+    from mictag.catalog import shipped
     from mictag.train.checkpoint import save_model
 
     pull(str(wheel))

@@ -195,7 +195,7 @@ def test_loading_the_plugin_imports_no_engine():
 
 
 def test_tagging_stores_the_tagger_api_scores_and_instruments(library, reference, tiny_tagger):
-    from mictag.runtime.batch_tagging import model_identity
+    from mictag.api import model_identity
 
     beetsdir, _, _, first = library
     scores, labels, _, threshold = reference

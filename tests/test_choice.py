@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mictag.cpu import CpuInfo, _linux_cpuinfo, parse_flags
-from mictag.runtime.choice import INT8_BOUND, ChoiceError, Engines, Int8Variant, choose_engine
+from mictag.runtime.engines.choice import INT8_BOUND, ChoiceError, Engines, Int8Variant, choose_engine
 
 MODEL = Path("/models/tagger.onnx")
 INT8 = Int8Variant(Path("/models/tagger.int8.onnx"), 0.012)

@@ -1,5 +1,5 @@
 """A moved, renamed or duplicate file is not scored again: rows are keyed by the bytes' sha256 too
-(mictag.runtime.content), on real files through the real scan."""
+(mictag.runtime.scan.content), on real files through the real scan."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def _library(root: Path) -> Path:
 
 
 def _scan(lib, out, model, workers=1, **kw):
-    from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import ScanRequest, run_scan
+    from mictag.runtime.scan.pipeline import ScanOptions
+    from mictag.runtime.scan.run import ScanRequest, run_scan
 
     say = kw.pop("on_message", None)
     return run_scan(ScanRequest(lib, out, model, **{"backend": "ort-cpu", **kw}, options=ScanOptions(workers=workers)),
@@ -74,7 +74,7 @@ def test_moved_renamed_and_duplicated_files_get_their_rows_without_decoding(mode
     timelines = _timelines(tmp_path / "seg.jsonl")
     assert set(timelines) == set(after)  # reused files have their timelines too
     assert timelines["inbox/renamed.flac"]["segments"] == first_timelines["inbox/take 1.flac"]["segments"]
-    from mictag.runtime.scan import summary_line
+    from mictag.runtime.scan.run import summary_line
 
     assert "3 reused" in summary_line(second)
 
@@ -101,7 +101,7 @@ def test_duplicates_within_one_scan_are_scored_once_and_same_size_files_are_not_
 
 
 def test_a_table_written_before_content_keys_is_resumed_and_gains_the_columns(model, tmp_path):
-    from mictag.runtime.results import columns
+    from mictag.output.rows import columns
 
     lib = _library(tmp_path / "lib")
     out = tmp_path / "t.csv"
@@ -121,7 +121,7 @@ def test_a_table_written_before_content_keys_is_resumed_and_gains_the_columns(mo
 
 
 def test_a_file_changed_after_listing_gets_no_digest(tmp_path):
-    from mictag.runtime.content import file_sha256
+    from mictag.runtime.scan.content import file_sha256
 
     f = tmp_path / "x.bin"
     f.write_bytes(b"abc")
@@ -133,7 +133,7 @@ def test_a_file_changed_after_listing_gets_no_digest(tmp_path):
 
 
 def test_both_output_layouts_are_read_and_nothing_else():
-    from mictag.runtime.results import columns, labels_of
+    from mictag.output.rows import columns, labels_of
 
     labels = ["drums", "guitar"]
     assert labels_of(columns(labels)) == labels

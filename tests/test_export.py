@@ -150,7 +150,7 @@ def test_reduced_precision_variants_report_and_respect_their_deviation(tiny_ast_
     types = {init.data_type for init in onnx.load(str(low)).graph.initializer}
     assert (onnx.TensorProto.FLOAT16 if precision == "fp16" else onnx.TensorProto.INT8) in types
     assert not int8_path(low).exists()  # written in place: only --precision int8 writes a sibling
-    from mictag.runtime.backends import plan_engine
+    from mictag.runtime.engines.open import plan_engine
 
     assert plan_engine(low).precision == ("int8" if precision.startswith("int8") else precision)
     fb = F.FbankConfig.from_dict(read_metadata(low)["features"])
@@ -174,7 +174,7 @@ def test_export_refusals_are_one_line(args, needle, tmp_path):
 
 def test_torch_artifact_equals_onnx_and_runs_in_bf16(trained, tmp_path):
     from mictag.export.onnx import read_metadata
-    from mictag.export.torch_artifact import load_torch_artifact
+    from mictag.model.artifact import load_torch_artifact
 
     result = CliRunner().invoke(main, ["export", str(trained / "run" / "model.pt"), "--torch-out", str(tmp_path / "m.pt")])
     assert result.exit_code == 0, result.output
@@ -212,7 +212,8 @@ def test_tensorrt_engine_equals_onnx_within_fp16(trained, tmp_path):
     if not hasattr(trt, "Builder") or not torch.cuda.is_available():
         pytest.skip("needs TensorRT and a CUDA GPU")
     from mictag.export.onnx import read_metadata
-    from mictag.export.tensorrt import metadata_path, run_engine
+    from mictag.runtime.engines.tensorrt import metadata_path
+    from mictag.export.tensorrt import run_engine
 
     engine = tmp_path / "m.engine"
     result = CliRunner().invoke(main, ["export", str(trained / "m.onnx"), "--engine", str(engine),

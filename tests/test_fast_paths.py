@@ -161,7 +161,7 @@ def test_a_stale_int8_variant_is_not_taken(models, tmp_path):
     import shutil
 
     from mictag.metadata import int8_path
-    from mictag.runtime.backends import int8_variant
+    from mictag.runtime.engines.open import int8_variant
 
     assert int8_variant(models / "f.onnx") is not None
     shutil.copy(models / "w.onnx", tmp_path / "f.onnx")  # another model under the same name
@@ -190,7 +190,7 @@ def _scan_in_subprocess(models, lib, out, home, flags: str | None = None, extra=
 ])
 def test_the_choice_shows_in_the_summary_and_the_onnx_path_imports_no_torch(models, tmp_path, flags, expect,
                                                                             monkeypatch):
-    from mictag.runtime.backends import plan_engine
+    from mictag.runtime.engines.open import plan_engine
 
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home" / "mictag"))  # the scan's: no int8 verdict yet
 
@@ -208,7 +208,7 @@ def test_the_choice_shows_in_the_summary_and_the_onnx_path_imports_no_torch(mode
 
 @needs_openvino
 def test_openvino_is_imported_with_its_telemetry_off(tmp_path):
-    code = ("import sys\nfrom mictag.runtime.openvino_engine import import_openvino\nov = import_openvino()\n"
+    code = ("import sys\nfrom mictag.runtime.engines.openvino import import_openvino\nov = import_openvino()\n"
             "import openvino.tools.ovc.telemetry_utils as t\n"
             "print('openvino_telemetry' in sys.modules, t.tm.__name__)\n"
             "import openvino_telemetry\nprint('importable afterwards')\n")
@@ -233,7 +233,7 @@ def test_an_int8_variant_is_checked_as_it_runs_and_its_evidence_kept(models, tmp
     """A CPU with int8 units and no bf16 (faked): every Tagger checks the int8 variant against fp32
     as it goes; what the checks found is kept per library (here the Python API's)."""
     from mictag import Tagger, cpu
-    from mictag.runtime.trust import API_SCOPE, TrustedBackend, Verdicts, verdict_key
+    from mictag.runtime.engines.trust import API_SCOPE, TrustedBackend, Verdicts, verdict_key
     from mictag.metadata import int8_path
 
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
@@ -258,7 +258,7 @@ def test_an_int8_variant_is_checked_as_it_runs_and_its_evidence_kept(models, tmp
 def test_an_int8_variant_that_deviates_on_real_windows_is_left_and_refused_on_that_library(models, tmp_path,
                                                                                           monkeypatch):
     from mictag import Tagger, cpu
-    from mictag.runtime import trust
+    from mictag.runtime.engines import trust
 
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MICTAG_CPU_FLAGS", "avx2 fma avx512f avx512_vnni")

@@ -170,7 +170,7 @@ def test_a_second_scan_on_the_same_output_stops_at_once_naming_the_first(setup, 
             os.killpg(first.pid, signal.SIGKILL)
     # --wait queues behind whoever holds the output (here the test itself, so that a loaded
     # machine cannot finish the first scan before the waiting one reaches the lock)
-    from mictag.runtime.output_lock import OutputLock
+    from mictag.output.lock import OutputLock
 
     with OutputLock(out):
         waiting = start(scan_cmd(model, lib, out, "--wait"))
@@ -210,7 +210,7 @@ def _tmpfs(path: Path, size: str) -> bool:
 
 INJECTED = r"""
 import errno, sys
-import mictag.runtime.results as results
+import mictag.output.journal as results
 real, budget = results._write_all, [int(sys.argv[1])]
 def failing(fd, data):
     budget[0] -= len(data)
@@ -325,7 +325,7 @@ def test_the_python_api_ends_its_workers_when_the_caller_stops(setup):
 # -- 5. files that change under the scan ---------------------------------------------------------
 def test_a_file_deleted_after_listing_is_an_error_row_saying_so(tmp_path):
     from mictag.frontends import FbankConfig
-    from mictag.runtime.decode import Failed, decode_file
+    from mictag.runtime.scan.decode import Failed, decode_file
 
     (message,) = decode_file(0, str(tmp_path / "gone.flac"), FbankConfig(target_frames=128), "fbank", 128, 1.0)
     assert message == Failed(0, "the file was deleted after the library was listed")
@@ -333,7 +333,7 @@ def test_a_file_deleted_after_listing_is_an_error_row_saying_so(tmp_path):
 
 def test_a_file_still_being_written_is_partial_and_redone(tmp_path):
     from mictag.frontends import FbankConfig
-    from mictag.runtime.decode import Done, Window, decode_file
+    from mictag.runtime.scan.decode import Done, Window, decode_file
 
     path = tmp_path / "growing.wav"
     x = (0.2 * np.random.default_rng(0).standard_normal(5 * 16000)).astype(np.float32)
@@ -357,7 +357,10 @@ def test_a_file_still_being_written_is_partial_and_redone(tmp_path):
 def test_every_write_failure_says_what_and_what_to_do(tmp_path, monkeypatch, code, phrase):
     import errno
 
-    from mictag.runtime import results
+    from mictag.output import journal
+    from mictag.output.formats import CsvWriter
+    from mictag.output.journal import OutputError
+    from mictag.output.rows import FileResult
 
     if code == 122 and not hasattr(errno, "EDQUOT"):
         pytest.skip("no EDQUOT here")
@@ -365,10 +368,10 @@ def test_every_write_failure_says_what_and_what_to_do(tmp_path, monkeypatch, cod
     def failing(fd, data):
         raise OSError(code, os.strerror(code))
 
-    writer = results.CsvWriter(tmp_path / "t.csv", ["guitar"], fresh=True)
-    monkeypatch.setattr(results, "_write_all", failing)
-    with pytest.raises(results.OutputError) as info:
-        writer.write(results.FileResult("a.wav", 1, 0.0, 1.0, 1, "ok", "", np.array([0.5])))
+    writer = CsvWriter(tmp_path / "t.csv", ["guitar"], fresh=True)
+    monkeypatch.setattr(journal, "_write_all", failing)
+    with pytest.raises(OutputError) as info:
+        writer.write(FileResult("a.wav", 1, 0.0, 1.0, 1, "ok", "", np.array([0.5])))
     message = str(info.value)
     assert message.startswith(f"cannot write {tmp_path / 't.csv'}: ") and phrase in message
     assert "rerun the same command" in message and len(message.splitlines()) == 1
@@ -377,7 +380,7 @@ def test_every_write_failure_says_what_and_what_to_do(tmp_path, monkeypatch, cod
 
 def test_a_scan_on_a_locked_output_stops_before_it_loads_anything(setup, tmp_path):
     """Whoever holds the lock (here this process), a scan on that output, --ray included, exits 2."""
-    from mictag.runtime.output_lock import OutputLock
+    from mictag.output.lock import OutputLock
 
     model, lib = setup
     out = tmp_path / "tags.csv"

@@ -18,12 +18,12 @@ from library import make_library
 from mictag import frontends as F
 from mictag.cli import main
 from mictag.runtime.engines.base import Backend
-from mictag.runtime.decode import Done, Failed, Window
-from mictag.runtime.decode_pool import SLOTS_PER_WORKER, DecodePool
-from mictag.runtime.discovery import discover
-from mictag.runtime.pipeline import Scanner, ScanOptions
-from mictag.runtime.shm_slots import SlotArena
-from mictag.runtime.windows import window_shape
+from mictag.runtime.scan.decode import Done, Failed, Window
+from mictag.runtime.scan.decode_pool import SLOTS_PER_WORKER, DecodePool
+from mictag.runtime.scan.discovery import discover
+from mictag.runtime.scan.pipeline import Scanner, ScanOptions
+from mictag.runtime.scan.shm_slots import SlotArena
+from mictag.runtime.scan.windows import window_shape
 
 CFG = F.FbankConfig(target_frames=128)  # 1.28-s windows: the library's long file has over a hundred
 
@@ -327,7 +327,7 @@ _NOISY_POOL = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from test_feed import CFG, noisy_windows
-from mictag.runtime.decode_pool import DecodePool
+from mictag.runtime.scan.decode_pool import DecodePool
 pool = DecodePool([(0, "2")], 1, CFG.to_dict(), "waveform", CFG.target_frames, 1.0, feed="pickle", source=noisy_windows)
 kinds, deadline = [], time.monotonic() + 60
 while "done" not in kinds and time.monotonic() < deadline:
@@ -360,7 +360,7 @@ def old_style_windows(fid, path, cfg, variant, hop, chunk_seconds, alloc=None):
 
 
 def test_a_source_that_sends_no_decode_message_fails_the_pool_instead_of_hanging_it():
-    from mictag.runtime.decode_pool import PoolFailed
+    from mictag.runtime.scan.decode_pool import PoolFailed
 
     pool = DecodePool([(0, "1")], 1, CFG.to_dict(), "waveform", CFG.target_frames, 1.0, feed="pickle",
                       source=old_style_windows)

@@ -25,7 +25,7 @@ from musicnn_fixtures import fake_musicnn_tf, fake_musicnn_wheel, package_fake_t
 
 NAME = "musicnn-openmic20"
 # The subprocess stands for a fresh install whose packaged tagger was trained on the fake musicnn.
-RUN = ("import sys\nfrom mictag.runtime import shipped\nshipped.TAGGERS_DIR = __import__('pathlib').Path({taggers!r})\n"
+RUN = ("import sys\nfrom mictag.catalog import shipped\nshipped.TAGGERS_DIR = __import__('pathlib').Path({taggers!r})\n"
        "from mictag.cli import main\nmain({args!r})\n")
 
 
@@ -90,7 +90,7 @@ def test_a_fresh_machine_without_the_hub_scans_with_the_shipped_tagger(fresh):
     assert again.returncode == 0 and "fetching" not in again.stderr, again.stderr
     # the Python API takes the same default
     api = subprocess.run([sys.executable, "-c", (
-        f"from mictag.runtime import shipped\nshipped.TAGGERS_DIR = __import__('pathlib').Path({str(root / 'taggers')!r})\n"
+        f"from mictag.catalog import shipped\nshipped.TAGGERS_DIR = __import__('pathlib').Path({str(root / 'taggers')!r})\n"
         f"from mictag import Tagger\nt = Tagger()\nprint(t.model.name, len(t.labels), t.tag({str(lib / 'song 0.flac')!r}).status)")],
         capture_output=True, text=True, env=env, timeout=600)
     assert api.returncode == 0, api.stderr

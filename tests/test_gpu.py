@@ -56,7 +56,7 @@ def _batches(n_samples: int, sizes, seed: int):
 
 
 def test_torch_cuda_graphs_per_bucket_pipelined_match_cpu(torch_artifact):
-    from mictag.runtime.backends import TorchBackend
+    from mictag.runtime.engines.torch import TorchBackend
 
     gpu = TorchBackend(torch_artifact, precision="fp32", batch=32)
     cpu = TorchBackend(torch_artifact, device="cpu", precision="fp32")
@@ -73,7 +73,7 @@ def test_torch_cuda_graphs_per_bucket_pipelined_match_cpu(torch_artifact):
 
 
 def test_torch_cuda_graph_capture_failure_falls_back_to_eager(torch_artifact, monkeypatch):
-    from mictag.runtime.backends import TorchBackend
+    from mictag.runtime.engines.torch import TorchBackend
 
     class Refused:
         def __init__(self, *args, **kwargs):
@@ -95,7 +95,7 @@ def test_torch_cuda_graph_capture_failure_falls_back_to_eager(torch_artifact, mo
 
 
 def test_torch_cuda_eager_pipeline_in_bf16_tracks_fp32(torch_artifact):
-    from mictag.runtime.backends import TorchBackend
+    from mictag.runtime.engines.torch import TorchBackend
 
     gpu = TorchBackend(torch_artifact, batch=16, graphs=False)  # bf16: the CUDA default
     cpu = TorchBackend(torch_artifact, device="cpu", precision="fp32")
@@ -111,7 +111,7 @@ def test_torch_backend_on_gpu_pads_to_its_static_batch_and_matches_cpu(tiny_ast_
     from click.testing import CliRunner
 
     from mictag.cli import main
-    from mictag.runtime.backends import TorchBackend
+    from mictag.runtime.engines.torch import TorchBackend
 
     result = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--torch-out", str(tmp_path / "m.pt")])
     assert result.exit_code == 0, result.output

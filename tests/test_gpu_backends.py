@@ -390,7 +390,7 @@ def batch(spec: dict, rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture
 def fake_gpu(monkeypatch, request):
     from mictag.export import tensorrt as export_trt
-    from mictag.runtime import tensorrt_engine
+    from mictag.runtime.engines import tensorrt as tensorrt_engine
 
     gpu = FakeGpu(progress=getattr(request, "param", 0.0))
     trt = install(gpu, _Setter(monkeypatch))
@@ -417,7 +417,7 @@ SIZES = [8, 8, 3, 8, 5, 1, 8, 19, 7, 2, 8, 6, 4, 5]  # full, partial, below the 
 
 @pytest.mark.parametrize("fake_gpu", [0.0, 0.3, 0.9], indirect=True, ids=["lazy-gpu", "some-progress", "eager-gpu"])
 def test_tensorrt_deserializes_once_and_reuses_its_buffers_across_batches(fake_gpu, tmp_path):
-    from mictag.runtime.backends import TensorRTBackend
+    from mictag.runtime.engines.tensorrt import TensorRTBackend
 
     gpu, trt = fake_gpu
     path, spec = write_engine(tmp_path / "m.engine")
@@ -466,7 +466,7 @@ def test_tensorrt_deserializes_once_and_reuses_its_buffers_across_batches(fake_g
 
 
 def test_submit_returns_before_the_gpu_runs_and_uploads_go_on_their_own_stream(fake_gpu, tmp_path):
-    from mictag.runtime.backends import TensorRTBackend
+    from mictag.runtime.engines.tensorrt import TensorRTBackend
 
     gpu, _ = fake_gpu  # lazy: nothing runs unless the backend waits for it
     path, spec = write_engine(tmp_path / "m.engine")
@@ -490,7 +490,7 @@ def test_submit_returns_before_the_gpu_runs_and_uploads_go_on_their_own_stream(f
 
 
 def test_tensorrt_converts_dtypes_and_handles_empty_batches(fake_gpu, tmp_path):
-    from mictag.runtime.backends import TensorRTBackend
+    from mictag.runtime.engines.tensorrt import TensorRTBackend
 
     gpu, _ = fake_gpu
     path, spec = write_engine(tmp_path / "h.engine", valid="int32", probabilities="float16")
@@ -506,7 +506,8 @@ def test_tensorrt_converts_dtypes_and_handles_empty_batches(fake_gpu, tmp_path):
 
 
 def test_a_rebuilt_engine_is_loaded_again_and_a_foreign_one_refused(fake_gpu, tmp_path):
-    from mictag.runtime.backends import ModelError, TensorRTBackend
+    from mictag.errors import ModelError
+    from mictag.runtime.engines.tensorrt import TensorRTBackend
 
     gpu, trt = fake_gpu
     path, spec = write_engine(tmp_path / "m.engine")
@@ -526,7 +527,7 @@ def test_a_rebuilt_engine_is_loaded_again_and_a_foreign_one_refused(fake_gpu, tm
 
 def test_run_engine_shares_the_engine_and_returns_every_output(fake_gpu, tmp_path):
     from mictag.export.tensorrt import run_engine
-    from mictag.runtime.backends import TensorRTBackend
+    from mictag.runtime.engines.tensorrt import TensorRTBackend
 
     gpu, trt = fake_gpu
     path, spec = write_engine(tmp_path / "m.engine")
@@ -543,7 +544,7 @@ def test_run_engine_shares_the_engine_and_returns_every_output(fake_gpu, tmp_pat
 
 
 def test_closing_a_runner_frees_what_it_allocated(fake_gpu, tmp_path):
-    from mictag.runtime.backends import TensorRTBackend
+    from mictag.runtime.engines.tensorrt import TensorRTBackend
 
     gpu, _ = fake_gpu
     path, spec = write_engine(tmp_path / "m.engine")
@@ -563,7 +564,7 @@ def test_tensorrt_backend_never_imports_torch(tmp_path):
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "import test_gpu_backends as t\n"
         "t.install(t.FakeGpu())\n"
-        "from mictag.runtime.backends import open_backend\n"
+        "from mictag.runtime.engines.open import open_backend\n"
         f"b = open_backend({str(tmp_path / 'm.engine')!r}, 'tensorrt')\n"
         "x, v = t.batch(t.SPEC, 5, np.random.default_rng(0))\n"
         "assert np.allclose(b.run(x, v), t.reference(t.SPEC, x, v)['probabilities'], atol=1e-6)\n"
@@ -576,7 +577,7 @@ def test_tensorrt_backend_never_imports_torch(tmp_path):
 
 def test_without_a_cuda_memory_api_the_error_says_what_to_install(monkeypatch):
     from mictag.errors import MictagError
-    from mictag.runtime import cuda_buffers
+    from mictag.runtime.engines import cuda_buffers
 
     monkeypatch.setitem(sys.modules, "cuda", None)  # cuda-python absent
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
@@ -590,8 +591,9 @@ def test_without_a_cuda_memory_api_the_error_says_what_to_install(monkeypatch):
 
 
 def test_tensorrt_backend_without_tensorrt_is_a_model_error(monkeypatch, tmp_path):
-    from mictag.runtime import tensorrt_engine
-    from mictag.runtime.backends import ModelError, TensorRTBackend
+    from mictag.runtime.engines import tensorrt as tensorrt_engine
+    from mictag.errors import ModelError
+    from mictag.runtime.engines.tensorrt import TensorRTBackend
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     tensorrt_engine.clear_engine_cache()
@@ -604,7 +606,7 @@ def test_tensorrt_backend_without_tensorrt_is_a_model_error(monkeypatch, tmp_pat
 
 
 def test_batch_buckets():
-    from mictag.runtime.buckets import batch_buckets, bucket_for
+    from mictag.runtime.engines.buckets import batch_buckets, bucket_for
 
     assert batch_buckets(64) == (1, 2, 4, 8, 16, 32, 64)
     assert batch_buckets(100, smallest=8) == (8, 16, 32, 64, 100)
@@ -660,7 +662,7 @@ def _windows(meta: dict, rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
 def test_ort_io_binding_equals_plain_session_run(onnx_models, model, monkeypatch):
     import onnxruntime as ort
 
-    from mictag.runtime.backends import OrtBackend
+    from mictag.runtime.engines.ort import OrtBackend
 
     made = collections.Counter()
     real = ort.OrtValue.ortvalue_from_shape_and_type
@@ -702,7 +704,7 @@ def test_ort_io_binding_equals_plain_session_run(onnx_models, model, monkeypatch
 
 
 def test_ort_cpu_without_io_binding_runs_as_before(onnx_models):
-    from mictag.runtime.backends import OrtBackend
+    from mictag.runtime.engines.ort import OrtBackend
 
     backend = OrtBackend(onnx_models / "w.onnx", "ort-cpu")
     assert backend.bound is None and backend.in_flight == 1
@@ -711,7 +713,7 @@ def test_ort_cpu_without_io_binding_runs_as_before(onnx_models):
 
 
 def test_ort_trt_provider_options_cache_engines_beside_the_model(tmp_path, monkeypatch):
-    from mictag.runtime import ort_binding
+    from mictag.runtime.engines import ort_binding
 
     model = tmp_path / "lib" / "m.onnx"
     model.parent.mkdir()
@@ -739,7 +741,7 @@ def test_ort_trt_provider_options_cache_engines_beside_the_model(tmp_path, monke
 
 def test_torch_backend_on_the_cpu_submits_synchronously(onnx_models):
     pytest.importorskip("torch")
-    from mictag.runtime.backends import TorchBackend
+    from mictag.runtime.engines.torch import TorchBackend
 
     backend = TorchBackend(onnx_models / "m.pt", device="cpu", precision="fp32")
     assert backend.pipeline is None and backend.in_flight == 1
@@ -763,7 +765,7 @@ def _ort_has(provider: str) -> bool:
 def test_ort_cuda_io_binding_equals_the_cpu(onnx_models):
     import onnxruntime as ort
 
-    from mictag.runtime.backends import OrtBackend
+    from mictag.runtime.engines.ort import OrtBackend
 
     gpu = OrtBackend(onnx_models / "w.onnx", "ort-cuda", batch=8)
     assert gpu.bound is not None and gpu.bound.device == "cuda"
@@ -782,8 +784,8 @@ def test_ort_cuda_io_binding_equals_the_cpu(onnx_models):
 def test_ort_trt_builds_its_engine_once_into_the_cache(onnx_models):
     import onnxruntime as ort
 
-    from mictag.runtime import ort_binding
-    from mictag.runtime.backends import OrtBackend
+    from mictag.runtime.engines import ort_binding
+    from mictag.runtime.engines.ort import OrtBackend
 
     first = OrtBackend(onnx_models / "w.onnx", "ort-trt", batch=8)
     cache = ort_binding.engine_cache_dir(onnx_models / "w.onnx")
@@ -820,9 +822,9 @@ def test_real_tensorrt_engine_pipelined_equals_onnx_runtime(onnx_models, tmp_pat
     from mictag.errors import MictagError
     from mictag.export.tensorrt import EngineSpec, build_engine
     from mictag.metadata import read_metadata
-    from mictag.runtime import tensorrt_engine
-    from mictag.runtime.backends import TensorRTBackend
-    from mictag.runtime.cuda_buffers import cuda_memory
+    from mictag.runtime.engines import tensorrt as tensorrt_engine
+    from mictag.runtime.engines.tensorrt import TensorRTBackend
+    from mictag.runtime.engines.cuda_buffers import cuda_memory
 
     try:
         api = cuda_memory(memory)

@@ -217,7 +217,7 @@ def test_the_weights_digest_is_of_the_tensors_not_of_the_file(tmp_path):
     assert tensor_digest(tmp_path / "changed.safetensors") != tensor_digest(first)
     # The zero-training tagger is named by that digest too: a second `models pull musicnn` (the
     # same wheel converted again) finds the tagger it built, instead of building and naming another.
-    from mictag.runtime.models import zero_training_path
+    from mictag.catalog import zero_training_path
 
     assert zero_training_path("musicnn", first) == zero_training_path("musicnn", second)
     assert zero_training_path("musicnn", first) != zero_training_path("musicnn", tmp_path / "changed.safetensors")

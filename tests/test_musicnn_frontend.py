@@ -106,7 +106,7 @@ def test_torch_module_equals_numpy():
 def test_window_rule_and_model_input():
     """Windows of 187 centred frames every 187: a window's frames are the file's frames, the last
     is zero-padded (silence in log10(10000 mel + 1)), and window times map back to the file."""
-    from mictag.runtime.windows import frame_windows, sample_windows
+    from mictag.runtime.scan.windows import frame_windows, sample_windows
 
     y = _signals()["noise"].astype(np.float32)[: 7 * RATE]
     frames = frontends.log_mel(frontends.edge_padded(y, MUSICNN_MEL), MUSICNN_MEL)

@@ -46,7 +46,7 @@ def test_exported_musicnn_tagger_equals_pytorch(weights, tmp_path):
     from mictag.export.onnx import read_metadata
     from mictag.export.zero_training import zero_training_tagger
     from mictag.model.fbank import Fbank, FrameFinish
-    from mictag.runtime.windows import frame_windows, sample_windows
+    from mictag.runtime.scan.windows import frame_windows, sample_windows
 
     result = _run(["export", "--backbone", "musicnn", "--musicnn", str(weights), "--mapper", "many-to-one",
                    "--out", str(tmp_path / "w.onnx"), "--fbank-out", str(tmp_path / "f.onnx")])

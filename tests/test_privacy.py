@@ -81,7 +81,7 @@ def test_no_command_leaves_a_telemetry_store_or_a_device_id(setup, tiny_ast_dir,
                               timeout=300)
         assert done.returncode in (0, 1), (name, done.stderr)
         assert _traces(home) == [], f"{name} left {_traces(home)}"
-    beets = subprocess.run([sys.executable, "-c", "import beetsplug.mictag, mictag.runtime.backends"], env=env,
+    beets = subprocess.run([sys.executable, "-c", "import beetsplug.mictag, mictag.runtime.engines.open"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert beets.returncode == 0, beets.stderr
     assert _traces(home) == []

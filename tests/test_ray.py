@@ -78,8 +78,8 @@ def test_a_deviating_fast_path_in_a_model_actor_leaves_nothing_out_of_bound(tiny
     import trust_fakes
     from library import signal as tone
     from mictag.labels import OPENMIC_LABELS
-    from mictag.runtime.distributed import RayExecutor
-    from mictag.runtime.trust import BOUND
+    from mictag.runtime.scan.distributed import RayExecutor
+    from mictag.runtime.engines.trust import BOUND
 
     model = tmp_path / "f.onnx"
     done = CliRunner().invoke(main, ["export", "--ast", str(tiny_ast_dir), "--fbank-out", str(model), "--precision",
@@ -109,7 +109,7 @@ def test_a_deviating_fast_path_in_a_model_actor_leaves_nothing_out_of_bound(tiny
 
 def test_interrupted_ray_scan_resumes_with_every_file_once(models, local_ray, tmp_path, monkeypatch):
     from mictag.labels import OPENMIC_LABELS
-    from mictag.runtime import distributed
+    from mictag.runtime.scan.run import distributed
 
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -191,7 +191,7 @@ def test_the_local_scan_never_imports_ray(models, tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
     sf.write(lib / "a.wav", np.zeros(20000, np.float32), 16000)
-    code = ("import sys\nfrom mictag.runtime.scan import ScanRequest, run_scan\nfrom mictag.runtime.pipeline import ScanOptions\n"
+    code = ("import sys\nfrom mictag.runtime.scan.run import ScanRequest, run_scan\nfrom mictag.runtime.scan.pipeline import ScanOptions\n"
             f"run_scan(ScanRequest({str(lib)!r}, {str(tmp_path / 't.csv')!r}, {str(models / 'f.onnx')!r}, options=ScanOptions(workers=0)))\n"
             "print('ray' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

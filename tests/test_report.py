@@ -26,7 +26,8 @@ from click.testing import CliRunner
 from mictag.report import make_report
 from mictag.report.command import report
 from mictag.report.data import BINS, MAX_COLUMNS, QUANT, TIMELINE_CELLS, build, sample_timelines
-from mictag.runtime.results import CsvWriter, FileResult, JsonlWriter, SegmentsWriter, columns, write_parquet
+from mictag.output.formats import CsvWriter, JsonlWriter, SegmentsWriter, write_parquet
+from mictag.output.rows import FileResult, columns
 
 LABELS = ["bass", "drums", "guitar", "piano", "voice"]
 INJECTION = "</script><img src=x onerror=alert(1)>.wav"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mictag.runtime.results import FileResult, JsonlWriter, read_rows, same_file
+from mictag.output.rows import FileResult, same_file
+from mictag.output.formats import JsonlWriter, read_rows
 
 
 def test_a_jsonl_row_whose_path_holds_a_line_separator_reads_back(tmp_path):

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from mictag import frontends as F
 from mictag.audio import AudioError
 from mictag.cli import main
-from mictag.runtime.backends import ModelError, open_backend
-from mictag.runtime.windows import frame_windows, sample_windows
+from mictag.errors import ModelError
+from mictag.runtime.engines.open import open_backend
+from mictag.runtime.scan.windows import frame_windows, sample_windows
 from test_ast_checkpoints import _populate_hub_cache, offline_hub  # noqa: F401  (fixture)
 
 CFG = F.FbankConfig(target_frames=128)
@@ -116,7 +117,7 @@ def test_tagger_typed_errors(tagger_models, tmp_path):
 
 
 def test_backend_choice_and_refusals(tagger_models, tmp_path):
-    from mictag.runtime.backends import plan_engine
+    from mictag.runtime.engines.open import plan_engine
 
     engine = open_backend(tagger_models / "f.onnx")
     assert engine.name == plan_engine(tagger_models / "f.onnx").backend and engine.plan is not None
@@ -132,7 +133,7 @@ def test_backend_choice_and_refusals(tagger_models, tmp_path):
 
 def test_models_pull_builds_the_default_tagger_offline_and_scan_uses_it(offline_hub, tiny_ast_dir, tmp_path,  # noqa: F811
                                                                         monkeypatch):
-    from mictag.runtime.models import DEFAULT_HUB_ID
+    from mictag.catalog import DEFAULT_HUB_ID
 
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
     _populate_hub_cache(offline_hub, DEFAULT_HUB_ID, {"config.json": tiny_ast_dir / "config.json",
@@ -151,7 +152,7 @@ def test_models_pull_builds_the_default_tagger_offline_and_scan_uses_it(offline_
 
 
 def test_a_damaged_hub_download_is_refused(offline_hub, tiny_ast_dir, tmp_path, monkeypatch):  # noqa: F811
-    from mictag.runtime.models import DEFAULT_HUB_ID
+    from mictag.catalog import DEFAULT_HUB_ID
 
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
     _populate_hub_cache(offline_hub, DEFAULT_HUB_ID, {"config.json": tiny_ast_dir / "config.json",

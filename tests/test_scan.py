@@ -25,7 +25,7 @@ from library import signal as tone_signal
 from mictag import frontends as F
 from mictag.cli import main
 from mictag.labels import OPENMIC_LABELS
-from mictag.runtime.results import columns
+from mictag.output.rows import columns
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

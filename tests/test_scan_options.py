@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mictag.errors import ConfigError
-from mictag.runtime.pipeline import ScanOptions
+from mictag.runtime.scan.pipeline import ScanOptions
 
 
 @pytest.mark.parametrize("options, words", [
@@ -32,7 +32,7 @@ def test_good_options_pass():
 
 
 def test_the_tagger_refuses_a_threshold_the_cli_refuses(tiny_tagger):
-    from mictag.runtime.tagger import Tagger
+    from mictag.api import Tagger
 
     with pytest.raises(ConfigError, match="threshold must be between 0 and 1"):
         Tagger(tiny_tagger, threshold=2)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from mictag.cli import main
 from mictag.labels import OPENMIC_LABELS
-from mictag.runtime import shipped
+from mictag.catalog import shipped
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
@@ -107,7 +107,7 @@ def test_pull_builds_it_and_scan_uses_it_with_20_labels(packaged, tmp_path):
 def test_the_built_tagger_equals_the_pytorch_system(packaged):
     from mictag.metadata import read_metadata
     from mictag.model.fbank import FrameFinish
-    from mictag.runtime.models import shipped_tagger
+    from mictag.catalog import shipped_tagger
 
     _, model, thresholds = packaged
     path = shipped_tagger(NAME)

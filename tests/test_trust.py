@@ -1,4 +1,4 @@
-"""A fast path writes only what stays within its bound of fp32 (mictag.runtime.trust): sampled
+"""A fast path writes only what stays within its bound of fp32 (mictag.runtime.engines.trust): sampled
 checks across the whole scan at a bounded cost, borderline windows scored on fp32, rows held until a
 check covers them, and a failed check redoing everything it could have touched; verdicts per model
 file and library. The scans run the real pipeline (0 and 2 decode workers) on real files, with a
@@ -19,8 +19,8 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from mictag.cli import main
-from mictag.runtime.choice import EnginePlan
-from mictag.runtime.trust import BOUND, CHECK_BUDGET, CheckOutcome, RowGate, TrustedBackend, Verdicts
+from mictag.runtime.engines.choice import EnginePlan
+from mictag.runtime.engines.trust import BOUND, CHECK_BUDGET, CheckOutcome, RowGate, TrustedBackend, Verdicts
 
 sys.path.insert(0, str(Path(__file__).parent))
 from library import read_table, signal as tone  # noqa: E402
@@ -74,8 +74,8 @@ def _assert_within_bound(got: dict, want: dict, labels: list[str]) -> float:
 
 
 def _scan(lib, out, model, workers, **kw):
-    from mictag.runtime.pipeline import ScanOptions
-    from mictag.runtime.scan import ScanRequest, run_scan
+    from mictag.runtime.scan.pipeline import ScanOptions
+    from mictag.runtime.scan.run import ScanRequest, run_scan
 
     say = kw.pop("on_message", None)
     return run_scan(ScanRequest(lib, out, model, options=ScanOptions(workers=workers), **kw), on_message=say)
@@ -85,13 +85,13 @@ def _scan(lib, out, model, workers, **kw):
 def test_a_fast_path_that_deviates_later_never_leaves_an_out_of_bound_score_or_a_flipped_tag(
         model, vnni_cpu, tmp_path, workers, monkeypatch):
     from mictag.metadata import read_metadata
-    from mictag.runtime.backends import plan_engine
+    from mictag.runtime.engines.open import plan_engine
 
     labels = read_metadata(model)["labels"]
     lib = _library(tmp_path / "lib")
     reference = _scan(lib, tmp_path / "fp32.csv", model, workers, backend="ort-cpu", precision="fp32")
     assert reference.windows > 40
-    monkeypatch.setattr("mictag.runtime.backends._load", _deviating_load(after=20))
+    monkeypatch.setattr("mictag.runtime.engines.open._load", _deviating_load(after=20))
     said = []
     summary = _scan(lib, tmp_path / "tags.csv", model, workers, on_message=said.append)
     got, want = read_table(tmp_path / "tags.csv"), read_table(tmp_path / "fp32.csv")
@@ -112,7 +112,7 @@ def test_a_fast_path_that_deviates_later_never_leaves_an_out_of_bound_score_or_a
 
 
 def _deviating_load(after: int, by: float = 0.08):
-    from mictag.runtime import backends
+    from mictag.runtime.engines import open as backends
 
     load = backends._load
     return lambda plan, threads: Deviating(load(plan, threads), after, by) if plan.check else load(plan, threads)
@@ -124,7 +124,7 @@ def test_within_the_bound_near_a_threshold_the_reference_decides_the_tag(model, 
     flip its tag, so fp32 scores it too, and none flips."""
     from mictag import cpu
     from mictag.metadata import read_metadata
-    from mictag.runtime.trust import CHECK_LIMIT
+    from mictag.runtime.engines.trust import CHECK_LIMIT
 
     monkeypatch.setenv("MICTAG_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MICTAG_CPU_FLAGS", "avx2 fma avx512f avx512_bf16")  # no int8 units: auto runs bf16
@@ -133,7 +133,7 @@ def test_within_the_bound_near_a_threshold_the_reference_decides_the_tag(model, 
         labels = read_metadata(model)["labels"]
         lib = _library(tmp_path / "lib")
         _scan(lib, tmp_path / "fp32.csv", model, 0, backend="ort-cpu", precision="fp32")
-        monkeypatch.setattr("mictag.runtime.backends._load", _deviating_load(after=0, by=0.01))
+        monkeypatch.setattr("mictag.runtime.engines.open._load", _deviating_load(after=0, by=0.01))
         said = []
         summary = _scan(lib, tmp_path / "tags.csv", model, 0, on_message=said.append)
     finally:
@@ -263,7 +263,7 @@ import sys, time
 sys.path.insert(0, {tests!r})
 from trust_fakes import wrap_fast_paths
 wrap_fast_paths(after=20)
-from mictag.runtime import pipeline
+from mictag.runtime.scan.run import pipeline
 settle = pipeline.Scanner._settle
 def slow_settle(self, gate, stopping):
     backend = self.backend

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mictag.labels import OPENMIC_LABELS
-from mictag.runtime.results import columns
+from mictag.output.rows import columns
 
 _EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

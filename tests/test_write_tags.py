@@ -29,8 +29,9 @@ from mictag.cli import main
 from mictag.filetags.command import write_tags as write_tags_command
 from mictag.filetags.write import summary_line, write_tags
 from mictag.labels import OPENMIC_LABELS
-from mictag.runtime.output_lock import OutputLock
-from mictag.runtime.results import CsvWriter, FileResult, JsonlWriter, read_rows, same_file, write_parquet
+from mictag.output.lock import OutputLock
+from mictag.output.formats import CsvWriter, JsonlWriter, read_rows, write_parquet
+from mictag.output.rows import FileResult, same_file
 
 LABELS = list(OPENMIC_LABELS)
 MODEL_SHA = "ab" * 32

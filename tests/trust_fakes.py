@@ -34,7 +34,7 @@ class Deviating:
 
 def wrap_fast_paths(after: int, by: float = 0.08) -> None:
     """Make every fast path that ``open_backend`` loads deviate after ``after`` windows."""
-    from mictag.runtime import backends
+    from mictag.runtime.engines import open as backends
 
     load = backends._load
 
@@ -50,7 +50,7 @@ def deviating_stage(after: int, flags: str, home: str):
     ``flags``; its verdicts in ``home``."""
     import os
 
-    from mictag.runtime.distributed import ModelStage
+    from mictag.runtime.scan.distributed import ModelStage
 
     class DeviatingStage(ModelStage):
         def __init__(self, *args, **kwargs):

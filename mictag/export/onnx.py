@@ -22,29 +22,9 @@ from torch import nn
 
 from mictag import __version__
 from mictag.metadata import METADATA_KEY, read_metadata  # noqa: F401  (re-exported for export users)
-from mictag.model.fbank import Fbank, FrameFinish
-VARIANTS = ("waveform", "fbank")
+from mictag.model.graph import VARIANTS, ExportGraph  # noqa: F401  (VARIANTS re-exported for export users)
 
 
-class ExportGraph(nn.Module):
-    """front end (waveform or raw frames) -> system -> (probabilities, logits, embedding)."""
-
-    def __init__(self, system: nn.Module, variant: str):
-        super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown export variant {variant!r}; choose {', '.join(VARIANTS)}")
-        cfg = system.cfg
-        self.variant = variant
-        self.fbank = Fbank(cfg.fbank, normalize=cfg.normalize_input) if variant == "waveform" else None
-        self.finish = FrameFinish(cfg.fbank, normalize=cfg.normalize_input) if variant == "fbank" else None
-        self.system = system
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor):
-        inputs = self.fbank(x, valid) if self.fbank is not None else self.finish(x, valid)
-        out = self.system.forward_outputs(inputs)
-        logits = out["logits"]
-        embedding = out.get("embedding", logits)
-        return torch.sigmoid(logits), logits, embedding
 
 
 def metadata(system: nn.Module, thresholds, extra: dict | None = None, variant: str = "waveform") -> dict:

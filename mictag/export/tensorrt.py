@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mictag.errors import MictagError
+from mictag.runtime.engines.tensorrt import metadata_path
 
 NEEDS_TRT = ("building a TensorRT engine needs TensorRT and an NVIDIA GPU; install them with "
              "pip install 'mictag[gpu]' on a CUDA machine, or use the ONNX model or --torch-out instead")
@@ -29,14 +30,10 @@ class EngineSpec:
     workspace_gb: float = 8.0
 
 
-def metadata_path(engine_path: str | os.PathLike) -> Path:
-    return Path(str(engine_path) + ".json")
-
-
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, meta: dict,
                  spec: EngineSpec = EngineSpec(), timing_cache: str | os.PathLike | None = None) -> Path:
     """Build and write a serialized engine for ``onnx_path``; returns its path."""
-    from mictag.runtime.tensorrt_engine import import_tensorrt
+    from mictag.runtime.engines.tensorrt import import_tensorrt
 
     trt = import_tensorrt("Builder", NEEDS_TRT)
     if not spec.min_batch <= spec.opt_batch <= spec.max_batch:
@@ -98,7 +95,7 @@ def run_engine(engine_path: str | os.PathLike, feeds: dict) -> dict:
     ``TensorRTBackend``, which copies back only the probabilities."""
     import numpy as np
 
-    from mictag.runtime.tensorrt_engine import EngineRunner, load_engine
+    from mictag.runtime.engines.tensorrt import EngineRunner, load_engine
 
     engine = load_engine(engine_path)
     key = str(engine.path)

@@ -1,9 +1,7 @@
 """The PyTorch export target, for GPUs without TensorRT: one self-contained file (system config,
-every weight including the frozen AST, and the same metadata as the ONNX export) that the
-runtime's torch backend rebuilds with SDPA attention, in fp32/fp16/bf16, optionally compiled.
-
-Rebuilding from the config (rather than shipping a traced program) lets the loading machine pick
-its own attention kernels, precision and torch.compile / CUDA-graph settings.
+every weight including the frozen backbone, and the same metadata as the ONNX export) that the
+runtime's torch engine rebuilds (:mod:`mictag.model.artifact`) with SDPA attention, in
+fp32/fp16/bf16, optionally compiled.
 """
 
 from __future__ import annotations
@@ -15,14 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mictag.errors import CheckpointError
-from mictag.export.onnx import ExportGraph
-from mictag.backbones.attention import fastest_kernel, set_kernel
-from mictag.model.system import SystemConfig, build_system, new_backbone
-from mictag.train.checkpoint import load_payload
-
-FORMAT = "mictag-torch"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from mictag.model.artifact import FORMAT
 
 
 def save_torch_artifact(system: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
@@ -35,67 +26,3 @@ def save_torch_artifact(system: nn.Module, path: str | os.PathLike, meta: dict) 
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
-
-
-class TorchTagger(nn.Module):
-    """Front end in fp32 (its dynamic range needs it), the rest in ``dtype``; returns
-    (probabilities, logits, embedding) in fp32, like the ONNX graph."""
-
-    def __init__(self, system: nn.Module, variant: str, dtype: torch.dtype):
-        super().__init__()
-        self.graph = ExportGraph(system, variant)
-        self.dtype = dtype
-        self.graph.system.to(dtype)
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor):
-        g = self.graph
-        inputs = g.fbank(x, valid) if g.fbank is not None else g.finish(x, valid)
-        out = g.system.forward_outputs(inputs.to(self.dtype))
-        logits = out["logits"].float()
-        return torch.sigmoid(logits), logits, out.get("embedding", out["logits"]).float()
-
-
-def _rebuilt(payload: dict) -> nn.Module:
-    """The system of a payload with its weights, without initialising the frozen backbone first:
-    the backbone is built on the meta device and takes the (memory-mapped) tensors as they are."""
-    cfg = SystemConfig.from_dict(payload["system"])
-    state = payload["state"]
-    prefix = "backbone."
-    if cfg.baseline == "cnn-bs":
-        system = build_system(cfg)
-        system.load_state_dict(state)
-        return system
-    with torch.device("meta"):
-        backbone = new_backbone(cfg)
-    backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, assign=True)
-    system = build_system(cfg, backbone=backbone)
-    system.load_state_dict(state)
-    return system
-
-
-def load_torch_artifact(path: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "fp32",
-                        variant: str = "waveform", compile: bool = False,
-                        attention: str | None = None) -> tuple[nn.Module, dict]:
-    """(module, metadata) ready for inference on ``device``. On a CPU the attention kernel is the
-    faster of SDPA and blocked matmuls at the model's shape and dtype, measured once per machine
-    (``attention`` names one instead); the chosen one is ``module.attention``."""
-    payload = load_payload(path, FORMAT, "torch model", " (write one with `mictag export --torch-out`)", mmap=True)
-    if precision not in DTYPES:
-        raise CheckpointError(f"unknown precision {precision!r}; choose {', '.join(DTYPES)}")
-    system = _rebuilt(payload)
-    module = TorchTagger(system.eval(), variant, DTYPES[precision]).to(device).eval()
-    module.attention = "sdpa"
-    if str(device) == "cpu" and system.cfg.backbone == "ast" and system.cfg.baseline != "cnn-bs":
-        module.attention = attention or _cpu_attention_kernel(system.cfg.ast, DTYPES[precision])
-        set_kernel(module, module.attention)
-    if compile:
-        module = torch.compile(module, mode="max-autotune-no-cudagraphs" if str(device) == "cpu" else "reduce-overhead")
-    return module, payload["meta"]
-
-
-def _cpu_attention_kernel(cfg, dtype: torch.dtype) -> str:
-    from mictag.paths import mictag_home
-
-    kernel, _ = fastest_kernel(cfg.num_heads, cfg.num_patches + 2, cfg.hidden_size // cfg.num_heads, dtype,
-                               cache=mictag_home() / "cache" / "attention-kernels.json")
-    return kernel

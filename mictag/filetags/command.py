@@ -35,7 +35,7 @@ def write_tags(tags: str, library: str, dry_run: bool, field: str, scores: bool,
     TAGS busy or not writable); 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP (rerun to finish)."""
     from mictag.filetags.write import summary_line
     from mictag.filetags.write import write_tags as write_library_tags
-    from mictag.runtime.interrupts import StopSignals
+    from mictag.runtime.scan.signals import StopSignals
 
     with StopSignals() as stop:
         try:

@@ -27,7 +27,7 @@ that still hold the size/mtime of an entry's first line (a row a rescan has sinc
 alone). A file whose save began but whose second line is missing is taken as written when its
 tags are already exactly this run's. Until that next run, a rescan would merely redo those files.
 
-The output's scan lock (:mod:`mictag.runtime.output_lock`) is held throughout, so a scan and
+The output's scan lock (:mod:`mictag.output.lock`) is held throughout, so a scan and
 write-tags never rewrite it at once; ``dry_run`` takes no lock and writes no file.
 """
 
@@ -48,9 +48,11 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from mictag.errors import ConfigError, MictagError
 from mictag.filetags.formats import SUPPORTED, TagFileError, TagStore, describe_format, open_tags
-from mictag.runtime.interrupts import STOP_SIGNALS
-from mictag.runtime.output_lock import OutputLock, lock_path
-from mictag.runtime.results import FORMATS, _Journal, columns, labels_of, read_rows, rewrite, writing
+from mictag.runtime.scan.signals import STOP_SIGNALS
+from mictag.output.lock import OutputLock, lock_path
+from mictag.output.formats import FORMATS, read_rows, rewrite
+from mictag.output.journal import Journal, writing
+from mictag.output.rows import columns, labels_of
 
 FIELD = "INSTRUMENTS"
 PREFIX = "MICTAG_"  # mictag's own fields (scores, model)
@@ -140,7 +142,7 @@ def _write_parquet(path: Path, rows: list[dict], schema) -> None:
 
 
 def _model_of(path: Path) -> str | None:
-    """The model fingerprint in the scan's sidecar, ``<out>.mictag.json`` (see mictag.runtime.scan)."""
+    """The model fingerprint in the scan's sidecar, ``<out>.mictag.json`` (see mictag.runtime.scan.run)."""
     try:
         state = json.loads(path.with_name(path.name + ".mictag.json").read_text("utf-8"))
     except (OSError, ValueError):
@@ -320,7 +322,7 @@ class _Run:
         self.pending: dict[str, Stat] = {}  # files whose save began in a killed run (no second journal line)
         self.patched: set[str] = set()  # paths whose rows now hold a new size and mtime
         self.journal_path = output.path.with_name(output.path.name + ".write-tags-journal")
-        self._journal: _Journal | None = None
+        self._journal: Journal | None = None
 
     # The journal: {"path", "before": [size, mtime]} before a save, plus "after" once saved.
     def recover(self) -> None:
@@ -350,7 +352,7 @@ class _Run:
 
     def _journal_line(self, entry: dict) -> None:
         if self._journal is None:  # opened at the first write, so a run that writes nothing leaves none
-            self._journal = _Journal(self.journal_path, fresh=False)
+            self._journal = Journal(self.journal_path, fresh=False)
         self._journal.append(json.dumps(entry, ensure_ascii=False) + "\n")
 
     def _report(self, outcome: str, rel: object, why: str = "", reason: str = "") -> None:
@@ -519,7 +521,7 @@ def write_tags(tags_path: str | os.PathLike, library: str | os.PathLike, field: 
     file left alone for a reason; files already up to date are silent. Once ``should_stop()`` is
     true no new file is started (``interrupted``). While a scan writes the output this raises
     OutputBusy, or with ``wait`` waits for it; ``lock=False`` for a caller that already holds the
-    output's :class:`~mictag.runtime.output_lock.OutputLock`. Raises MictagError when it cannot
+    output's :class:`~mictag.output.lock.OutputLock`. Raises MictagError when it cannot
     run: a bad field, no such library or output, an output that is not a scan's, or one busy or
     not writable."""
     say = on_message or (lambda m: None)

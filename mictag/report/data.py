@@ -29,8 +29,9 @@ import numpy as np
 
 from mictag.errors import MictagError
 from mictag.report import TIMELINES
-from mictag.runtime.results import HEAD, labels_of
-from mictag.runtime.results import FORMATS, STATUSES
+from mictag.output.rows import HEAD, labels_of
+from mictag.output.formats import FORMATS
+from mictag.output.rows import STATUSES
 
 FIXED = HEAD  # results.columns' head
 BINS = 50  # score histogram bins over [0, 1]

@@ -12,6 +12,7 @@ import torch
 from mictag import __version__
 from mictag.backbones.frozen import same_weights
 from mictag.errors import CheckpointError
+from mictag.model.artifact import load_payload
 from mictag.model.system import SystemConfig, build_system, frozen_backbone
 
 FORMAT = "mictag-model"
@@ -40,22 +41,6 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, cfg: SystemConfi
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
-
-
-def load_payload(path: str | os.PathLike, fmt: str, what: str, how: str = "", mmap: bool = False) -> dict:
-    """A mictag torch file's payload (weights only, on the CPU), refused clearly unless it is a
-    readable ``fmt`` file; ``what`` names the kind of file, ``how`` says how to write one.
-    ``mmap`` maps the tensors from the file instead of reading them (large files load at once)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist")
-    try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != fmt:
-        raise CheckpointError(f"{path} is not a mictag {what}{how}")
-    return payload
 
 
 def read_model(path: str | os.PathLike) -> dict:

@@ -1,19 +1,22 @@
 """What every inference engine is to the scan: a :class:`Backend` that scores a batch of windows,
 at once (``run``) or in two halves (``submit`` now, ``Submitted.result()`` later), so that a GPU
 engine overlaps one batch's upload with another's compute. The engines themselves and how one is
-chosen and opened: :mod:`mictag.runtime.backends`, :mod:`mictag.runtime.choice`."""
+chosen and opened: :mod:`mictag.runtime.engines.open`, :mod:`mictag.runtime.engines.choice`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import numpy as np
+
+from mictag.errors import MictagError, ModelError
 
 
 class Submitted:
     """A batch handed to :meth:`Backend.submit`. ``result()`` waits for it and returns its
     probabilities, (rows, labels) float32, an array of its own (the same one on later calls).
-    ``outcome``: what a checked fast path's checks found in it (:mod:`mictag.runtime.trust`)."""
+    ``outcome``: what a checked fast path's checks found in it (:mod:`mictag.runtime.engines.trust`)."""
 
     __slots__ = ("rows", "_fetch", "_value", "outcome")
 
@@ -45,7 +48,7 @@ class Backend:
     meta: dict
     preferred_batch = 8
     in_flight = 1  # batches worth holding in flight: 2 where submit returns before the GPU is done
-    plan = None  # the EnginePlan (mictag.runtime.choice) that opened it, where one did
+    plan = None  # the EnginePlan (mictag.runtime.engines.choice) that opened it, where one did
 
     @property
     def description(self) -> str:
@@ -86,3 +89,35 @@ def submit_batch(backend, x: np.ndarray, valid: np.ndarray) -> Submitted:
 def pipeline_depth(backend) -> int:
     """How many submitted batches ``backend`` usefully holds unfetched (1 for wrappers without one)."""
     return int(getattr(backend, "in_flight", 1))
+
+
+@contextmanager
+def model_errors(foreign: Callable[[Exception], str] | None = None):
+    """mictag's own errors from loading or running a model become ModelError, with their message;
+    with ``foreign``, so does any other exception (an engine library's), saying ``foreign(exc)``."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except MictagError as exc:
+        raise ModelError(str(exc)) from None
+    except Exception as exc:
+        if foreign is None:
+            raise
+        raise ModelError(foreign(exc)) from None
+
+
+def input_names(variant: str) -> tuple[str, str]:
+    return ("windows", "valid_samples") if variant == "waveform" else ("frames", "valid_frames")
+
+
+def row_shapes(meta: dict, names: tuple[str, str]) -> dict[str, tuple[int, ...]]:
+    """The shape of one row of each model input, from the model's metadata."""
+    if meta.get("variant", "waveform") == "waveform":
+        window: tuple[int, ...] = (int(meta["window_samples"]),)
+    else:
+        from mictag.frontends import frontend_from_dict
+
+        cfg = frontend_from_dict(meta["features"])
+        window = (cfg.target_frames, cfg.num_mel_bins)
+    return {names[0]: window, names[1]: ()}

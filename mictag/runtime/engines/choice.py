@@ -1,7 +1,7 @@
 """Which engine and precision a model runs in here: the fastest path whose deviation from fp32 is
 bounded, chosen from the model's kind, the engines installed and the CPU's features. A fast path
 that auto takes (int8, or bf16 on a CPU) is checked against fp32 as the scan goes
-(:mod:`mictag.runtime.trust`): the plan says so (``check``), and a fast path refused for this
+(:mod:`mictag.runtime.engines.trust`): the plan says so (``check``), and a fast path refused for this
 library (a failed check, or no faster here) is passed over for the next one.
 
 On a CPU (measured side by side, full-size AST, ``benchmarks/engine.py``):
@@ -30,7 +30,7 @@ from pathlib import Path
 from mictag.cpu import CpuInfo
 from mictag.errors import MictagError
 from mictag.metadata import int8_path
-from mictag.runtime.trust import CHECK_LIMIT
+from mictag.runtime.engines.trust import CHECK_LIMIT
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # max |probability - fp32| an int8 variant may have at export (on synthetic windows) for auto to try

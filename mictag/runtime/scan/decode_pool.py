@@ -2,11 +2,11 @@
 
 - Each worker is spawned (a crashing native decoder takes down only its worker) and holds one
   duplex pipe to the scan. The scan sends it one file (:class:`Job`); it sends back that file's
-  :class:`~mictag.runtime.decode.Window` s and its ``Done`` or ``Failed``; then it gets the next file. So the scan always knows which file a
+  :class:`~mictag.runtime.scan.decode.Window` s and its ``Done`` or ``Failed``; then it gets the next file. So the scan always knows which file a
   worker holds (a dead worker becomes an error row for exactly that file), and "take no new
   files" is simply not sending one.
 - Windows do not cross the pipe (``feed="shm"``): each worker seat has an arena of
-  ``SLOTS_PER_WORKER`` window slots in anonymous shared memory (:mod:`mictag.runtime.shm_slots`).
+  ``SLOTS_PER_WORKER`` window slots in anonymous shared memory (:mod:`mictag.runtime.scan.shm_slots`).
   The worker cuts a window straight into a free slot and sends the slot's number; the scan copies
   the window into its batch (:meth:`DecodePool.fill`) and sends the slot back (:class:`FreeSlots`)
   on the same pipe. A worker with no free slot waits for one: the slots bound memory and let
@@ -51,9 +51,9 @@ from typing import NamedTuple
 import numpy as np
 
 from mictag.frontends import frontend_from_dict
-from mictag.runtime.decode import DecodeMessage, Done, Failed, Window
-from mictag.runtime.shm_slots import InheritedArena, SlotArena, shared_memory_available
-from mictag.runtime.windows import window_shape
+from mictag.runtime.scan.decode import DecodeMessage, Done, Failed, Window
+from mictag.runtime.scan.shm_slots import InheritedArena, SlotArena, shared_memory_available
+from mictag.runtime.scan.windows import window_shape
 
 QUEUE_WINDOWS = 64  # messages in flight between the pipes and the scan's loop
 # Window slots per worker: enough to decode on while the model runs a batch (a GPU's 64 windows
@@ -154,7 +154,7 @@ def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk
     if os.environ.get(KEEP_DECODER_STDERR, "") in ("", "0"):
         silence_native_stderr()
     if source is None:
-        from mictag.runtime.decode import decode_file as source  # the worker's own import (spawned)
+        from mictag.runtime.scan.decode import decode_file as source  # the worker's own import (spawned)
 
     cfg = frontend_from_dict(cfg_dict)
     free: deque[int] = deque()  # slots this worker may write
@@ -224,7 +224,7 @@ class DecodePool:
     copied out with :meth:`fill`; :meth:`stop_taking` lets the workers finish their files but
     starts no new ones; :meth:`close` ends everything. ``feed`` is "shm" (slots; "pickle" where
     this platform has no shared memory to hand over) or "pickle"; ``source`` replaces
-    :func:`~mictag.runtime.decode.decode_file` in the workers (importable by name)."""
+    :func:`~mictag.runtime.scan.decode.decode_file` in the workers (importable by name)."""
 
     def __init__(self, jobs: Iterable[tuple[int, str]], workers: int, cfg_dict: dict, variant: str, hop: int,
                  chunk_seconds: float, feed: str = "auto", source: Callable[..., Iterator[DecodeMessage]] | None = None,

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from mictag.paths import mictag_home
-from mictag.runtime.buckets import batch_buckets, bucket_for
+from mictag.runtime.engines.buckets import batch_buckets, bucket_for
 
 
 def _version(package: str) -> str:

@@ -1,5 +1,5 @@
 """Packaging a trained system as a shipped tagger, and building the shipped tagger into an ONNX
-model against the user's frozen backbone (see :mod:`mictag.runtime.shipped` for the layout)."""
+model against the user's frozen backbone (see :mod:`mictag.catalog` for the layout)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mictag.backbones.frozen import backbone_reference, same_weights
 from mictag.digest import file_digest
 from mictag.errors import CheckpointError
 from mictag.model.system import SystemConfig, build_system, frozen_backbone
-from mictag.runtime.shipped import TAGGERS_DIR, built_name, provenance, weights_path
+from mictag.catalog.shipped import TAGGERS_DIR, built_name, provenance, weights_path
 from mictag.train.checkpoint import read_model, trained_state
 
 

@@ -2,15 +2,15 @@
 
 Stages:
 1. listing, on the driver: discovery and the resume journal, exactly as the local scan
-   (:func:`mictag.runtime.scan.run_scan` does this before handing the files here);
+   (:func:`mictag.runtime.scan.run.run_scan` does this before handing the files here);
 2. decode + window: ``map_batches`` over Ray tasks, one file per task, reusing the runtime's
-   :func:`~mictag.runtime.decode.decode_file` (decode, resample, fbank, windows); a generator, so
+   :func:`~mictag.runtime.scan.decode.decode_file` (decode, resample, fbank, windows); a generator, so
    a long file streams out in blocks of windows instead of one huge block;
 3. model: ``map_batches`` on an actor pool (one actor per GPU with ``num_gpus=1``, CPU actors
    otherwise), each loading the model once; windows are batched for the backend and the heavy
    window arrays are dropped after it, so only scores travel on;
 4. per-file aggregation: on the driver, as the stream arrives, with the same
-   :class:`~mictag.runtime.pipeline.Scoring` as the local scan; rows are written and flushed as
+   :class:`~mictag.runtime.scan.pipeline.Scoring` as the local scan; rows are written and flushed as
    files complete, so the resume journal works unchanged. (A Ray ``groupby`` would be an
    all-to-all barrier that holds every row back until the whole library is done.)
 
@@ -32,13 +32,13 @@ import numpy as np
 from mictag.errors import MictagError
 from mictag.privacy import keep_quiet
 from mictag.frontends import frontend_from_dict
-from mictag.runtime.backends import model_metadata, open_backend
+from mictag.runtime.engines.open import model_metadata, open_backend
 from mictag.runtime.engines.base import submit_batch
-from mictag.runtime.discovery import FileEntry
-from mictag.runtime.decode import Done, Failed, Window, decode_file
-from mictag.runtime.pipeline import ScanOptions, Scoring, _FileState
-from mictag.runtime.results import FileResult
-from mictag.runtime.trust import CheckOutcome, RowGate
+from mictag.runtime.scan.discovery import FileEntry
+from mictag.runtime.scan.decode import Done, Failed, Window, decode_file
+from mictag.runtime.scan.pipeline import ScanOptions, Scoring, FileState
+from mictag.output.rows import FileResult
+from mictag.runtime.engines.trust import CheckOutcome, RowGate
 
 NEEDS_RAY = "--ray needs Ray Data, which is not installed: pip install 'mictag[dist]'"
 _KINDS = {Window: "win", Done: "done", Failed: "error"}  # a decode message's kind in a Ray block
@@ -109,7 +109,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 class ModelStage:
     """Ray actor: loads the model once, scores the window rows of each batch. On a checked fast
-    path (:mod:`mictag.runtime.trust`) each output batch also says what its checks found, with the
+    path (:mod:`mictag.runtime.engines.trust`) each output batch also says what its checks found, with the
     actor's id and the batch's number, so that the driver can hold rows until a check covers them."""
 
     def __init__(self, model: str, backend: str, precision: str | None = None, library: str | None = None,
@@ -220,7 +220,7 @@ class RayExecutor:
                                                              [float(t) for t in sc.thresholds]),
                             batch_size=o.batch_size or (64 if gpus else 4), batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=pool), num_gpus=1 if gpus else 0)
-        states = {i: _FileState(e, {}, []) for i, e in enumerate(entries)}
+        states = {i: FileState(e, {}, []) for i, e in enumerate(entries)}
         gate = RowGate()
         finished = 0
         seen_batches: set[tuple[str, int]] = set()
@@ -303,7 +303,7 @@ class RayExecutor:
         return released
 
     def _redo(self, entries: list[FileEntry], should_stop) -> Iterator[FileResult]:
-        from mictag.runtime.pipeline import Scanner
+        from mictag.runtime.scan.pipeline import Scanner
 
         reference = open_backend(self.model, self.backend, precision="fp32")
         again = Scanner(reference, ScanOptions(**{**self.options.__dict__, "workers": max(1, self.options.workers)}))

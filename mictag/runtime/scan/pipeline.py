@@ -1,7 +1,7 @@
 """The scan pipeline: decode workers -> bounded queue -> batches across files -> backend ->
 per-file aggregation.
 
-Decoding runs in worker processes (:mod:`mictag.runtime.decode_pool`: a crashing native decoder
+Decoding runs in worker processes (:mod:`mictag.runtime.scan.decode_pool`: a crashing native decoder
 takes down only its worker; the file it held becomes an error row and a fresh worker takes its
 place). Workers stream each file in chunks, compute its log-mel frames once and cut windows from
 them (or raw sample windows for a waveform-input model). The windows reach the scan through
@@ -24,12 +24,12 @@ import numpy as np
 from mictag.audio import CHUNK_SECONDS
 from mictag.errors import ConfigError
 from mictag.frontends import frontend_from_dict, hop_frames
-from mictag.runtime.decode import SILENCE, DecodeMessage, Done, Failed, Window, decode_file
-from mictag.runtime.discovery import FileEntry
+from mictag.runtime.scan.decode import SILENCE, DecodeMessage, Done, Failed, Window, decode_file
+from mictag.runtime.scan.discovery import FileEntry
 from mictag.runtime.engines.base import Backend, pipeline_depth, submit_batch
-from mictag.runtime.results import FileResult
-from mictag.runtime.trust import CheckOutcome, RowGate
-from mictag.runtime.windows import window_shape
+from mictag.output.rows import FileResult
+from mictag.runtime.engines.trust import CheckOutcome, RowGate
+from mictag.runtime.scan.windows import window_shape
 
 FEEDS = ("auto", "shm", "pickle")
 
@@ -64,7 +64,7 @@ class ScanOptions:
 
 
 @dataclass
-class _FileState:
+class FileState:
     entry: FileEntry
     probs: dict
     segments: list
@@ -131,7 +131,7 @@ class Scoring:
         self.thresholds = (np.full(len(self.labels), o.threshold) if o.threshold is not None
                            else np.asarray(meta["thresholds"], np.float64))
 
-    def result(self, st: "_FileState") -> FileResult:
+    def result(self, st: "FileState") -> FileResult:
         e = st.entry
         d = st.done
         duration, n, status, note = d.duration, d.windows, d.status, d.note
@@ -189,7 +189,7 @@ class Scanner:
                      f"{'were' if self.redone > 1 else 'was'} scored again on fp32")
         return [line] if line else []
 
-    def _result(self, st: _FileState) -> FileResult:
+    def _result(self, st: FileState) -> FileResult:
         return self.scoring.result(st)
 
     def scan(self, entries: Iterable[FileEntry], on_progress: Callable[[dict], None] | None = None,
@@ -197,7 +197,7 @@ class Scanner:
         """One FileResult per entry, as files finish. Once ``should_stop()`` is true, no new file is
         started; the windows already decoded are scored and the files they complete are yielded."""
         entries = list(entries)
-        states = {fid: _FileState(e, {}, []) for fid, e in enumerate(entries)}
+        states = {fid: FileState(e, {}, []) for fid, e in enumerate(entries)}
         batch = _Batch(self.batch_size, window_shape(self.cfg, self.variant))
         fill = _copy_window  # how a window gets into the batch; the decode pool's own with workers
         finished = 0
@@ -208,7 +208,7 @@ class Scanner:
         # (depth 2); a CPU backend computes in submit (depth 1), so each is fetched at once.
         depth = max(1, pipeline_depth(self.backend))
         in_flight: deque = deque()
-        # A checked fast path: rows wait for a passing check (see mictag.runtime.trust).
+        # A checked fast path: rows wait for a passing check (see mictag.runtime.engines.trust).
         checked = hasattr(self.backend, "final_check")
         gate = RowGate() if checked else None
         self._fast_rows, self._replay = [], []
@@ -287,7 +287,7 @@ class Scanner:
                     report()
             yield from flush(drain=True)
         else:
-            from mictag.runtime.decode_pool import DecodePool
+            from mictag.runtime.scan.decode_pool import DecodePool
 
             pool = DecodePool(((fid, e.path) for fid, e in enumerate(entries)), self.options.workers,
                               self.cfg.to_dict(), self.variant, self.hop, self.options.chunk_seconds,
@@ -313,7 +313,7 @@ class Scanner:
         self._replay += self._fast_rows
         self._fast_rows = []
 
-    def _near_threshold(self, st: _FileState, fast: bool) -> bool:
+    def _near_threshold(self, st: FileState, fast: bool) -> bool:
         """With --aggregate mean, a file whose mean score lies within the fast path's margin of a
         threshold: its windows' deviations could add up to a different tag, so the reference
         scores it again. (With max, a window near a threshold was already scored on fp32.)"""
@@ -343,7 +343,7 @@ class Scanner:
         self.windows_scored += again.windows_scored
 
     def _run_workers(self, pool, states, handle, flush, report, stopping) -> Iterator[FileResult]:
-        from mictag.runtime.decode_pool import PoolFailed, PoolIdle
+        from mictag.runtime.scan.decode_pool import PoolFailed, PoolIdle
 
         try:
             while states:

@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mictag.runtime.discovery import FileEntry
+from mictag.runtime.scan.discovery import FileEntry
 
 REUSABLE = ("ok", "empty")  # a row whose result depends only on the bytes (not on a crash or a file in flux)
 CHUNK = 1 << 20

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mictag.runtime.buckets import batch_buckets, bucket_for
+from mictag.runtime.engines.buckets import batch_buckets, bucket_for
 
 WARMUP_RUNS = 2  # before capture: lets cuDNN/cuBLAS pick kernels and allocate workspaces
 

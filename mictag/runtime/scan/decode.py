@@ -1,7 +1,7 @@
 """One file's decode, as the scan's workers run it: the file streamed in chunks, its windows cut
-as they come (:mod:`mictag.runtime.windows`), and what became of the file, as messages.
+as they come (:mod:`mictag.runtime.scan.windows`), and what became of the file, as messages.
 
-A worker process (:mod:`mictag.runtime.decode_pool`), a Ray task (:mod:`mictag.runtime.distributed`)
+A worker process (:mod:`mictag.runtime.scan.decode_pool`), a Ray task (:mod:`mictag.runtime.scan.distributed`)
 and the scan itself (``--workers 0``) all run :func:`decode_file`; it imports nothing of the scan
 above it, so a spawned worker loads only what decoding needs.
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from mictag.audio import AudioError, AudioStream
 from mictag.frontends import FbankConfig
-from mictag.runtime.windows import Alloc, frame_windows, sample_windows
+from mictag.runtime.scan.windows import Alloc, frame_windows, sample_windows
 
 class Window(NamedTuple):
     """A window of file ``fid``, cut: ``data`` is its array, or where it waits (a shared-memory slot;

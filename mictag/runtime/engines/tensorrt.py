@@ -10,11 +10,14 @@
 
 Batches between the profile's bounds run at their own size (TensorRT's dynamic shapes); one
 smaller than the profile's minimum is padded with copies of its last row, one larger than its
-maximum is split. One runner serves one thread at a time.
+maximum is split. One runner serves one thread at a time. :class:`TensorRTBackend` is the scan's
+engine on it; :func:`metadata_path` names the engine's metadata file.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import weakref
 from collections.abc import Iterable
@@ -24,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from mictag.errors import MictagError
-from mictag.runtime.cuda_buffers import CudaMemory, DeviceBuffer, Event, PinnedBuffer, cuda_memory
+from mictag.errors import MictagError, ModelError
+from mictag.runtime.engines.base import Backend, Submitted, input_names, model_errors
+from mictag.runtime.engines.cuda_buffers import CudaMemory, DeviceBuffer, Event, PinnedBuffer, cuda_memory
 
 NEEDS_TRT = ("running a TensorRT engine needs TensorRT and an NVIDIA GPU; install them with "
              "pip install 'mictag[gpu]' on a CUDA machine, or use the ONNX model instead")
@@ -322,3 +326,39 @@ def _release(memory: CudaMemory, streams, owned: list) -> None:
         memory.free(*owned, *streams)
     except Exception:  # freeing is best effort: a failed context frees everything with it
         pass
+
+
+def metadata_path(engine_path: str | os.PathLike) -> Path:
+    """The metadata file beside a serialized engine (``<engine>.json``)."""
+    return Path(str(engine_path) + ".json")
+
+
+class TensorRTBackend(Backend):
+    """A serialized TensorRT engine (:mod:`mictag.runtime.engines.tensorrt`): deserialized once per
+    process, one execution context, double-buffered device and pinned buffers sized for the
+    profile's largest batch, uploads on a copy stream overlapping compute, only the probabilities
+    copied back. ``memory``: the CUDA memory API (default: cuda-python, else torch)."""
+
+    def __init__(self, path: Path, memory=None):
+
+
+
+        meta_file = metadata_path(path)
+        if not meta_file.is_file():
+            raise ModelError(f"{path} has no metadata beside it ({meta_file.name}): rebuild it with `mictag export --engine`")
+        self.meta = json.loads(meta_file.read_text("utf-8"))
+        self.path = path
+        self.name = "tensorrt"
+        self.inputs = input_names(self.variant)
+        with model_errors():
+            self.runner = EngineRunner(load_engine(path), memory, outputs=("probabilities",))
+        missing = [n for n in self.inputs if n not in {s.name for s in self.runner.engine.inputs}]
+        if missing:
+            raise ModelError(f"{path} has no input {', '.join(missing)}: rebuild it with `mictag export --engine`")
+        self.preferred_batch = self.runner.engine.opt_batch
+        self.in_flight = len(self.runner.slots)
+
+    def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
+        with model_errors():
+            pending = self.runner.submit({self.inputs[0]: x, self.inputs[1]: valid})
+        return Submitted(x.shape[0], lambda: pending.result()["probabilities"])

@@ -8,7 +8,7 @@ sha256 and builds that tagger; building needs the ``[train]`` extra (torch), sca
 
 ``--backbone musicnn`` uses musicnn (MTT): ``mictag models pull musicnn`` converts its weights and
 builds two taggers: ``musicnn-openmic20`` (the default: a reprogrammer and mapper trained on the
-generated corpus, shipped inside the package, all 20 labels; :mod:`mictag.runtime.shipped`) and the
+generated corpus, shipped inside the package, all 20 labels; :mod:`mictag.catalog.shipped`) and the
 zero-training one with the fixed MagnaTagATune -> OpenMIC map (8 of the 20 labels;
 ``--zero-training``), ``musicnn-zero-training-<sha12>.onnx``. Neither needs Hugging Face.
 """
@@ -20,9 +20,11 @@ import os
 from pathlib import Path
 
 from mictag.backbones.ast_sources import DEFAULT_HUB_ID
+from mictag.catalog.shipped import DEFAULT_SHIPPED, available, built_name, provenance, summary
 from mictag.errors import CheckpointError, MictagError, ModelNotFoundError
 from mictag.metadata import int8_path
 from mictag.paths import mictag_home
+
 
 HOW_TO_GET_ONE = (
     "no model to scan with: run `mictag models pull` once online (downloads the ~350 MB AudioSet AST and "
@@ -127,7 +129,7 @@ def warm_engines(model: Path, on_message=None) -> None:
     """Compile, once, what a scan of ``model`` would run here (auto's path and, for a checked fast
     path, its fp32 reference) into OpenVINO's compiled-model cache, so that a model's first scan
     starts as fast as its later ones. Engines without such a cache have nothing to warm."""
-    from mictag.runtime.backends import plan_engine, reference_plan
+    from mictag.runtime.engines.open import plan_engine, reference_plan
 
     try:
         plan = plan_engine(model)
@@ -137,7 +139,7 @@ def warm_engines(model: Path, on_message=None) -> None:
     wanted = [p for p in plans if p.backend == "openvino"]
     if not wanted:
         return
-    from mictag.runtime.openvino_engine import compile_model
+    from mictag.runtime.engines.openvino import compile_model
 
     if on_message:
         on_message(f"compiling it for this CPU ({', '.join(f'{p.backend} {p.rest or p.precision}' for p in wanted)}; "
@@ -163,9 +165,9 @@ def ensure_int8(target: Path, int8: bool | None, on_message=None) -> None:
 
 
 def build_shipped_tagger(name: str, on_message=None, int8: bool | None = None) -> Path:
-    """A shipped tagger (:mod:`mictag.runtime.shipped`) built against the user's backbone, once."""
+    """A shipped tagger (below) built against the user's backbone, once."""
     try:
-        from mictag.export.shipped import build_shipped
+        from mictag.export.shipped_tagger import build_shipped
     except ImportError:
         raise MictagError(NEEDS_MUSICNN_BUILD.format(name=name)) from None
     target = build_shipped(name, models_dir(), on_message)
@@ -178,17 +180,15 @@ def shipped_build_path(name: str, backbone_ref: dict) -> Path:
     """Where this mictag's shipped tagger ``name``, built against the musicnn weights here, sits in
     the cache (MictagError without those weights)."""
     from mictag.backbones.musicnn_weights import tensor_digest
-    from mictag.runtime import shipped
 
-    return models_dir() / shipped.built_name(name, tensor_digest(require_musicnn_weights(backbone_ref["source"])))
+    return models_dir() / built_name(name, tensor_digest(require_musicnn_weights(backbone_ref["source"])))
 
 
 def shipped_tagger(name: str, on_message=None) -> Path:
     """The built shipped tagger ``name``: found by its weights' and backbone's sha256 (no torch),
     else built (torch)."""
-    from mictag.runtime import shipped
 
-    ref = shipped.provenance(name)["backbone"]
+    ref = provenance(name)["backbone"]
     if ref["kind"] != "musicnn":
         raise MictagError(f"shipped taggers on a {ref['kind']} backbone are not supported")
     built = shipped_build_path(name, ref)
@@ -205,7 +205,6 @@ def default_model(ast: str | os.PathLike | None = None, on_message=None, backbon
     musicnn the shipped 20-label tagger (MTT_musicnn), or with ``zero_training`` (or another
     musicnn model) the zero-training one."""
     if backbone == "musicnn":
-        from mictag.runtime.shipped import DEFAULT_SHIPPED, available, provenance
 
         name = DEFAULT_SHIPPED["musicnn"]
         if not zero_training and name in available() and musicnn == provenance(name)["backbone"]["source"]:
@@ -289,7 +288,6 @@ def _ast_here_or_downloaded(say, may_download: bool) -> Path:
 
 
 def _shipped_default() -> str | None:
-    from mictag.runtime.shipped import DEFAULT_SHIPPED, available
 
     name = DEFAULT_SHIPPED["musicnn"]
     return name if name in available() else None
@@ -351,12 +349,11 @@ def _source_of(tagger: Path) -> str:
 
 def listing() -> list[tuple[str, str]]:
     """(what, where) for the models mictag can use here."""
-    from mictag.runtime import shipped
 
     rows = [(f"zero-training tagger ({p.stat().st_size / 1e6:.0f} MB)", str(p)) for p in cached_taggers()]
     zero = {}
-    for name in shipped.available():
-        record = shipped.provenance(name)
+    for name in available():
+        record = provenance(name)
         zero.update({record["backbone"]["source"]: record.get("zero_training_baseline")})
         try:
             current = shipped_build_path(name, record["backbone"]).name
@@ -364,7 +361,7 @@ def listing() -> list[tuple[str, str]]:
             current = None  # no musicnn weights here: every cached build is an older one
         for p in cached_shipped(name):
             size = f"{p.stat().st_size / 1e6:.1f} MB"
-            rows.append((f"{name} tagger (musicnn default): {shipped.summary(record)} ({size})" if p.name == current
+            rows.append((f"{name} tagger (musicnn default): {summary(record)} ({size})" if p.name == current
                          else f"{name}, an older build (other weights or another musicnn; not used; "
                               f"`mictag models pull musicnn` builds this mictag's; {size})", str(p)))
     for p in cached_taggers("musicnn"):
@@ -374,7 +371,7 @@ def listing() -> list[tuple[str, str]]:
                   if baseline else "")
         rows.append((f"musicnn zero-training tagger, {source} (--zero-training; MTT map{scores}; "
                      f"{p.stat().st_size / 1e6:.1f} MB)", str(p)))
-    built = cached_taggers() + cached_taggers("musicnn") + [p for n in shipped.available() for p in cached_shipped(n)]
+    built = cached_taggers() + cached_taggers("musicnn") + [p for n in available() for p in cached_shipped(n)]
     rows += [(f"  its int8 variant ({int8_path(p).stat().st_size / 1e6:.0f} MB)", str(int8_path(p)))
              for p in built if int8_path(p).is_file()]
     if models_dir().is_dir():

@@ -20,13 +20,14 @@ from pathlib import Path
 
 from mictag.digest import file_digest
 from mictag.errors import MictagError
-from mictag.runtime.backends import open_backend
-from mictag.runtime.content import REUSABLE, BackgroundHasher, file_sha256, plan_reuse, reused_row
-from mictag.runtime.discovery import Skipped, discover, special_kind
-from mictag.runtime.pipeline import Scanner, ScanOptions
-from mictag.runtime.output_lock import OutputLock
-from mictag.runtime.results import (FORMATS, CsvWriter, JsonlWriter, SegmentsWriter, columns, header, read_rows,
-                                    rewrite, same_file, write_parquet, write_text_synced, writing)
+from mictag.runtime.engines.open import open_backend
+from mictag.runtime.scan.content import REUSABLE, BackgroundHasher, file_sha256, plan_reuse, reused_row
+from mictag.runtime.scan.discovery import Skipped, discover, special_kind
+from mictag.runtime.scan.pipeline import Scanner, ScanOptions
+from mictag.output.lock import OutputLock
+from mictag.output.formats import (FORMATS, CsvWriter, JsonlWriter, SegmentsWriter, header, read_rows, rewrite, write_parquet)
+from mictag.output.rows import columns, same_file
+from mictag.output.journal import write_text_synced, writing
 
 
 @dataclass
@@ -85,7 +86,7 @@ def _interruptible(work: Callable, should_stop: Callable[[], bool]):
 
 def _redo_path(out: Path) -> Path:
     """Rows a fast path wrote before one of its checks failed: they are being scored again, and a
-    rerun must not keep them (see mictag.runtime.trust)."""
+    rerun must not keep them (see mictag.runtime.engines.trust)."""
     return out.with_name(out.name + ".mictag-redo.json")
 
 
@@ -103,7 +104,7 @@ def _last_per_path(rows: list[dict]) -> list[dict]:
 @dataclass(frozen=True)
 class ScanRequest:
     """Everything a scan is asked: what to scan, into what, with which model, engine and options.
-    ``backend``/``precision`` as :func:`mictag.runtime.backends.open_backend`; ``use_ray`` runs it
+    ``backend``/``precision`` as :func:`mictag.runtime.engines.open.open_backend`; ``use_ray`` runs it
     as a Ray Data pipeline (joining the cluster at ``ray_address``, else starting a local Ray with
     ``ray_workers``); ``wait``: wait for another scan writing ``out`` instead of refusing."""
 
@@ -131,7 +132,7 @@ def run_scan(request: ScanRequest, on_progress: Callable[[dict], None] | None = 
     """Scan ``request.library`` into ``request.out``, locally or on Ray: both write the same rows
     through the same resume journal.
 
-    One scan writes an output at a time (:mod:`mictag.runtime.output_lock`): another one on the same
+    One scan writes an output at a time (:mod:`mictag.output.lock`): another one on the same
     ``out`` raises OutputBusy, or with ``wait`` waits for it. Once ``should_stop()`` is true the scan
     starts no new file and returns what finished (``interrupted``). ``counts`` (a dict), if given,
     holds ``done`` and ``total`` as the scan goes, for a caller that is stopped at once."""
@@ -161,7 +162,7 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
     request's, resolved)."""
     model, backend, precision, segments = request.model, request.backend, request.precision, request.segments
     if request.use_ray:
-        from mictag.runtime.distributed import RayExecutor
+        from mictag.runtime.scan.distributed import RayExecutor
 
         executor = RayExecutor(model, backend, options, request.ray_address, request.ray_workers, say, precision,
                                library)

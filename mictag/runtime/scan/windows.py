@@ -8,7 +8,7 @@ Both follow :func:`mictag.frontends.window_starts`: the last window may be parti
 the fbank domain through its valid count; a file with no frames still yields one window. A centred
 front end (musicnn's) frames the stream with its edge padding, so sample windows carry it too.
 Each window is cut into an array of :func:`window_shape`, a fresh one or, given ``alloc``, one the
-caller provides (a decode worker's shared-memory slot: :mod:`mictag.runtime.shm_slots`).
+caller provides (a decode worker's shared-memory slot: :mod:`mictag.runtime.scan.shm_slots`).
 """
 
 from __future__ import annotations
