@@ -35,7 +35,7 @@ def _digest_all(paths: list[Path]) -> float:
 
 def _scan_seconds(model: Path, audio: Path, work: Path, digests: bool) -> float:
     """One scan into a fresh output; without ``digests`` the hashing is switched off."""
-    from mictag.runtime.scan.run import run as scan
+    from mictag.runtime.scan import run as scan
     from mictag.runtime.scan.content import ReusePlan
     from mictag.runtime.scan.pipeline import ScanOptions
 

@@ -350,7 +350,7 @@ def measure_startup(system, meta, paths: dict, tmp: Path) -> dict:
     backbone built on the meta device) and OpenVINO's compile, cold and from its cache."""
     out = {}
     from mictag.model.artifact import load_torch_artifact
-    from mictag.model.artifact import save_torch_artifact
+    from mictag.export.torch_artifact import save_torch_artifact
 
     artifact = save_torch_artifact(system, tmp / "model.pt", meta)
     for precision in ("fp32", "bf16"):

@@ -392,7 +392,7 @@ class Artifacts:
         return self.paths[key]
 
     def torch(self) -> Path:
-        from mictag.model.artifact import save_torch_artifact
+        from mictag.export.torch_artifact import save_torch_artifact
 
         return self._timed("torch", lambda: save_torch_artifact(self.system, self.work / "model.pt", self.meta))
 
@@ -469,9 +469,9 @@ def backend_rows(artifacts: Artifacts, windows: np.ndarray, valid: np.ndarray) -
         trt_missing = "tensorrt is not installed here (no module named 'tensorrt')"
     else:
         try:
-            from mictag.export.tensorrt import _import_tensorrt
+            from mictag.runtime.engines.tensorrt import import_tensorrt
 
-            _import_tensorrt()
+            import_tensorrt()
         except Exception as exc:
             trt_missing = f"tensorrt does not load: {exc}"[:300]
     rows.append(Row("tensorrt", "fp16", "tensorrt", "native engine, fp16",

@@ -29,7 +29,7 @@ from engine import save_result  # noqa: E402
 @contextlib.contextmanager
 def mode(name: str):
     from mictag.output import journal as results
-    from mictag.runtime.scan.run import run as scan
+    from mictag.runtime.scan import run as scan
 
     saved = results.SYNC_SECONDS, results.os.fsync, scan.OutputLock
     try:

@@ -45,7 +45,7 @@ def build(backbone: str, work: Path) -> dict[str, Path]:
     import torch
 
     from mictag.export.onnx import convert_precision, export_onnx, metadata, write_int8
-    from mictag.model.artifact import save_torch_artifact
+    from mictag.export.torch_artifact import save_torch_artifact
     from mictag.export.zero_training import zero_training_tagger
     from mictag.model.system import SystemConfig, build_system
 

@@ -327,7 +327,7 @@ def export(model, out, fbank_out, torch_out, engine, engine_batch, ast, backbone
             click.echo(f"wrote {written} ({variant} input, {written.stat().st_size / 1e6:.1f} MB, "
                        f"{time.perf_counter() - t0:.1f} s)")
     if torch_out:
-        from mictag.model.artifact import save_torch_artifact
+        from mictag.export.torch_artifact import save_torch_artifact
 
         meta = metadata(system, thresholds, {**extra, "precision": "fp32"}, "waveform")
         written = save_torch_artifact(system, torch_out, meta)

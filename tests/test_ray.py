@@ -109,7 +109,7 @@ def test_a_deviating_fast_path_in_a_model_actor_leaves_nothing_out_of_bound(tiny
 
 def test_interrupted_ray_scan_resumes_with_every_file_once(models, local_ray, tmp_path, monkeypatch):
     from mictag.labels import OPENMIC_LABELS
-    from mictag.runtime.scan.run import distributed
+    from mictag.runtime.scan import distributed
 
     lib = tmp_path / "lib"
     lib.mkdir()

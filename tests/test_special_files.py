@@ -85,8 +85,8 @@ def test_a_folder_without_read_permission_is_said_and_the_rest_scanned(model, tm
 
 HANGING_LISTING = r"""
 import sys, time
-from mictag.runtime.scan.run import discovery
-from mictag.runtime.scan.run import run as scan
+from mictag.runtime.scan import discovery
+from mictag.runtime.scan import run as scan
 def hang(*args, **kwargs):  # a folder on a mount that stopped answering
     print("LISTING", file=sys.stderr, flush=True)
     time.sleep(3600)
@@ -138,7 +138,7 @@ def test_a_library_on_a_read_only_file_system_is_scanned(model, tmp_path):
 
 def test_a_folder_that_cannot_be_read_is_reported_by_the_listing(tmp_path, monkeypatch):
     """The same as the test above, for root too (who reads every folder): the walk's error is faked."""
-    from mictag.runtime.scan.run import discovery
+    from mictag.runtime.scan import discovery
 
     (tmp_path / "ok").mkdir()
     (tmp_path / "private").mkdir()

@@ -263,7 +263,7 @@ import sys, time
 sys.path.insert(0, {tests!r})
 from trust_fakes import wrap_fast_paths
 wrap_fast_paths(after=20)
-from mictag.runtime.scan.run import pipeline
+from mictag.runtime.scan import pipeline
 settle = pipeline.Scanner._settle
 def slow_settle(self, gate, stopping):
     backend = self.backend
