@@ -213,7 +213,7 @@ def test_tensorrt_engine_equals_onnx_within_fp16(trained, tmp_path):
         pytest.skip("needs TensorRT and a CUDA GPU")
     from mictag.export.onnx import read_metadata
     from mictag.runtime.engines.tensorrt import metadata_path
-    from mictag.export.tensorrt import run_engine
+    from mictag.runtime.engines.tensorrt import EngineRunner, load_engine
 
     engine = tmp_path / "m.engine"
     result = CliRunner().invoke(main, ["export", str(trained / "m.onnx"), "--engine", str(engine),
@@ -225,7 +225,7 @@ def test_tensorrt_engine_equals_onnx_within_fp16(trained, tmp_path):
     w, valid = _windows(fb, 3, 9)
     ref = ort.InferenceSession(str(trained / "m.onnx"), providers=["CPUExecutionProvider"]).run(
         ["probabilities"], {"windows": w, "valid_samples": valid})[0]
-    got = run_engine(engine, {"windows": w, "valid_samples": valid})["probabilities"]
+    got = EngineRunner(load_engine(engine), outputs=None).run({"windows": w, "valid_samples": valid})["probabilities"]
     assert np.abs(got - ref).max() <= 2e-2
 
 

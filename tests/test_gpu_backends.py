@@ -389,13 +389,11 @@ def batch(spec: dict, rows: int, rng) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def fake_gpu(monkeypatch, request):
-    from mictag.export import tensorrt as export_trt
     from mictag.runtime.engines import tensorrt as tensorrt_engine
 
     gpu = FakeGpu(progress=getattr(request, "param", 0.0))
     trt = install(gpu, _Setter(monkeypatch))
     tensorrt_engine.clear_engine_cache()
-    monkeypatch.setattr(export_trt, "_RUNNERS", {})
     yield gpu, trt
     tensorrt_engine.clear_engine_cache()
 
@@ -525,22 +523,22 @@ def test_a_rebuilt_engine_is_loaded_again_and_a_foreign_one_refused(fake_gpu, tm
         TensorRTBackend(path)
 
 
-def test_run_engine_shares_the_engine_and_returns_every_output(fake_gpu, tmp_path):
-    from mictag.export.tensorrt import run_engine
-    from mictag.runtime.engines.tensorrt import TensorRTBackend
+def test_a_runner_returns_every_output_and_shares_the_engine(fake_gpu, tmp_path):
+    from mictag.runtime.engines.tensorrt import EngineRunner, TensorRTBackend, load_engine
 
     gpu, trt = fake_gpu
     path, spec = write_engine(tmp_path / "m.engine")
     rng = np.random.default_rng(4)
+    runner = EngineRunner(load_engine(path), outputs=None)
     for n in (3, 11):
         x, v = batch(spec, n, rng)
-        out = run_engine(path, {"windows": x, "valid_samples": v})
+        out = runner.run({"windows": x, "valid_samples": v})
         want = reference(spec, x, v)
         assert set(out) == set(want)
         for name in want:
             np.testing.assert_allclose(out[name], want[name], atol=1e-5, rtol=1e-6)
     TensorRTBackend(path)
-    assert trt.counts["deserialize"] == 1 and trt.counts["contexts"] == 2  # run_engine's runner, the backend's
+    assert trt.counts["deserialize"] == 1 and trt.counts["contexts"] == 2  # the runner's, the backend's
 
 
 def test_closing_a_runner_frees_what_it_allocated(fake_gpu, tmp_path):

@@ -83,24 +83,3 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, m
                                       "batch": [spec.min_batch, spec.opt_batch, spec.max_batch]}}
     metadata_path(engine_path).write_text(json.dumps(engine_meta, indent=1))
     return engine_path
-
-
-_RUNNERS: dict[str, object] = {}  # engine path -> its EngineRunner (context and buffers kept)
-
-
-def run_engine(engine_path: str | os.PathLike, feeds: dict) -> dict:
-    """Run a serialized engine on numpy ``feeds``; returns every output as a float32 (or integer)
-    numpy array. The engine is deserialized once per process and its runner (execution context,
-    buffers) kept for later calls on the same file. For verification; scans use the runtime's
-    ``TensorRTBackend``, which copies back only the probabilities."""
-    import numpy as np
-
-    from mictag.runtime.engines.tensorrt import EngineRunner, load_engine
-
-    engine = load_engine(engine_path)
-    key = str(engine.path)
-    runner = _RUNNERS.get(key)
-    if runner is None or runner.engine is not engine:  # first call, or the file was rebuilt
-        runner = _RUNNERS[key] = EngineRunner(engine, outputs=None)
-    out = runner.run(feeds)
-    return {name: a.astype(np.float32) if a.dtype.kind == "f" else a for name, a in out.items()}

@@ -48,11 +48,12 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from mictag.errors import ConfigError, MictagError
 from mictag.filetags.formats import SUPPORTED, TagFileError, TagStore, describe_format, open_tags
-from mictag.runtime.scan.signals import STOP_SIGNALS
-from mictag.output.lock import OutputLock, lock_path
-from mictag.output.formats import FORMATS, read_rows, rewrite
+from mictag.output.files import lock_path, parquet_journal_path, read_state, write_tags_journal_path
+from mictag.output.formats import format_of, read_parquet, read_rows, rewrite, write_parquet_rows
 from mictag.output.journal import Journal, writing
-from mictag.output.rows import columns, labels_of
+from mictag.output.lock import OutputLock
+from mictag.output.rows import Stat, columns, labels_of, row_stat, same_stat
+from mictag.runtime.scan.signals import STOP_SIGNALS
 
 FIELD = "INSTRUMENTS"
 PREFIX = "MICTAG_"  # mictag's own fields (scores, model)
@@ -62,9 +63,6 @@ TAGGED = ("ok", "partial")  # the statuses whose tags are the scan's verdict on 
 REQUIRED = ("path", "size_bytes", "mtime", "status", "tags")
 OUTCOMES = ("written", "up to date", "changed since the scan", "refused", "skipped", "failed")
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_ .-]*")  # valid in Vorbis, ID3 TXXX and MP4 freeform alike
-
-Stat = tuple[int, float]  # size in bytes, mtime
-
 
 def check_field(name: str) -> str:
     """``name`` if it can name the instruments field in every format, else a ConfigError."""
@@ -98,56 +96,13 @@ class ScanOutput:
         if self.fmt != "parquet":
             rewrite(self.path, self.fmt, self.labels, self.rows)
             return
-        _write_parquet(self.path, self.rows, self.schema)
-
-
-def _format_of(path: Path) -> str:
-    suffix = path.suffix.lstrip(".").lower()
-    if suffix in FORMATS:
-        return suffix
-    # `mictag scan --format X --out tags.txt` writes X whatever the suffix: tell by the content.
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    return "jsonl" if head.lstrip().startswith(b"{") else "csv"
-
-
-def _read_parquet(path: Path) -> tuple[list[dict], object]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise MictagError(f"reading {path} needs pyarrow: pip install pyarrow") from None
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise MictagError(f"cannot read {path} as Parquet ({exc}): give the output file of `mictag scan`") from None
-    return table.to_pylist(), table.schema
-
-
-def _write_parquet(path: Path, rows: list[dict], schema) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tmp = path.with_name(path.name + ".tmp")
-    with writing(path):
-        try:
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        write_parquet_rows(self.path, self.rows, self.schema)
 
 
 def _model_of(path: Path) -> str | None:
-    """The model fingerprint in the scan's sidecar, ``<out>.mictag.json`` (see mictag.runtime.scan.run)."""
-    try:
-        state = json.loads(path.with_name(path.name + ".mictag.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    sha = state.get("model_sha256") if isinstance(state, dict) else None
+    """The model fingerprint in the scan's state beside the output (:mod:`mictag.output.files`)."""
+    state = read_state(path)
+    sha = state.get("model_sha256") if state else None
     return f"sha256:{sha}" if isinstance(sha, str) and sha else None
 
 
@@ -165,9 +120,9 @@ def read_scan_output(path: str | os.PathLike) -> ScanOutput:
     fmt = "csv"
     schema = None
     try:
-        fmt = _format_of(path)
+        fmt = format_of(path)
         if fmt == "parquet":
-            rows, schema = _read_parquet(path)
+            rows, schema = read_parquet(path)
         else:
             rows = read_rows(path, fmt)
     except UnicodeDecodeError:
@@ -189,19 +144,6 @@ def read_scan_output(path: str | os.PathLike) -> ScanOutput:
 
 
 # -- rows and paths ---------------------------------------------------------------------------
-def _row_stat(row: dict) -> Stat | None:
-    try:
-        return int(row["size_bytes"]), float(row["mtime"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _same(a: Stat, b: Stat) -> bool:
-    # Within a millisecond, as results.same_file means to be; rel_tol=0 because math.isclose's
-    # default 1e-9 of an mtime near 1.8e9 s would let through almost two seconds.
-    return a[0] == b[0] and math.isclose(a[1], b[1], rel_tol=0.0, abs_tol=1e-3)
-
-
 def _patch(rows: list[dict], updates: list[tuple[str, Stat, Stat]]) -> set[str]:
     """Apply (path, before, after) updates in order to the rows that still hold ``before``; the
     paths of the rows changed."""
@@ -211,8 +153,8 @@ def _patch(rows: list[dict], updates: list[tuple[str, Stat, Stat]]) -> set[str]:
     patched = set()
     for rel, before, after in updates:
         for row in by_path.get(rel, ()):
-            held = _row_stat(row)
-            if held is not None and _same(held, before):
+            held = row_stat(row)
+            if held is not None and same_stat(held, before):
                 row["size_bytes"], row["mtime"] = after
                 if row.get("content_sha256"):
                     row["content_sha256"] = ""  # other bytes now: not a key for reusing this row
@@ -321,7 +263,7 @@ class _Run:
         self.updates: list[tuple[str, Stat, Stat]] = []
         self.pending: dict[str, Stat] = {}  # files whose save began in a killed run (no second journal line)
         self.patched: set[str] = set()  # paths whose rows now hold a new size and mtime
-        self.journal_path = output.path.with_name(output.path.name + ".write-tags-journal")
+        self.journal_path = write_tags_journal_path(output.path)
         self._journal: Journal | None = None
 
     # The journal: {"path", "before": [size, mtime]} before a save, plus "after" once saved.
@@ -404,11 +346,11 @@ class _Run:
             return self._report("failed", rel, f"cannot read it: {exc.strerror or exc}")
         if not stat.S_ISREG(st.st_mode):
             return self._report("failed", rel, "it is not a regular file")
-        before, now = _row_stat(row), (st.st_size, st.st_mtime)
+        before, now = row_stat(row), (st.st_size, st.st_mtime)
         resumed = False
-        if before is None or not _same(before, now):
+        if before is None or not same_stat(before, now):
             pending = self.pending.get(rel)
-            resumed = before is not None and pending is not None and _same(pending, before)
+            resumed = before is not None and pending is not None and same_stat(pending, before)
             if not resumed:
                 return self._report("changed since the scan", rel, self._how_changed(before, now))
         try:
@@ -458,7 +400,7 @@ class _Run:
             st = os.stat(real)
         except OSError:
             return "; the file is gone"
-        return "" if _same(now, (st.st_size, st.st_mtime)) else "; the file was modified before the error: check it"
+        return "" if same_stat(now, (st.st_size, st.st_mtime)) else "; the file was modified before the error: check it"
 
     def _commit(self, row: dict, rel: str, before: Stat, after: Stat) -> None:
         self.updates.append((rel, before, after))
@@ -477,7 +419,7 @@ class _Run:
             if self.patched:
                 self.output.save()
             if self.updates:
-                scan_journal = self.output.path.with_name(self.output.path.name + ".jsonl-journal")
+                scan_journal = parquet_journal_path(self.output.path)
                 if self.output.fmt == "parquet" and scan_journal.is_file():  # what a Parquet scan resumes from
                     rows = read_rows(scan_journal, "jsonl")
                     if _patch(rows, self.updates):

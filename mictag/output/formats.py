@@ -99,21 +99,60 @@ def rewrite(path: Path, fmt: str, labels: list[str], rows: list[dict]) -> None:
     write_text_synced(path, buf.getvalue())
 
 def write_parquet(journal: Path, out: Path, labels: list[str]) -> None:
+    """Write a Parquet output from its journal (the rows the scan appended as JSON lines)."""
+    rows = read_rows(journal, "jsonl")
+    write_parquet_rows(out, rows, labels=labels)
+
+
+def write_parquet_rows(out: Path, rows: list[dict], schema=None, labels: list[str] | None = None) -> None:
+    """Replace ``out`` with ``rows`` as Parquet, atomically and durably (``schema``: the table's
+    own when it is rewritten; with no rows, the columns of ``labels``)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise MictagError("--format parquet needs pyarrow: pip install pyarrow") from None
-    rows = read_rows(journal, "jsonl")
-    table = pa.Table.from_pylist(rows, schema=None) if rows else pa.table({c: [] for c in columns(labels)})
+    if rows or schema is not None:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    else:
+        table = pa.table({c: [] for c in columns(labels or [])})
     tmp = out.with_name(out.name + ".tmp")
     with writing(out):
         try:
             pq.write_table(table, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
             os.replace(tmp, out)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def read_parquet(path: Path) -> tuple[list[dict], object]:
+    """A Parquet output's rows and its schema."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MictagError(f"reading {path} needs pyarrow: pip install pyarrow") from None
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise MictagError(f"cannot read {path} as Parquet ({exc}): give the output file of `mictag scan`") from None
+    return table.to_pylist(), table.schema
+
+
+def format_of(path: Path) -> str:
+    """csv, jsonl or parquet: from the suffix, else from the first bytes (``mictag scan --format X
+    --out tags.txt`` writes X whatever the suffix). An OSError if it cannot be read."""
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix in FORMATS:
+        return suffix
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    return "jsonl" if head.lstrip().startswith(b"{") else "csv"
+
 
 class SegmentsWriter:
     """``--segments``: one JSON line per file with each window's start/end seconds and scores."""
@@ -134,3 +173,6 @@ class SegmentsWriter:
 
     def close(self, quiet: bool = False) -> None:
         self._journal.close(quiet)
+
+
+WRITERS: dict[str, type[Writer]] = {"csv": CsvWriter, "jsonl": JsonlWriter}  # the formats that grow row by row

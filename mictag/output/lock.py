@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mictag.errors import MictagError
+from mictag.output.files import lock_path
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
@@ -56,10 +57,6 @@ else:
 
 class OutputBusy(MictagError):
     """Another scan is writing the same output."""
-
-
-def lock_path(out: Path) -> Path:
-    return out.with_name(out.name + ".mictag.lock")
 
 
 class OutputLock:

@@ -58,8 +58,24 @@ def labels_of(header: list[str]) -> list[str] | None:
             return header[len(HEAD):-len(tail)]
     return None
 
-def same_file(row: dict, size: int, mtime: float) -> bool:
+Stat = tuple[int, float]  # a file's size in bytes and mtime
+
+
+def row_stat(row: dict) -> Stat | None:
+    """The size and mtime a row records, or None where they are missing or not numbers."""
     try:
-        return int(row["size_bytes"]) == size and math.isclose(float(row["mtime"]), mtime, rel_tol=0.0, abs_tol=1e-3)
+        return int(row["size_bytes"]), float(row["mtime"])
     except (KeyError, TypeError, ValueError):
-        return False
+        return None
+
+
+def same_stat(a: Stat, b: Stat) -> bool:
+    """The same size, and mtimes within a millisecond (rel_tol=0 because math.isclose's default 1e-9
+    of an mtime near 1.8e9 s would let through almost two seconds)."""
+    return a[0] == b[0] and math.isclose(a[1], b[1], rel_tol=0.0, abs_tol=1e-3)
+
+
+def same_file(row: dict, size: int, mtime: float) -> bool:
+    """Whether a row was made from the file as it is now (its size and mtime)."""
+    held = row_stat(row)
+    return held is not None and same_stat(held, (size, mtime))

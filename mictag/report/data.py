@@ -29,9 +29,9 @@ import numpy as np
 
 from mictag.errors import MictagError
 from mictag.report import TIMELINES
-from mictag.output.rows import HEAD, labels_of
-from mictag.output.formats import FORMATS
-from mictag.output.rows import STATUSES
+from mictag.output.files import read_state
+from mictag.output.formats import FORMATS, format_of
+from mictag.output.rows import HEAD, STATUSES, labels_of
 
 FIXED = HEAD  # results.columns' head
 BINS = 50  # score histogram bins over [0, 1]
@@ -66,16 +66,9 @@ def _fail(path: Path, problem: str) -> ReportError:
 
 
 def sniff_format(path: Path) -> str:
-    """csv, jsonl or parquet: from the suffix, else from the first bytes."""
-    suffix = path.suffix.lstrip(".").lower()
-    if suffix in FORMATS:
-        return suffix
+    """csv, jsonl or parquet (:func:`mictag.output.formats.format_of`), or a ReportError."""
     with _reading(path):
-        with path.open("rb") as f:
-            head = f.read(64)
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    return "jsonl" if head.lstrip().startswith(b"{") else "csv"
+        return format_of(path)
 
 
 class _reading:
@@ -287,13 +280,8 @@ def read_table(path: str | os.PathLike, fmt: str = "auto") -> Table:
 
 
 def read_sidecar(tags: str | os.PathLike) -> dict | None:
-    """``<TAGS>.mictag.json``: the model fingerprint and options the rows were made with, if there."""
-    path = Path(tags).with_name(Path(tags).name + ".mictag.json")
-    try:
-        state = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) else None
+    """The state beside TAGS: the model fingerprint and options the rows were made with, if there."""
+    return read_state(tags)
 
 
 @dataclass

@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -197,6 +198,15 @@ class TrustStats:
         return self.check_seconds / self.fast_seconds if self.fast_seconds > 0 else 0.0
 
 
+class _LastWindow(NamedTuple):
+    """The last window the fast path scored and no check has covered yet: what the final check
+    scores on the reference."""
+
+    x: np.ndarray
+    valid: int
+    fast: np.ndarray  # its probabilities on the fast path
+
+
 class TrustedBackend:
     """Runs a fast path with borderline rescoring and sampled checks against ``reference``.
 
@@ -222,7 +232,7 @@ class TrustedBackend:
         self.stats = TrustStats()
         self.on_fast = True
         # the latest fast window no check covers yet: (window, valid, the fast path's scores for it)
-        self.last: tuple[np.ndarray, int, np.ndarray] | None = None
+        self.last: _LastWindow | None = None
         self.seen_dp = 0.0  # the largest deviation seen on a checked window
         self._saved_checks = 0  # checks already added to the verdicts
         self.every = 1  # no evidence yet: the first window is checked (it calibrates the margin)
@@ -345,7 +355,7 @@ class TrustedBackend:
             fast_rows = [r for r in range(n) if r not in exact_rows]
             if fast_rows:
                 r = fast_rows[-1]
-                self.last = (np.array(x[r], copy=True), int(valid[r]), probs[r].copy())
+                self.last = _LastWindow(np.array(x[r], copy=True), int(valid[r]), probs[r].copy())
             outcome = CheckOutcome(fast=True)
         if self.on_fast and passed is not False and self._not_worth_it():
             return probs, self._leave(outcome)
@@ -440,7 +450,7 @@ class TrustedBackend:
         if not self.on_fast or self.last is None:
             return None
         s = self.stats
-        x, valid, fast = self.last[0][None], np.asarray([self.last[1]]), self.last[2][None]
+        x, valid, fast = self.last.x[None], np.asarray([self.last.valid]), self.last.fast[None]
         t0 = self.clock()
         exact = np.asarray(self.reference.run(x, valid), np.float32)
         s.check_seconds += self.clock() - t0

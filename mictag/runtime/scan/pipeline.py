@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,6 +72,16 @@ class FileState:
     done: Done | None = None
 
 
+class Pending(NamedTuple):
+    """A window in the batch: its file, its index in the file, its valid samples (or frames) and
+    its start and end in seconds."""
+
+    fid: int
+    index: int
+    valid: int
+    seconds: tuple[float, float]
+
+
 class _Batch:
     """The windows waiting for the model, copied in as they arrive, from any files, into one array
     that is reused batch after batch: a fresh array per batch (what ``np.stack`` gave) costs page
@@ -80,7 +91,7 @@ class _Batch:
     def __init__(self, size: int, shape: tuple[int, ...]):
         self.size, self.shape = size, shape
         self.x: np.ndarray | None = None  # allocated at the first window
-        self.items: list[tuple] = []  # (fid, index, valid, (t0, t1)) of the windows in x, in order
+        self.items: list[Pending] = []  # the windows in x, in order
 
     def __len__(self) -> int:
         return len(self.items)
@@ -90,20 +101,20 @@ class _Batch:
         if self.x is None:
             self.x = np.empty((self.size, *self.shape), np.float32)
         fill(self.x[len(self.items)], msg)
-        self.items.append((msg.fid, msg.index, msg.valid, msg.seconds))
+        self.items.append(Pending(msg.fid, msg.index, msg.valid, msg.seconds))
         return len(self.items) >= self.size
 
     def drop(self, fid: int) -> None:
         """Forget the windows of a file that failed (the others move up)."""
-        keep = [i for i, item in enumerate(self.items) if item[0] != fid]
+        keep = [i for i, item in enumerate(self.items) if item.fid != fid]
         if len(keep) < len(self.items):
             self.x[: len(keep)] = self.x[keep]
             self.items = [self.items[i] for i in keep]
 
-    def take(self) -> tuple[np.ndarray, np.ndarray, list[tuple]]:
+    def take(self) -> tuple[np.ndarray, np.ndarray, list[Pending]]:
         """The windows (a view of the reused array), their valid counts and items; empties the batch."""
         items, self.items = self.items, []
-        return self.x[: len(items)], np.asarray([item[2] for item in items], np.int64), items
+        return self.x[: len(items)], np.asarray([item.valid for item in items], np.int64), items
 
 
 def _copy_window(row: np.ndarray, msg: Window) -> None:
@@ -196,107 +207,12 @@ class Scanner:
              should_stop: Callable[[], bool] | None = None) -> Iterator[FileResult]:
         """One FileResult per entry, as files finish. Once ``should_stop()`` is true, no new file is
         started; the windows already decoded are scored and the files they complete are yielded."""
-        entries = list(entries)
-        states = {fid: FileState(e, {}, []) for fid, e in enumerate(entries)}
-        batch = _Batch(self.batch_size, window_shape(self.cfg, self.variant))
-        fill = _copy_window  # how a window gets into the batch; the decode pool's own with workers
-        finished = 0
-        errors = 0
-        stopping = should_stop or (lambda: False)
-
-        # Batches submitted and not yet fetched: a GPU backend stages batch n+1 while n computes
-        # (depth 2); a CPU backend computes in submit (depth 1), so each is fetched at once.
-        depth = max(1, pipeline_depth(self.backend))
-        in_flight: deque = deque()
-        # A checked fast path: rows wait for a passing check (see mictag.runtime.engines.trust).
-        checked = hasattr(self.backend, "final_check")
-        gate = RowGate() if checked else None
         self._fast_rows, self._replay = [], []
-
-        def flush(drain: bool = False) -> Iterator[FileResult]:
-            """Submit the pending batch, then fetch until fewer than ``depth`` are in flight (all
-            of them with ``drain``: when nothing else is arriving, and at the end)."""
-            if len(batch):
-                x, valid, items = batch.take()
-                in_flight.append((items, submit_batch(self.backend, x, valid)))  # x may be reused now
-            while in_flight and (drain or len(in_flight) >= depth):
-                items, handle = in_flight.popleft()
-                probs = handle.result()
-                for (fid, index, _, seconds), row in zip(items, probs):
-                    st = states.get(fid)
-                    if st is not None:  # a file that failed meanwhile keeps no scores
-                        st.probs[index] = row
-                        st.segments.append((index, seconds))
-                self.windows_scored += len(items)
-                fids = {item[0] for item in items}
-                if gate is not None:
-                    outcome = getattr(handle, "outcome", None)
-                    yield from self._release(gate.batch(fids, outcome))
-                    self._after(outcome)
-                for fid in fids:
-                    yield from complete(fid)
-
-        def complete(fid: int) -> Iterator[FileResult]:
-            nonlocal finished
-            st = states.get(fid)
-            if st is None or st.done is None or len(st.probs) < st.done.windows:
-                return
-            del states[fid]
-            finished += 1
-            if gate is not None:
-                if not gate.finished(fid, st, self._near_threshold(st, fid in gate.fast_files)):
-                    return  # held until a check covers it, or scored again on the reference
-                if fid in gate.fast_files:
-                    self._fast_rows.append(st.entry)
-            yield self._result(st)
-
-        def handle(msg: DecodeMessage) -> Iterator[FileResult]:
-            nonlocal finished, errors
-            if isinstance(msg, Window):
-                if batch.add(msg, fill):
-                    yield from flush()
-            elif isinstance(msg, Done):
-                states[msg.fid].done = msg
-                yield from complete(msg.fid)
-            elif isinstance(msg, Failed):
-                st = states.pop(msg.fid, None)
-                if st is not None:
-                    batch.drop(msg.fid)
-                    finished += 1
-                    errors += 1
-                    e = st.entry
-                    yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", msg.reason)
-
-        t0 = time.perf_counter()
-        last_report = 0.0
-
-        def report(force: bool = False) -> None:
-            nonlocal last_report
-            now = time.perf_counter()
-            if on_progress and (force or now - last_report > 0.25):
-                last_report = now
-                on_progress({"files_done": finished, "files_total": len(entries), "windows": self.windows_scored,
-                             "errors": errors, "elapsed": now - t0})
-
-        if self.options.workers <= 0:
-            for fid, e in enumerate(entries):
-                if stopping():
-                    break
-                for msg in self.source(fid, e.path, self.cfg, self.variant, self.hop, self.options.chunk_seconds):
-                    yield from handle(msg)
-                    report()
-            yield from flush(drain=True)
-        else:
-            from mictag.runtime.scan.decode_pool import DecodePool
-
-            pool = DecodePool(((fid, e.path) for fid, e in enumerate(entries)), self.options.workers,
-                              self.cfg.to_dict(), self.variant, self.hop, self.options.chunk_seconds,
-                              feed=self.options.feed, source=None if self.source is decode_file else self.source)
-            fill = pool.fill  # copies the window out of its slot and gives the slot back
-            yield from self._run_workers(pool, states, handle, flush, report, stopping)
-        if gate is not None:
-            yield from self._settle(gate, stopping)
-        report(force=True)
+        run = _Pass(self, list(entries), on_progress, should_stop or (lambda: False))
+        yield from (run.with_workers() if self.options.workers > 0 else run.inline())
+        if run.gate is not None:
+            yield from self._settle(run.gate, run.stopping)
+        run.report(force=True)
 
     # -- a checked fast path ----------------------------------------------------------------
     def _release(self, states: list) -> Iterator[FileResult]:
@@ -342,28 +258,127 @@ class Scanner:
             yield result
         self.windows_scored += again.windows_scored
 
-    def _run_workers(self, pool, states, handle, flush, report, stopping) -> Iterator[FileResult]:
-        from mictag.runtime.scan.decode_pool import PoolFailed, PoolIdle
 
+class _Pass:
+    """One pass of :meth:`Scanner.scan` over a list of files: the files in progress, the batch
+    being filled, the batches in flight and the counts a progress report gives."""
+
+    def __init__(self, scanner: Scanner, entries: list[FileEntry], on_progress: Callable[[dict], None] | None,
+                 stopping: Callable[[], bool]):
+        self.scanner, self.entries, self.on_progress, self.stopping = scanner, entries, on_progress, stopping
+        self.states = {fid: FileState(e, {}, []) for fid, e in enumerate(entries)}
+        self.batch = _Batch(scanner.batch_size, window_shape(scanner.cfg, scanner.variant))
+        self.fill = _copy_window  # how a window gets into the batch; the decode pool's own with workers
+        # Batches submitted and not yet fetched: a GPU backend stages batch n+1 while n computes
+        # (depth 2); a CPU backend computes in submit (depth 1), so each is fetched at once.
+        self.depth = max(1, pipeline_depth(scanner.backend))
+        self.in_flight: deque[tuple[list[Pending], object]] = deque()
+        # A checked fast path: rows wait for a passing check (see mictag.runtime.engines.trust).
+        self.gate = RowGate() if hasattr(scanner.backend, "final_check") else None
+        self.finished = self.errors = 0
+        self.t0, self.last_report = time.perf_counter(), 0.0
+
+    def inline(self) -> Iterator[FileResult]:
+        """Decode in this process, file after file."""
+        sc = self.scanner
+        for fid, e in enumerate(self.entries):
+            if self.stopping():
+                break
+            for msg in sc.source(fid, e.path, sc.cfg, sc.variant, sc.hop, sc.options.chunk_seconds):
+                yield from self.handle(msg)
+                self.report()
+        yield from self.flush(drain=True)
+
+    def with_workers(self) -> Iterator[FileResult]:
+        """Decode in the worker processes of a :class:`DecodePool`."""
+        from mictag.runtime.scan.decode_pool import DecodePool, PoolFailed, PoolIdle
+
+        sc = self.scanner
+        pool = DecodePool(((fid, e.path) for fid, e in enumerate(self.entries)), sc.options.workers,
+                          sc.cfg.to_dict(), sc.variant, sc.hop, sc.options.chunk_seconds, feed=sc.options.feed,
+                          source=None if sc.source is decode_file else sc.source)
+        self.fill = pool.fill  # copies the window out of its slot and gives the slot back
         try:
-            while states:
-                if stopping():
+            while self.states:
+                if self.stopping():
                     pool.stop_taking()
                     break
                 msg = pool.get(timeout=0.2)
                 if msg is None:
-                    yield from flush(drain=True)  # nothing arriving: do not let a partial batch wait
-                    report()
+                    yield from self.flush(drain=True)  # nothing arriving: do not let a partial batch wait
+                    self.report()
                     continue
                 if isinstance(msg, PoolIdle):  # every worker has exited: score what is pending; the rest is lost
-                    yield from flush(drain=True)
-                    for fid in list(states):
-                        yield from handle(Failed(fid, "no decoder processed this file"))
+                    yield from self.flush(drain=True)
+                    for fid in list(self.states):
+                        yield from self.handle(Failed(fid, "no decoder processed this file"))
                     break
                 if isinstance(msg, PoolFailed):
                     raise RuntimeError(f"the decode pool failed: {msg.reason}")
-                yield from handle(msg)
-                report()
-            yield from flush(drain=True)
+                yield from self.handle(msg)
+                self.report()
+            yield from self.flush(drain=True)
         finally:
             pool.close()
+
+    def handle(self, msg: DecodeMessage) -> Iterator[FileResult]:
+        if isinstance(msg, Window):
+            if self.batch.add(msg, self.fill):
+                yield from self.flush()
+        elif isinstance(msg, Done):
+            self.states[msg.fid].done = msg
+            yield from self.complete(msg.fid)
+        elif isinstance(msg, Failed):
+            st = self.states.pop(msg.fid, None)
+            if st is not None:
+                self.batch.drop(msg.fid)
+                self.finished += 1
+                self.errors += 1
+                e = st.entry
+                yield FileResult(e.rel, e.size, e.mtime, None, 0, "error", msg.reason)
+
+    def flush(self, drain: bool = False) -> Iterator[FileResult]:
+        """Submit the pending batch, then fetch until fewer than ``depth`` are in flight (all of them
+        with ``drain``: when nothing else is arriving, and at the end)."""
+        sc = self.scanner
+        if len(self.batch):
+            x, valid, items = self.batch.take()
+            self.in_flight.append((items, submit_batch(sc.backend, x, valid)))  # x may be reused now
+        while self.in_flight and (drain or len(self.in_flight) >= self.depth):
+            items, submitted = self.in_flight.popleft()
+            probs = submitted.result()
+            for item, row in zip(items, probs):
+                st = self.states.get(item.fid)
+                if st is not None:  # a file that failed meanwhile keeps no scores
+                    st.probs[item.index] = row
+                    st.segments.append((item.index, item.seconds))
+            sc.windows_scored += len(items)
+            fids = {item.fid for item in items}
+            if self.gate is not None:
+                outcome = getattr(submitted, "outcome", None)
+                yield from sc._release(self.gate.batch(fids, outcome))
+                sc._after(outcome)
+            for fid in fids:
+                yield from self.complete(fid)
+
+    def complete(self, fid: int) -> Iterator[FileResult]:
+        st = self.states.get(fid)
+        if st is None or st.done is None or len(st.probs) < st.done.windows:
+            return
+        del self.states[fid]
+        self.finished += 1
+        sc = self.scanner
+        if self.gate is not None:
+            if not self.gate.finished(fid, st, sc._near_threshold(st, fid in self.gate.fast_files)):
+                return  # held until a check covers it, or scored again on the reference
+            if fid in self.gate.fast_files:
+                sc._fast_rows.append(st.entry)
+        yield sc._result(st)
+
+    def report(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.on_progress and (force or now - self.last_report > 0.25):
+            self.last_report = now
+            self.on_progress({"files_done": self.finished, "files_total": len(self.entries),
+                              "windows": self.scanner.windows_scored, "errors": self.errors,
+                              "elapsed": now - self.t0})

@@ -20,14 +20,16 @@ from pathlib import Path
 
 from mictag.digest import file_digest
 from mictag.errors import MictagError
+from mictag.output.files import parquet_journal_path, read_state, redo_path, state_path
+from mictag.output.formats import (FORMATS, WRITERS, SegmentsWriter, Writer, header, read_rows, rewrite,
+                                   write_parquet)
+from mictag.output.journal import write_text_synced, writing
+from mictag.output.lock import OutputLock
+from mictag.output.rows import FileResult, columns, same_file
 from mictag.runtime.engines.open import open_backend
 from mictag.runtime.scan.content import REUSABLE, BackgroundHasher, file_sha256, plan_reuse, reused_row
 from mictag.runtime.scan.discovery import Skipped, discover, special_kind
 from mictag.runtime.scan.pipeline import Scanner, ScanOptions
-from mictag.output.lock import OutputLock
-from mictag.output.formats import (FORMATS, CsvWriter, JsonlWriter, SegmentsWriter, header, read_rows, rewrite, write_parquet)
-from mictag.output.rows import columns, same_file
-from mictag.output.journal import write_text_synced, writing
 
 
 @dataclass
@@ -58,10 +60,6 @@ class ScanSummary:
         return 1 if self.failed else 0
 
 
-def _state_path(out: Path) -> Path:
-    return out.with_name(out.name + ".mictag.json")
-
-
 def _interruptible(work: Callable, should_stop: Callable[[], bool]):
     """``work()`` in a thread of its own, so that a stop request is answered within a fraction of a
     second even while it waits on the file system (a folder on a mount that stopped answering)."""
@@ -82,12 +80,6 @@ def _interruptible(work: Callable, should_stop: Callable[[], bool]):
     if "error" in box:
         raise box["error"]
     return box["value"]
-
-
-def _redo_path(out: Path) -> Path:
-    """Rows a fast path wrote before one of its checks failed: they are being scored again, and a
-    rerun must not keep them (see mictag.runtime.engines.trust)."""
-    return out.with_name(out.name + ".mictag-redo.json")
 
 
 def _write_lines(path: Path, lines: list[dict]) -> None:
@@ -174,23 +166,20 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
     labels = scoring.labels
     fingerprint = {"model_sha256": file_digest(model), "hop_frames": scoring.hop, "aggregate": options.aggregate,
                    "threshold": options.threshold, "labels": labels}
-    journal = out.with_name(out.name + ".jsonl-journal") if fmt == "parquet" else out
+    journal = parquet_journal_path(out) if fmt == "parquet" else out
     row_fmt = "jsonl" if fmt == "parquet" else fmt
-    state_file = _state_path(out)
+    state_file = state_path(out)
     fresh = request.overwrite or not journal.exists()
     if not fresh:
-        try:
-            previous = json.loads(state_file.read_text("utf-8"))
-        except (OSError, ValueError):
-            previous = None
-        if not isinstance(previous, dict) or {k: previous.get(k) for k in fingerprint} != fingerprint:
+        previous = read_state(out)
+        if previous is None or {k: previous.get(k) for k in fingerprint} != fingerprint:
             say(f"{out} was written with another model or other options: starting it afresh")
             fresh = True
     special: list[Skipped] = []
     entries = _interruptible(lambda: discover(library, request.include, request.exclude, skipped=special), should_stop)
     kept: list[dict] = []
     dropped: list[dict] = []  # rows of files gone or changed: their bytes may be under another name now
-    redo_file = _redo_path(out)
+    redo_file = redo_path(out)
     if not fresh:
         by_path = {e.rel: e for e in entries}
         rows = read_rows(journal, row_fmt)
@@ -217,7 +206,7 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
     # thresholds its tags were cut at. Not compared on resume: the sha256 already decides.
     about = {"model_name": Path(model).name, "thresholds": [float(t) for t in scoring.thresholds]}
     write_text_synced(state_file, json.dumps({**fingerprint, **about}))
-    writer = (CsvWriter if row_fmt == "csv" else JsonlWriter)(journal, labels, fresh)
+    writer = WRITERS[row_fmt](journal, labels, fresh)
     seg_writer = None
     timelines: dict[str, dict] = {}  # path -> its segments line, for files whose rows may be reused
     if segments is not None:
@@ -232,68 +221,45 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
     if seg_writer is not None:  # a reused row needs its timeline too
         known = [r for r in known if r.get("path") in timelines]
     plan = _interruptible(lambda: plan_reuse(entries, known), should_stop)  # reads files: may hang on a dead mount
-    statuses = Counter(r.get("status", "ok") for r in kept)
     counts.update(done=len(kept), total=len(kept) + len(entries))
+    sink = _RowSink(writer, seg_writer, labels, redo_file, Counter(r.get("status", "ok") for r in kept), counts)
+    executor.on_replace = sink.replace
     t0 = time.perf_counter()
     failing = True
     hasher = BackgroundHasher(plan.scan)
     listed = {e.rel: e for e in plan.scan}  # each file as it was listed (and hashed)
     reused = 0
-    replaced: set[str] = set()
-    rewritten = [0]  # rows written again for replaced paths
-
-    def replace(paths: list[str]) -> None:
-        """A fast path failed a check: rows it already wrote will be written again (redo list first)."""
-        replaced.update(paths)
-        write_text_synced(redo_file, json.dumps(sorted(replaced)))
-
-    executor.on_replace = replace
-
-    def timeline(result) -> dict | None:
-        return {"path": result.path, "labels": labels, "segments": result.segments} if result.segments else None
-
-    def write(row: dict, line: dict | None) -> None:
-        writer.write_row(row)  # the row first: a timeline without its row would be redone anyway
-        if seg_writer and line is not None:
-            seg_writer.write_line({**line, "path": row["path"]})
-        statuses[row.get("status") or "ok"] += 1
-        if row["path"] in replaced:
-            rewritten[0] += 1  # a second row for the file: it replaces the first
-        else:
-            counts["done"] += 1
-
     try:
         for entry, row in plan.reused:
-            write(reused_row(row, entry, row["path"]), timelines.get(row["path"]))
+            sink.write(reused_row(row, entry, row["path"]), timelines.get(row["path"]))
             reused += 1
         rescan: list = []
         for result in executor.scan(plan.scan, on_progress, should_stop):
             entry = listed.get(result.path)
             path = entry.path if entry else ""
             digest = plan.digests.get(path) or hasher.digest(path)
-            if not digest and entry and result.path in replaced:  # a redone file: its digest was handed out
+            if not digest and entry and result.path in sink.replaced:  # a redone file: its digest was handed out
                 digest = file_sha256(entry.path, entry.size, entry.mtime)
             if result.status in REUSABLE and digest:
                 result.content_sha256 = digest
             record = result.record(labels)
-            write(record, timeline(result))
+            sink.write(record, sink.timeline(result))
             for copy in plan.copies.get(path, ()):
                 if result.content_sha256:
-                    write(reused_row(record, copy, result.path), timeline(result))  # write() renames it
+                    sink.write(reused_row(record, copy, result.path), sink.timeline(result))  # under the copy's name
                     reused += 1
                 else:
                     rescan.append(copy)  # its twin failed: score it on its own
         if rescan and not should_stop():
             for result in executor.scan(rescan, on_progress, should_stop):
-                write(result.record(labels), timeline(result))
+                sink.write(result.record(labels), sink.timeline(result))
         failing = False
     finally:
         hasher.close()
-        writer.close(quiet=failing)
-        if seg_writer:
-            seg_writer.close(quiet=failing)
-    interrupted = should_stop() and sum(statuses.values()) - rewritten[0] < len(kept) + len(entries)
-    if replaced and not interrupted:  # the replaced rows go: one row per file again, then the redo list
+        sink.close(quiet=failing)
+    statuses = sink.statuses
+    interrupted = should_stop() and sum(statuses.values()) - sink.rewritten < len(kept) + len(entries)
+    if sink.replaced and not interrupted:  # the replaced rows go: one row per file again, then the redo list
         final = _last_per_path(read_rows(journal, row_fmt))
         rewrite(journal, row_fmt, labels, final)
         statuses = Counter(r.get("status") or "ok" for r in final)
@@ -307,6 +273,41 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
                        windows=executor.windows_scored, seconds=time.perf_counter() - t0, backend=executor.backend_name,
                        out=str(out), interrupted=interrupted, notes=tuple(getattr(executor, "notes", ())),
                        special=tuple(special))
+
+
+class _RowSink:
+    """Where a scan's rows and timelines go, counted: the output's writer (and the segments'), the
+    statuses so far, and the rows a fast path's failed check will have written twice."""
+
+    def __init__(self, writer: Writer, seg_writer: SegmentsWriter | None, labels: list[str], redo_file: Path,
+                 statuses: Counter, counts: dict):
+        self.writer, self.seg_writer, self.labels, self.redo_file = writer, seg_writer, labels, redo_file
+        self.statuses, self.counts = statuses, counts
+        self.replaced: set[str] = set()  # paths whose rows a failed check made the scan write again
+        self.rewritten = 0  # rows written again for them
+
+    def replace(self, paths: list[str]) -> None:
+        """A fast path failed a check: rows it already wrote will be written again (redo list first)."""
+        self.replaced.update(paths)
+        write_text_synced(self.redo_file, json.dumps(sorted(self.replaced)))
+
+    def timeline(self, result: FileResult) -> dict | None:
+        return {"path": result.path, "labels": self.labels, "segments": result.segments} if result.segments else None
+
+    def write(self, row: dict, line: dict | None) -> None:
+        self.writer.write_row(row)  # the row first: a timeline without its row would be redone anyway
+        if self.seg_writer and line is not None:
+            self.seg_writer.write_line({**line, "path": row["path"]})
+        self.statuses[row.get("status") or "ok"] += 1
+        if row["path"] in self.replaced:
+            self.rewritten += 1  # a second row for the file: it replaces the first
+        else:
+            self.counts["done"] += 1
+
+    def close(self, quiet: bool) -> None:
+        self.writer.close(quiet=quiet)
+        if self.seg_writer:
+            self.seg_writer.close(quiet=quiet)
 
 
 def special_line(special: tuple[Skipped, ...], shown: int = 5) -> str:
