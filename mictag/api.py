@@ -38,7 +38,6 @@ from mictag.catalog import cached_taggers, default_model, models_dir
 from mictag.digest import file_digest
 from mictag.errors import MictagError, ModelNotFoundError
 from mictag.runtime.engines.open import open_backend
-from mictag.runtime.engines.base import submit_batch
 from mictag.runtime.scan.decode import Done
 from mictag.runtime.scan.discovery import FileEntry
 from mictag.runtime.scan.pipeline import Scanner, ScanOptions, FileState
@@ -130,7 +129,7 @@ class Tagger:
         for start in range(0, len(windows), s.batch_size):
             batch = windows[start : start + s.batch_size]
             x, valid = np.stack([w.data for w in batch]), np.asarray([w.valid for w in batch])
-            done = submit_batch(self.backend, x, valid)
+            done = self.backend.submit(x, valid)
             if gate is not None:
                 gate.batch({0}, getattr(done, "outcome", None))
             for w, row in zip(batch, done.result()):

@@ -614,19 +614,6 @@ def test_batch_buckets():
         bucket_for(33, (8, 16, 32))
 
 
-def test_submit_batch_serves_wrappers_that_only_run():
-    from mictag.runtime.engines.base import pipeline_depth, submit_batch
-
-    class OnlyRun:  # like the int8 check, which wraps two backends
-        def run(self, x, valid):
-            return x[:, :2] * 2
-
-    x = np.arange(12, dtype=np.float32).reshape(4, 3)
-    handle = submit_batch(OnlyRun(), x, np.ones(4))
-    np.testing.assert_array_equal(handle.result(), x[:, :2] * 2)
-    assert pipeline_depth(OnlyRun()) == 1
-
-
 # -- ONNX Runtime: IO binding on the CPU provider, against plain session.run -----------------------
 
 

@@ -86,3 +86,39 @@ def test_the_graph_sees_a_circle_when_there_is_one(tmp_path):
 def test_no_import_circle_in_mictag():
     found = cycles(graph())
     assert not found, "import circles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+# What each layer may not import: the layers above it (DESIGN §10). The runtime reaches model code
+# only through an exported artifact, and the output's files know nothing of how rows are made.
+ABOVE = {
+    "mictag.runtime": ("mictag.cli", "mictag.api", "mictag.catalog", "mictag.export", "mictag.train",
+                       "mictag.filetags", "mictag.report", "mictag.corpus"),
+    "mictag.output": ("mictag.cli", "mictag.api", "mictag.catalog", "mictag.export", "mictag.train",
+                      "mictag.runtime", "mictag.model", "mictag.backbones"),
+    "mictag.model": ("mictag.cli", "mictag.api", "mictag.catalog", "mictag.export", "mictag.train",
+                     "mictag.runtime", "mictag.output"),
+    "mictag.frontends": ("mictag.cli", "mictag.api", "mictag.catalog", "mictag.export", "mictag.train",
+                         "mictag.runtime", "mictag.output", "mictag.model", "mictag.backbones"),
+}
+
+
+def upward(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) for every import of a layer above the importer's."""
+    found = []
+    for layer, above in ABOVE.items():
+        for module, imported in edges.items():
+            if module == layer or module.startswith(layer + "."):
+                found += [(module, m) for m in sorted(imported)
+                          if any(m == a or m.startswith(a + ".") for a in above)]
+    return sorted(found)
+
+
+def test_the_check_sees_an_import_that_points_up():
+    edges = {"mictag.runtime.engines.open": {"mictag.export.tensorrt", "mictag.metadata"},
+             "mictag.export.onnx": {"mictag.runtime.engines.open"}}
+    assert upward(edges) == [("mictag.runtime.engines.open", "mictag.export.tensorrt")]
+
+
+def test_no_import_points_up():
+    found = upward(graph())
+    assert not found, "imports of a layer above: " + "; ".join(f"{a} -> {b}" for a, b in found)

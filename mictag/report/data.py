@@ -33,7 +33,7 @@ from mictag.output.files import read_state
 from mictag.output.formats import FORMATS, format_of
 from mictag.output.rows import HEAD, STATUSES, labels_of
 
-FIXED = HEAD  # results.columns' head
+FIXED = HEAD  # the head of mictag.output.rows.columns
 BINS = 50  # score histogram bins over [0, 1]
 MAX_COLUMNS = 400  # a timeline wider than this is max-pooled: a report is ~1,000 px wide anyway
 TIMELINE_CELLS = 1_000_000  # labels x columns over all timelines: ~1.3 MB once base64-encoded
@@ -93,7 +93,7 @@ class _reading:
 
 
 def _check_header(path: Path, header: list[str]) -> list[str]:
-    """The label columns: everything between ``error`` and ``tags`` (see results.columns)."""
+    """The label columns: everything between ``error`` and ``tags`` (see mictag.output.rows.columns)."""
     labels = labels_of(header)
     if labels is None:
         shown = ",".join(header)[:80] or "(nothing)"

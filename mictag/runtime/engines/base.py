@@ -78,19 +78,6 @@ class Backend:
         return Submitted(0, value=np.zeros((0, len(self.meta["labels"])), np.float32))
 
 
-def submit_batch(backend, x: np.ndarray, valid: np.ndarray) -> Submitted:
-    """``backend.submit(x, valid)``, also for wrappers that only have ``run``."""
-    submit = getattr(backend, "submit", None)
-    if submit is not None:
-        return submit(x, valid)
-    return Submitted(x.shape[0], value=np.asarray(backend.run(x, valid), np.float32))
-
-
-def pipeline_depth(backend) -> int:
-    """How many submitted batches ``backend`` usefully holds unfetched (1 for wrappers without one)."""
-    return int(getattr(backend, "in_flight", 1))
-
-
 @contextmanager
 def model_errors(foreign: Callable[[Exception], str] | None = None):
     """mictag's own errors from loading or running a model become ModelError, with their message;

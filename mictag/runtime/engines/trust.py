@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from mictag.paths import mictag_home
+from mictag.runtime.engines.base import Backend, Submitted
 
 BOUND = 0.03  # max |probability - reference| a fast path may have on any window
 # A checked window must stay within half the bound: the windows between checks are many more than
@@ -207,7 +208,7 @@ class _LastWindow(NamedTuple):
     fast: np.ndarray  # its probabilities on the fast path
 
 
-class TrustedBackend:
+class TrustedBackend(Backend):
     """Runs a fast path with borderline rescoring and sampled checks against ``reference``.
 
     ``reference`` is a Backend or a callable that loads one; a callable is run at once in a
@@ -302,9 +303,7 @@ class TrustedBackend:
     def run(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
         return self.submit(x, valid).result()
 
-    def submit(self, x: np.ndarray, valid: np.ndarray):
-        from mictag.runtime.engines.base import Submitted
-
+    def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
         valid = np.asarray(valid)
         if not self.on_fast:
             probs = np.asarray(self.reference.run(x, valid), np.float32)

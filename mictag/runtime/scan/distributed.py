@@ -33,7 +33,6 @@ from mictag.errors import MictagError
 from mictag.privacy import keep_quiet
 from mictag.frontends import frontend_from_dict
 from mictag.runtime.engines.open import model_metadata, open_backend
-from mictag.runtime.engines.base import submit_batch
 from mictag.runtime.scan.discovery import FileEntry
 from mictag.runtime.scan.decode import Done, Failed, Window, decode_file
 from mictag.runtime.scan.pipeline import ScanOptions, Scoring, FileState
@@ -130,7 +129,7 @@ class ModelStage:
         probs = np.zeros((len(kinds), k), np.float32)
         outcome = None
         if wins.size:
-            done = submit_batch(self.backend, batch["data"][wins], batch["valid"][wins])
+            done = self.backend.submit(batch["data"][wins], batch["valid"][wins])
             probs[wins] = done.result()
             outcome = done.outcome
         out = {key: value for key, value in batch.items() if key != "data"}  # scores travel on, windows don't

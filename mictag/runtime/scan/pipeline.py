@@ -27,7 +27,7 @@ from mictag.errors import ConfigError
 from mictag.frontends import frontend_from_dict, hop_frames
 from mictag.runtime.scan.decode import SILENCE, DecodeMessage, Done, Failed, Window, decode_file
 from mictag.runtime.scan.discovery import FileEntry
-from mictag.runtime.engines.base import Backend, pipeline_depth, submit_batch
+from mictag.runtime.engines.base import Backend
 from mictag.output.rows import FileResult
 from mictag.runtime.engines.trust import CheckOutcome, RowGate
 from mictag.runtime.scan.windows import window_shape
@@ -271,7 +271,7 @@ class _Pass:
         self.fill = _copy_window  # how a window gets into the batch; the decode pool's own with workers
         # Batches submitted and not yet fetched: a GPU backend stages batch n+1 while n computes
         # (depth 2); a CPU backend computes in submit (depth 1), so each is fetched at once.
-        self.depth = max(1, pipeline_depth(scanner.backend))
+        self.depth = max(1, scanner.backend.in_flight)
         self.in_flight: deque[tuple[list[Pending], object]] = deque()
         # A checked fast path: rows wait for a passing check (see mictag.runtime.engines.trust).
         self.gate = RowGate() if hasattr(scanner.backend, "final_check") else None
@@ -343,7 +343,7 @@ class _Pass:
         sc = self.scanner
         if len(self.batch):
             x, valid, items = self.batch.take()
-            self.in_flight.append((items, submit_batch(sc.backend, x, valid)))  # x may be reused now
+            self.in_flight.append((items, sc.backend.submit(x, valid)))  # x may be reused now
         while self.in_flight and (drain or len(self.in_flight) >= self.depth):
             items, submitted = self.in_flight.popleft()
             probs = submitted.result()
