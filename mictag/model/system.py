@@ -118,7 +118,21 @@ def new_backbone(cfg: SystemConfig) -> nn.Module:
     return build_musicnn(cfg.musicnn) if cfg.backbone == "musicnn" else AST(cfg.ast)
 
 
-class ReprogrammedModel(nn.Module):
+class _System(nn.Module):
+    """What every composed system gives: ``forward_outputs`` (logits, and the embedding where there
+    is one), ``forward`` (the logits alone) and its trainable weights."""
+
+    def forward(self, inputs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_outputs(inputs, valid)["logits"]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+
+class ReprogrammedModel(_System):
     """The composed model. Takes the backbone's input (B, frames, mel_bins), or 16 kHz waveforms
     (B, samples) plus optional valid-sample counts when built ``with_fbank``; returns logits."""
 
@@ -160,17 +174,8 @@ class ReprogrammedModel(nn.Module):
             logits = self.mapper(self.backbone.forward_head(pooled))
         return {"logits": logits, "embedding": pooled}
 
-    def forward(self, inputs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_outputs(inputs, valid)["logits"]
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
-
-
-class CNNBaselineSystem(nn.Module):
+class CNNBaselineSystem(_System):
     """CNN-BS wrapped with the same inputs and outputs as :class:`ReprogrammedModel`."""
 
     def __init__(self, cfg: SystemConfig, with_fbank: bool = False):
@@ -182,15 +187,6 @@ class CNNBaselineSystem(nn.Module):
     def forward_outputs(self, inputs: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         x = self.fbank(inputs, valid) if self.fbank is not None else inputs
         return {"logits": self.cnn(x)}
-
-    def forward(self, inputs: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        return self.forward_outputs(inputs, valid)["logits"]
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
-
-    def num_trainable(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
 
 
 def build_system(cfg: SystemConfig, backbone: nn.Module | None = None, with_fbank: bool = False) -> nn.Module:
