@@ -189,7 +189,9 @@ def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk
                 if arena is not None and isinstance(message, Window):
                     slot = arena.index_of(message.data)
                     lent.discard(slot)
-                    message = message._replace(data=slot)  # only the slot's number crosses the pipe
+                    # only the slot's number crosses the pipe (built, not _replace(): per window, it is 4x faster)
+                    message = Window(message.fid, message.index, message.start_frame, slot, message.valid,
+                                     message.seconds)
                 conn.send(message)
         except (BrokenPipeError, EOFError, OSError, _Closed):
             return
@@ -304,7 +306,8 @@ class DecodePool:
                     if isinstance(message, Window) and seat.arena is not None:
                         with seat.lock:
                             seat.held.add(message.data)
-                        message = message._replace(data=(seat, message.data))
+                        message = Window(message.fid, message.index, message.start_frame, (seat, message.data),
+                                         message.valid, message.seconds)
                     if not self._put(message):
                         return
                     if isinstance(message, (Done, Failed)):
