@@ -10,7 +10,7 @@
 The model is loaded once. Bad input raises typed errors (AudioError, ModelError) from ``tag`` and
 ``tag_array``; ``tag_paths`` reports them on the file's row and goes on, like ``mictag scan``.
 
-Tag a caller's own list of files, each result handed back with the caller's key.
+:func:`tag_files` tags a caller's own list of files, each result handed back with the caller's key.
 
 For integrations that keep their own records (a beets library, a catalogue database) rather than
 a folder and an output table: the windows of all the files are batched across files as in
