@@ -12,6 +12,10 @@
   on the same pipe. A worker with no free slot waits for one: the slots bound memory and let
   decoders run ahead of the model. ``feed="pickle"`` sends pickled arrays instead (platforms
   that cannot hand a spawned process a descriptor).
+- On the pipe, the two messages sent once per window travel in a compact form that only this
+  module writes and reads (:func:`_to_wire`, :func:`_window_from_wire`): a window as a plain tuple
+  of its fields, a slot given back as its bare number (a pickled NamedTuple names its class: twice
+  the bytes and five times the time of a plain tuple). Everything else (jobs, a seat's first slots, ``Done``, ``Failed``) crosses typed.
 - A reader thread in the scan moves messages from the pipes into a bounded queue
   (``QUEUE_WINDOWS``), so the scan's loop never waits on a particular worker.
 - A dead worker's replacement takes its seat and arena, and gets the slots the scan is not
@@ -143,7 +147,31 @@ class PoolFailed(NamedTuple):
     reason: str
 
 
+class _Unexpected(NamedTuple):
+    """A worker to the pool: its decode source yielded something that is not a decode message."""
+
+    kind: str
+
+
 PoolMessage = DecodeMessage | PoolIdle | PoolFailed
+
+
+def _to_wire(message: DecodeMessage, slot: int | None):
+    """A worker's message as it crosses the pipe: a window as a plain tuple of its fields (its data
+    replaced by its slot's number with the shm feed), the rest as they are."""
+    if type(message) is Window:
+        fid, index, start_frame, data, valid, seconds = message
+        return (fid, index, start_frame, data if slot is None else slot, valid, seconds)
+    if isinstance(message, (Done, Failed)):
+        return message
+    return _Unexpected(type(message).__name__)
+
+
+def _window_from_wire(wire: tuple, data) -> Window:
+    """The window a wire tuple carries, with ``data`` where its array waits (the pool's seat and slot
+    with the shm feed, the array itself with the pickle feed)."""
+    fid, index, start_frame, _, valid, seconds = wire
+    return Window(fid, index, start_frame, data, valid, seconds)
 
 
 def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk_seconds: float,
@@ -167,9 +195,12 @@ def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk
                 message = conn.recv()
             except (EOFError, OSError):
                 raise _Closed from None
-            if not isinstance(message, FreeSlots):  # mid-file the scan only gives slots back
+            if type(message) is int:  # one slot given back (the wire form of FreeSlots((slot,)))
+                free.append(message)
+            elif isinstance(message, FreeSlots):
+                free.extend(message.slots)
+            else:  # mid-file the scan only gives slots back
                 raise _Closed
-            free.extend(message.slots)
         slot = free.popleft()
         lent.add(slot)
         return arena.view(slot)
@@ -181,18 +212,19 @@ def _worker(conn, parent_pid: int, cfg_dict: dict, variant: str, hop: int, chunk
             return  # the scan closed our pipe
         if job is None:
             return
+        if type(job) is int:
+            free.append(job)
+            continue
         if isinstance(job, FreeSlots):
             free.extend(job.slots)
             continue
         try:
             for message in source(job.fid, job.path, cfg, variant, hop, chunk_seconds, alloc=take if arena else None):
-                if arena is not None and isinstance(message, Window):
-                    slot = arena.index_of(message.data)
+                slot = None
+                if arena is not None and type(message) is Window:
+                    slot = arena.index_of(message.data)  # only the slot's number crosses the pipe
                     lent.discard(slot)
-                    # only the slot's number crosses the pipe (built, not _replace(): per window, it is 4x faster)
-                    message = Window(message.fid, message.index, message.start_frame, slot, message.valid,
-                                     message.seconds)
-                conn.send(message)
+                conn.send(_to_wire(message, slot))
         except (BrokenPipeError, EOFError, OSError, _Closed):
             return
         free.extend(lent)  # cut but not sent (a file with no audio keeps no window)
@@ -301,13 +333,17 @@ class DecodePool:
                     except (EOFError, OSError):
                         self._ended(seat)
                         continue
-                    if not isinstance(message, (Window, Done, Failed)):  # a source that speaks otherwise
-                        raise TypeError(f"a decode source sent {type(message).__name__}, not a decode message")
-                    if isinstance(message, Window) and seat.arena is not None:
-                        with seat.lock:
-                            seat.held.add(message.data)
-                        message = Window(message.fid, message.index, message.start_frame, (seat, message.data),
-                                         message.valid, message.seconds)
+                    if type(message) is tuple:  # a window, in its wire form
+                        if seat.arena is None:
+                            message = _window_from_wire(message, message[3])
+                        else:
+                            with seat.lock:
+                                seat.held.add(message[3])
+                            message = _window_from_wire(message, (seat, message[3]))
+                    elif isinstance(message, _Unexpected):  # a source that speaks otherwise
+                        raise TypeError(f"a decode source sent {message.kind}, not a decode message")
+                    elif not isinstance(message, (Done, Failed)):
+                        raise TypeError(f"a decode worker sent {type(message).__name__}")
                     if not self._put(message):
                         return
                     if isinstance(message, (Done, Failed)):
@@ -352,7 +388,7 @@ class DecodePool:
         out[...] = seat.arena.view(slot)
         with seat.lock:
             seat.held.discard(slot)
-            seat.send(FreeSlots((slot,)))
+            seat.send(slot)  # FreeSlots((slot,)) in its wire form
 
     def stop_taking(self) -> None:
         with self._lock:
