@@ -4,6 +4,7 @@
     tagger = Tagger()                           # the model `mictag scan` uses; or Tagger("tagger.onnx")
     result = tagger.tag("song.flac")            # FileResult: scores, tags, duration, status
     result = tagger.tag_array(samples, 44100)   # any rate, mono or (samples, channels)
+    Tagger(embeddings=True).tag("song.flac").embedding  # and the file's vector (as `scan --embeddings`)
     for r in tagger.tag_paths(paths, workers=4):  # results as files finish; bad files as error rows
         ...
 
@@ -50,15 +51,18 @@ class Tagger:
     def __init__(self, model: str | os.PathLike | None = None, backend: str = "auto", batch_size: int | None = None,
                  hop_seconds: float | None = None, aggregate: str = "max", threshold: float | None = None,
                  segments: bool = False, precision: str | None = None, on_message=None,
-                 library: str | os.PathLike | None = None):
+                 library: str | os.PathLike | None = None, embeddings: bool = False):
         """``model``: an exported model; None takes the one ``mictag scan`` would (the AudioSet AST's
         tagger where it can be had, else the shipped musicnn-openmic20 tagger, fetched on first use).
         ``backend``/``precision`` as in ``mictag scan`` (auto: the fastest bounded path here, checked
         against fp32 as it goes); ``library`` names the folder the files come from, so that what
         those checks find is remembered for it (None: for the Python API as a whole);
-        ``on_message`` hears what the model and engine choice have to say."""
+        ``on_message`` hears what the model and engine choice have to say; ``embeddings``: each
+        result's ``embedding`` holds the file's vector (the mean of its windows' embeddings,
+        L2-normalised: :mod:`mictag.output.embeddings`)."""
         self.options = ScanOptions(hop_seconds=hop_seconds, batch_size=batch_size, aggregate=aggregate,
-                                   threshold=threshold, workers=0, segments=segments)  # checked before any model loads
+                                   threshold=threshold, workers=0, segments=segments,
+                                   embeddings=embeddings)  # checked before any model loads
         if model is None:
             from mictag.catalog import first_scan_model
 
@@ -124,7 +128,7 @@ class Tagger:
         cut = frame_windows if s.variant == "fbank" else sample_windows
         windows = list(cut([audio16k], s.cfg, s.hop))
         entry = FileEntry(name, name, int(a.nbytes), 0.0)
-        state = FileState(entry, {}, [])
+        state = FileState(entry, {}, [], embeddings={} if self.options.embeddings else None)
         gate = RowGate() if hasattr(self.backend, "final_check") else None
         for start in range(0, len(windows), s.batch_size):
             batch = windows[start : start + s.batch_size]
@@ -132,9 +136,12 @@ class Tagger:
             done = self.backend.submit(x, valid)
             if gate is not None:
                 gate.batch({0}, getattr(done, "outcome", None))
-            for w, row in zip(batch, done.result()):
+            vectors = done.embeddings() if state.embeddings is not None else None
+            for r, (w, row) in enumerate(zip(batch, done.result())):
                 state.probs[w.index] = row
                 state.segments.append((w.index, w.seconds(s.cfg)))
+                if vectors is not None:
+                    state.embeddings[w.index] = vectors[r]
         if gate is not None:  # returned at once: checked before it is returned, like a scan's rows
             if gate.pending:
                 gate.outcome(self.backend.final_check() or CheckOutcome(fast=True, passed=True))
@@ -142,8 +149,12 @@ class Tagger:
                 state.probs.clear()
                 for start in range(0, len(windows), s.batch_size):
                     batch = windows[start : start + s.batch_size]
-                    probs = self.backend.reference.run(np.stack([w.data for w in batch]),
-                                                       np.asarray([w.valid for w in batch]))
+                    x, valid = np.stack([w.data for w in batch]), np.asarray([w.valid for w in batch])
+                    if state.embeddings is not None:
+                        probs, vectors = self.backend.reference.run_embedded(x, valid)
+                        state.embeddings.update({w.index: v for w, v in zip(batch, vectors)})
+                    else:
+                        probs = self.backend.reference.run(x, valid)
                     state.probs.update({w.index: row for w, row in zip(batch, probs)})
         state.done = Done(0, audio16k.size / s.cfg.sample_rate, len(windows), "ok", "")
         return s._result(state)

@@ -398,6 +398,8 @@ class _Progress:
 @click.option("--workers", type=int, default=None, help="Decode processes (default: CPU cores - 1, at least 1).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet"]), help="Default: from --out's suffix.")
 @click.option("--segments", type=click.Path(), help="Also write per-window scores (start/end s) as JSON lines here.")
+@click.option("--embeddings", type=click.Path(), help="Also write each file's embedding (the model's pooled features, "
+              "averaged over its windows, L2-normalised) to this Parquet table, for `mictag similar`.")
 @click.option("--overwrite", is_flag=True, help="Start afresh instead of resuming.")
 @click.option("--retry-failed", is_flag=True, help="Resume, redoing only the files that failed before.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line or summary.")
@@ -407,8 +409,8 @@ class _Progress:
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run as a Ray Data pipeline: join the cluster at ADDRESS, or start a local Ray without one.")
 def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, backend, precision, batch_size, hop, aggregate,
-         threshold, include, exclude, workers, fmt, segments, overwrite, retry_failed, quiet, wait, write_file_tags,
-         ray_address) -> None:
+         threshold, include, exclude, workers, fmt, segments, embeddings, overwrite, retry_failed, quiet, wait,
+         write_file_tags, ray_address) -> None:
     """Tag every audio file under LIBRARY: one row per file in --out.
 
     Ctrl-C (or SIGTERM, SIGHUP) stops it after the files in progress, a second one at once; rerun
@@ -445,7 +447,7 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
                                       overwrite, retry_failed, segments, use_ray=ray_address is not None,
                                       ray_address=None if ray_address in (None, "local") else ray_address,
                                       ray_workers=workers + 1 if ray_address == "local" else None,
-                                      precision=precision, wait=wait)
+                                      precision=precision, wait=wait, embeddings=embeddings)
                 summary = run_scan(request, on_progress=progress, on_message=say, should_stop=stop, counts=counts)
             finally:
                 progress.close()

@@ -828,3 +828,43 @@ def test_real_tensorrt_engine_pipelined_equals_onnx_runtime(onnx_models, tmp_pat
         np.testing.assert_allclose(h.result(), want, atol=2e-2, rtol=0)
     assert backend.runner.stats.address_rebinds <= backend.runner.stats.batches
     backend.runner.close()
+
+
+# -- embeddings (`scan --embeddings`) through the pipelined engines ------------------------------
+@pytest.mark.parametrize("model", ["w.onnx", "f.onnx"])
+def test_ort_io_binding_returns_the_embedding_output_when_asked(onnx_models, model):
+    import onnxruntime as ort
+
+    from mictag.runtime.engines.ort import OrtBackend
+
+    plain = ort.InferenceSession(str(onnx_models / model), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(4)
+    for io_binding in (True, False):
+        backend = OrtBackend(onnx_models / model, "ort-cpu", io_binding=io_binding, batch=4)
+        x0, v0 = _windows(backend.meta, 3, rng)
+        assert backend.submit(x0, v0).embeddings() is None  # not asked: only the probabilities come back
+        backend.want_embeddings()
+        names = backend.inputs
+        for n in (4, 3, 9, 1):  # 9: three parts of a bound batch, joined
+            x, v = _windows(backend.meta, n, rng)
+            done = backend.submit(x, v)
+            want_p, want_e = plain.run(["probabilities", "embedding"], {names[0]: x, names[1]: v})
+            np.testing.assert_allclose(done.result(), want_p, atol=1e-6, rtol=0)
+            assert done.embeddings().shape == want_e.shape == (n, want_e.shape[1])
+            np.testing.assert_allclose(done.embeddings(), want_e, atol=1e-5, rtol=0)
+
+
+def test_tensorrt_copies_the_embeddings_back_when_asked(fake_gpu, tmp_path):
+    from mictag.runtime.engines.tensorrt import TensorRTBackend
+
+    gpu, _ = fake_gpu
+    path, spec = write_engine(tmp_path / "m.engine")
+    backend = TensorRTBackend(path)
+    backend.want_embeddings()
+    rng = np.random.default_rng(5)
+    for n in (8, 3, 19):
+        x, v = batch(spec, n, rng)
+        want = reference(spec, x, v)
+        done = backend.submit(x, v)
+        np.testing.assert_allclose(done.result(), want["probabilities"], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(done.embeddings(), want["embedding"], atol=1e-5, rtol=0)

@@ -16,6 +16,12 @@ from click.testing import CliRunner
 from mictag.cli import main
 
 ray = pytest.importorskip("ray")
+try:
+    import pyarrow  # noqa: F401
+
+    PYARROW = True
+except ImportError:
+    PYARROW = False
 
 from library import read_table  # noqa: E402
 
@@ -58,15 +64,24 @@ def test_ray_scan_equals_local_scan_on_the_mixed_library(models, local_ray, tmp_
     lib = tmp_path / "lib"
     expected = make_library(lib)
     model = str(models / "f.onnx")
+    emb = ["--embeddings", str(tmp_path / "local.parquet")] if PYARROW else []
     local = CliRunner().invoke(main, ["scan", str(lib), "--out", str(tmp_path / "local.csv"), "--model", model,
-                                      "--workers", "1", "-q", *EXACT])
+                                      "--workers", "1", "-q", *EXACT, *emb])
+    emb = ["--embeddings", str(tmp_path / "ray.parquet")] if PYARROW else []
     distributed = CliRunner().invoke(main, ["scan", str(lib), "--out", str(tmp_path / "ray.csv"), "--model", model,
-                                            "--ray", "-q", *EXACT])
+                                            "--ray", "-q", *EXACT, *emb])
     assert local.exit_code == distributed.exit_code == 1  # the library holds broken files
     a, b = read_table(tmp_path / "local.csv"), read_table(tmp_path / "ray.csv")
     assert set(a) == set(expected)
     _assert_same(a, b, OPENMIC_LABELS)
     assert any(r["status"] == "error" for r in b.values()) and any(r["status"] == "ok" for r in b.values())
+    if PYARROW:  # the same vectors, one per file with windows
+        from mictag.output.embeddings import read_table as read_embeddings
+
+        va, vb = read_embeddings(tmp_path / "local.parquet"), read_embeddings(tmp_path / "ray.parquet")
+        assert set(va.index) == set(vb.index) == {p for p, r in a.items() if int(r["windows"] or 0) > 0}
+        for path, i in va.index.items():
+            np.testing.assert_allclose(vb.vectors[vb.index[path]], va.vectors[i], atol=1e-5, err_msg=path)
 
 
 def test_a_deviating_fast_path_in_a_model_actor_leaves_nothing_out_of_bound(tiny_ast_dir, local_ray, tmp_path,

@@ -26,6 +26,7 @@ class FileResult:
     segments: list[dict] = field(default_factory=list)
     content_sha256: str = ""  # the scored bytes' digest (see mictag.runtime.scan.content), where known
     reused_from: str = ""  # the file whose row of the same bytes this is, when not scored again
+    embedding: np.ndarray | None = None  # the file's vector (mictag.output.embeddings), where asked
 
     def record(self, labels: list[str]) -> dict:
         """A flat, JSON-able row."""

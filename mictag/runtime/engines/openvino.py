@@ -19,7 +19,7 @@ import numpy as np
 
 from mictag.errors import ModelError
 from mictag.paths import mictag_home
-from mictag.runtime.engines.base import Backend, input_names, model_errors
+from mictag.runtime.engines.base import Backend, embedding_width, input_names, model_errors
 
 # The precision of what a graph computes in floating point; an int8 (QDQ) graph's int8 products come
 # from the graph itself, and its other operations run in f32 (or bf16, when asked for "bf16").
@@ -89,3 +89,18 @@ class OpenVINOBackend(Backend):
         out = self.request.infer({self.inputs[0]: np.ascontiguousarray(x, np.float32),
                                   self.inputs[1]: valid.astype(np.int64)})
         return np.array(out[self.output], np.float32)  # a copy: the request reuses its buffers
+
+    def run_embedded(self, x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.request.infer({self.inputs[0]: np.ascontiguousarray(x, np.float32),
+                                  self.inputs[1]: valid.astype(np.int64)})
+        return np.array(out[self.output], np.float32), np.array(out[self.embedding], np.float32)
+
+    def want_embeddings(self) -> None:
+        widths = {}
+        for out in self.compiled.outputs:
+            last = out.get_partial_shape()[-1]
+            for name in out.get_names():
+                widths[name] = last.get_length() if last.is_static else str(last)
+        embedding_width(widths)
+        self.embedding = self.compiled.output("embedding")
+        self.embeds = True

@@ -8,7 +8,8 @@ import numpy as np
 
 from mictag.errors import ModelError
 from mictag.runtime.engines.choice import ORT_PROVIDERS
-from mictag.runtime.engines.base import Backend, Submitted, _in_parts, input_names, row_shapes, model_errors
+from mictag.runtime.engines.base import (Backend, Submitted, _in_parts, embedding_width, input_names, row_shapes,
+                                          model_errors)
 
 
 class OrtBackend(Backend):
@@ -63,6 +64,19 @@ class OrtBackend(Backend):
         if self.bound is not None:
             return self.submit(x, valid).result()
         return self.session.run(["probabilities"], {self.inputs[0]: x, self.inputs[1]: valid.astype(np.int64)})[0]
+
+    def run_embedded(self, x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.bound is not None:
+            return super().run_embedded(x, valid)
+        probs, embeddings = self.session.run(["probabilities", "embedding"],
+                                             {self.inputs[0]: x, self.inputs[1]: valid.astype(np.int64)})
+        return probs, embeddings
+
+    def want_embeddings(self) -> None:
+        dim = embedding_width({o.name: o.shape[-1] for o in self.session.get_outputs() if o.shape})
+        if self.bound is not None:
+            self.bound.bind_embeddings(dim)
+        self.embeds = True
 
     def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
         if self.bound is None:

@@ -98,7 +98,7 @@ class _Bucket:
 
     rows: int
     host: dict[str, np.ndarray]  # staging for update_inplace, (rows, *row)
-    values: dict[str, Any]  # OrtValues on the session's device: inputs and the output
+    values: dict[str, Any]  # OrtValues on the session's device: inputs and the outputs
     binding: Any
 
 
@@ -113,11 +113,15 @@ class _Pending:
         self.slot, self.bucket, self.rows, self.future = slot, bucket, rows, future
         self._value: np.ndarray | None = None
 
-    def result(self) -> np.ndarray:
+    def result(self) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """The probabilities, or (probabilities, embeddings) where the session binds both."""
         if self._value is None:
             self.future.result()  # re-raises what the run raised
             # numpy() copies from the device (or views CPU memory): copy the rows out either way.
-            self._value = np.array(self.bucket.values["out"].numpy()[: self.rows], np.float32, copy=True)
+            values = self.bucket.values
+            self._value = np.array(values["out"].numpy()[: self.rows], np.float32, copy=True)
+            if "emb" in values:
+                self._value = (self._value, np.array(values["emb"].numpy()[: self.rows], np.float32, copy=True))
             if self.slot.pending is self:
                 self.slot.pending = None
             self.slot = self.bucket = self.future = None
@@ -143,6 +147,15 @@ class BoundSession:
         self._row: tuple[int, ...] | None = None
         self.allocations = 0  # OrtValues made (bounded: slots x buckets used x 3)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mictag-ort")
+        self.embedding_dim: int | None = None  # bind the embedding output too (see bind_embeddings)
+
+    def bind_embeddings(self, dim: int) -> None:
+        """From the next batch on, read back the ``embedding`` output ((rows, ``dim``)) too."""
+        for slot in self.slots:
+            if slot.pending is not None:
+                slot.pending.result()
+            slot.buckets.clear()
+        self.embedding_dim = dim
 
     def _bucket(self, slot: _Slot, rows: int, row: tuple[int, ...], labels: int) -> _Bucket:
         bucket = slot.buckets.get(rows)
@@ -157,6 +170,10 @@ class BoundSession:
             binding.bind_ortvalue_input(self.inputs[0], values["x"])
             binding.bind_ortvalue_input(self.inputs[1], values["valid"])
             binding.bind_ortvalue_output(self.output, values["out"])
+            if self.embedding_dim:
+                values["emb"] = new((rows, self.embedding_dim), np.float32, self.device, 0)
+                self.allocations += 1
+                binding.bind_ortvalue_output("embedding", values["emb"])
             bucket = slot.buckets[rows] = _Bucket(rows, host, values, binding)
         return bucket
 

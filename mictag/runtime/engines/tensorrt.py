@@ -350,6 +350,7 @@ class TensorRTBackend(Backend):
         self.path = path
         self.name = "tensorrt"
         self.inputs = input_names(self.variant)
+        self._memory = memory
         with model_errors():
             self.runner = EngineRunner(load_engine(path), memory, outputs=("probabilities",))
         missing = [n for n in self.inputs if n not in {s.name for s in self.runner.engine.inputs}]
@@ -358,7 +359,21 @@ class TensorRTBackend(Backend):
         self.preferred_batch = self.runner.engine.opt_batch
         self.in_flight = len(self.runner.slots)
 
+    def want_embeddings(self) -> None:
+        """A runner that copies the embeddings back too (the engine computes them anyway)."""
+        if "embedding" not in {s.name for s in self.runner.outputs}:
+            raise ModelError(f"{self.path} has no embedding output: rebuild it with `mictag export --engine`")
+        with model_errors():
+            self.runner = EngineRunner(self.runner.engine, self._memory, outputs=("probabilities", "embedding"))
+        self.embeds = True
+
     def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
         with model_errors():
             pending = self.runner.submit({self.inputs[0]: x, self.inputs[1]: valid})
+        if self.embeds:
+            return Submitted(x.shape[0], lambda: _probabilities_and_embeddings(pending.result()))
         return Submitted(x.shape[0], lambda: pending.result()["probabilities"])
+
+
+def _probabilities_and_embeddings(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return outputs["probabilities"], outputs["embedding"]

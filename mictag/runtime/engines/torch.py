@@ -65,6 +65,26 @@ class TorchBackend(Backend):
                               torch.from_numpy(np.ascontiguousarray(valid, np.int64)))[0]
             return out.float().numpy()
 
+    def run_embedded(self, x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.pipeline is not None:
+            return super().run_embedded(x, valid)
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(x)),
+                              torch.from_numpy(np.ascontiguousarray(valid, np.int64)))
+            return out[0].float().numpy(), out[2].float().numpy()
+
+    def want_embeddings(self) -> None:
+        if self.pipeline is not None:
+            torch = self.torch
+            names = input_names(self.variant)
+            row = row_shapes(self.meta, names)[names[0]]
+            with torch.inference_mode():  # one silent window tells the embedding's width
+                width = self.module(torch.zeros((1, *row), device=self.device),
+                                    torch.full((1,), row[0], dtype=torch.int64, device=self.device))[2].shape[-1]
+            self.pipeline.enable_embeddings(int(width))
+        self.embeds = True
+
     def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
         if self.pipeline is None:
             return super().submit(x, valid)

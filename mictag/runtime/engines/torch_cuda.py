@@ -10,7 +10,8 @@ batch bucket.
   later ones copy their rows into the graph's static inputs on the device and replay it, which
   removes the launch overhead of a few hundred kernels per batch. Where capture fails, that
   bucket runs eagerly from then on, and ``notes`` says why.
-- Only the probabilities of the real rows come back to the host.
+- Only the probabilities of the real rows come back to the host (and their embeddings, once
+  :meth:`CudaPipeline.enable_embeddings` asked for them).
 
 Imported only by the torch backend on CUDA.
 """
@@ -33,6 +34,7 @@ class _Graph:
     x: Any  # the static inputs the graph reads
     valid: Any
     out: Any  # the static probabilities it writes
+    emb: Any  # and the static embeddings
 
 
 @dataclass(eq=False)
@@ -48,6 +50,8 @@ class _Slot:
     uploaded: Any  # torch.cuda.Event: the slot's inputs are on the device
     ready: Any  # the slot's probabilities are in host_out
     pending: "_Pending | None" = None
+    host_emb: Any = None  # pinned, with embeddings on
+    host_emb_np: np.ndarray | None = None
 
 
 class _Pending:
@@ -59,6 +63,8 @@ class _Pending:
         if self._value is None:
             self.slot.ready.synchronize()
             self._value = self.slot.host_out_np[: self.rows].copy()
+            if self.slot.host_emb_np is not None:
+                self._value = (self._value, self.slot.host_emb_np[: self.rows].copy())
             if self.slot.pending is self:
                 self.slot.pending = None
             self.slot = None
@@ -93,6 +99,17 @@ class CudaPipeline:
             self.slots.append(_Slot(hx, hv, ho, hx.numpy(), hv.numpy(), ho.numpy(), dx, dv,
                                     torch.cuda.Event(), torch.cuda.Event()))
         self._next = 0
+        self.embedding_dim: int | None = None
+
+    def enable_embeddings(self, dim: int) -> None:
+        """From the next batch on, copy each row's embedding (width ``dim``) back too."""
+        torch = self.torch
+        for slot in self.slots:
+            if slot.pending is not None:
+                slot.pending.result()
+            slot.host_emb = torch.zeros((self.max_batch, dim), dtype=torch.float32, pin_memory=True)
+            slot.host_emb_np = slot.host_emb.numpy()
+        self.embedding_dim = dim
 
     def _graph(self, rows: int) -> _Graph | None:
         """The bucket's graph, captured on first use; None where it runs eagerly."""
@@ -114,9 +131,9 @@ class CudaPipeline:
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                out = self.module(sx, sv)[0]
+                outputs = self.module(sx, sv)
             torch.cuda.synchronize(self.device)
-            entry = _Graph(graph, sx, sv, out)
+            entry = _Graph(graph, sx, sv, outputs[0], outputs[2])
         except Exception as exc:  # an op that cannot be captured: run this bucket eagerly
             self.notes.append(f"CUDA graph capture failed at batch {rows} ({type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); it runs eagerly")
@@ -152,10 +169,13 @@ class CudaPipeline:
                     graph.x.copy_(slot.dev_x[:b])
                     graph.valid.copy_(slot.dev_valid[:b])
                     graph.graph.replay()
-                    out = graph.out
+                    out, emb = graph.out, graph.emb
                 else:
-                    out = self.module(slot.dev_x[:b], slot.dev_valid[:b])[0]
+                    outputs = self.module(slot.dev_x[:b], slot.dev_valid[:b])
+                    out, emb = outputs[0], outputs[2]
                 slot.host_out[:n].copy_(out[:n], non_blocking=True)
+                if slot.host_emb is not None:
+                    slot.host_emb[:n].copy_(emb[:n], non_blocking=True)
                 slot.ready.record(self.compute_stream)
         slot.pending = _Pending(slot, n)
         return slot.pending

@@ -268,7 +268,22 @@ class TrustedBackend(Backend):
             self._loading = None
         if self._load_error is not None:
             raise self._load_error
+        if self.embeds and not self._reference.embeds:
+            self._reference.want_embeddings()
         return self._reference
+
+    def want_embeddings(self) -> None:
+        """The fast path gives the embeddings of the windows it scores; the reference those of the
+        windows it scores (checked and borderline ones, and all after a failed check)."""
+        self.fast.want_embeddings()
+        self.embeds = True
+
+    def _scored(self, backend: Backend, x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``backend``'s probabilities for ``x`` (a copy of our own), and its embeddings where asked."""
+        if self.embeds:
+            probs, embeddings = backend.run_embedded(x, valid)
+            return np.array(probs, np.float32), np.array(embeddings, np.float32)
+        return np.array(backend.run(x, valid), np.float32), None
 
     def use_thresholds(self, thresholds: np.ndarray) -> None:
         """The thresholds tags are cut at (the scan's, which ``--threshold`` may override)."""
@@ -306,16 +321,16 @@ class TrustedBackend(Backend):
     def submit(self, x: np.ndarray, valid: np.ndarray) -> Submitted:
         valid = np.asarray(valid)
         if not self.on_fast:
-            probs = np.asarray(self.reference.run(x, valid), np.float32)
+            probs, embeddings = self._scored(self.reference, x, valid)
             self.stats.reference_windows += len(x)
-            return Submitted(len(x), value=probs, outcome=CheckOutcome(fast=False))
-        probs, outcome = self._score_fast(x, valid)
-        return Submitted(len(x), value=probs, outcome=outcome)
+            return Submitted(len(x), value=probs, outcome=CheckOutcome(fast=False), embeddings=embeddings)
+        probs, outcome, embeddings = self._score_fast(x, valid)
+        return Submitted(len(x), value=probs, outcome=outcome, embeddings=embeddings)
 
-    def _score_fast(self, x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, CheckOutcome]:
+    def _score_fast(self, x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, CheckOutcome, np.ndarray | None]:
         s = self.stats
         t0 = self.clock()
-        probs = np.array(self.fast.run(x, valid), np.float32)
+        probs, embeddings = self._scored(self.fast, x, valid)
         s.fast_seconds += self.clock() - t0
         n = len(x)
         first = s.fast_windows
@@ -326,7 +341,9 @@ class TrustedBackend(Backend):
         verdict, passed, worst, reason, exact_rows = "", None, 0.0, "", {}
         if rows:
             t0 = self.clock()
-            exact = np.asarray(self.reference.run(x[rows], valid[rows]), np.float32)
+            exact, exact_emb = self._scored(self.reference, x[rows], valid[rows])
+            if embeddings is not None:
+                embeddings[rows] = exact_emb
             s.check_seconds += self.clock() - t0
             s.check_windows += len(rows)
             verdict, worst, reason = self._judge(probs[rows], exact)
@@ -338,7 +355,9 @@ class TrustedBackend(Backend):
                 if int(r) not in exact_rows]
         if near:
             t0 = self.clock()
-            exact = np.asarray(self.reference.run(x[near], valid[near]), np.float32)
+            exact, exact_emb = self._scored(self.reference, x[near], valid[near])
+            if embeddings is not None:
+                embeddings[near] = exact_emb
             s.borderline_seconds += self.clock() - t0
             s.borderline += len(near)
             exact_rows.update(zip(near, exact))
@@ -357,8 +376,8 @@ class TrustedBackend(Backend):
                 self.last = _LastWindow(np.array(x[r], copy=True), int(valid[r]), probs[r].copy())
             outcome = CheckOutcome(fast=True)
         if self.on_fast and passed is not False and self._not_worth_it():
-            return probs, self._leave(outcome)
-        return probs, outcome
+            return probs, self._leave(outcome), embeddings
+        return probs, outcome, embeddings
 
     def _judge(self, fast: np.ndarray, exact: np.ndarray) -> tuple[str, float, str]:
         """("pass" | "miss" | "fail", deviation, why) for checked windows. "fail": a deviation above

@@ -112,13 +112,15 @@ class ModelStage:
     actor's id and the batch's number, so that the driver can hold rows until a check covers them."""
 
     def __init__(self, model: str, backend: str, precision: str | None = None, library: str | None = None,
-                 thresholds: list[float] | None = None):
+                 thresholds: list[float] | None = None, embeddings: bool = False):
         import uuid
 
         # planned for this node's CPU; a fast path's verdicts are this node's, for this library
         self.backend = open_backend(model, backend, precision=precision, library=library)
         if thresholds is not None and hasattr(self.backend, "use_thresholds"):
             self.backend.use_thresholds(np.asarray(thresholds))
+        if embeddings:
+            self.backend.want_embeddings()
         self.actor = uuid.uuid4().hex
         self.batches = 0
 
@@ -127,13 +129,19 @@ class ModelStage:
         wins = np.flatnonzero(kinds == "win")
         k = len(self.backend.meta["labels"])
         probs = np.zeros((len(kinds), k), np.float32)
-        outcome = None
+        outcome = embeddings = None
         if wins.size:
             done = self.backend.submit(batch["data"][wins], batch["valid"][wins])
             probs[wins] = done.result()
             outcome = done.outcome
+            if self.backend.embeds:
+                got = done.embeddings()
+                embeddings = np.zeros((len(kinds), got.shape[1]), np.float32)
+                embeddings[wins] = got
         out = {key: value for key, value in batch.items() if key != "data"}  # scores travel on, windows don't
         out["probs"] = probs
+        if self.backend.embeds:  # a block without windows has no width to give: a column of empty rows
+            out["embedding"] = list(embeddings) if embeddings is not None else [np.zeros(0, np.float32)] * len(kinds)
         if hasattr(self.backend, "final_check"):  # the same columns in every block, windows or not
             n = len(kinds)
             if outcome is not None:
@@ -216,10 +224,10 @@ class RayExecutor:
                                        "chunk_seconds": o.chunk_seconds})
         pool = max(1, gpus) if gpus else max(1, cpus // 4)
         ds = ds.map_batches(self.stage, fn_constructor_args=(self.model, self.backend, self.precision, self.library,
-                                                             [float(t) for t in sc.thresholds]),
+                                                             [float(t) for t in sc.thresholds], o.embeddings),
                             batch_size=o.batch_size or (64 if gpus else 4), batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=pool), num_gpus=1 if gpus else 0)
-        states = {i: FileState(e, {}, []) for i, e in enumerate(entries)}
+        states = {i: FileState(e, {}, [], embeddings={} if o.embeddings else None) for i, e in enumerate(entries)}
         gate = RowGate()
         finished = 0
         seen_batches: set[tuple[str, int]] = set()
@@ -235,6 +243,8 @@ class RayExecutor:
                 if kind == "win":
                     st.probs[int(batch["index"][r])] = batch["probs"][r]
                     st.segments.append((int(batch["index"][r]), (float(batch["t0"][r]), float(batch["t1"][r]))))
+                    if st.embeddings is not None:
+                        st.embeddings[int(batch["index"][r])] = np.asarray(batch["embedding"][r], np.float32)
                     self.windows_scored += 1
                 elif kind == "error":
                     del states[fid]

@@ -28,6 +28,7 @@ from mictag.frontends import frontend_from_dict, hop_frames
 from mictag.runtime.scan.decode import SILENCE, DecodeMessage, Done, Failed, Window, decode_file
 from mictag.runtime.scan.discovery import FileEntry
 from mictag.runtime.engines.base import Backend
+from mictag.output.embeddings import file_vector
 from mictag.output.rows import FileResult
 from mictag.runtime.engines.trust import CheckOutcome, RowGate
 from mictag.runtime.scan.windows import window_shape
@@ -43,6 +44,7 @@ class ScanOptions:
     threshold: float | None = None  # overrides the model's per-class thresholds
     workers: int = 1  # decode processes; 0 decodes in the calling process
     segments: bool = False
+    embeddings: bool = False  # each file's embedding too (FileResult.embedding)
     chunk_seconds: float = CHUNK_SECONDS
     # How windows travel from decode workers: "shm" (shared-memory slots), "pickle" (pickled
     # through the pipe: where no descriptor can be handed to a worker), "auto" (shm where possible).
@@ -70,6 +72,7 @@ class FileState:
     probs: dict
     segments: list
     done: Done | None = None
+    embeddings: dict | None = None  # window index -> its embedding, with ScanOptions.embeddings
 
 
 class Pending(NamedTuple):
@@ -153,6 +156,8 @@ class Scoring:
             res.scores = probs.max(axis=0) if self.options.aggregate == "max" else probs.mean(axis=0)
             res.tags = [] if note == SILENCE else [label for label, s, t in zip(self.labels, res.scores, self.thresholds)
                                                    if s >= t]
+            if st.embeddings:
+                res.embedding = file_vector([st.embeddings[i] for i in sorted(st.embeddings)])
             if self.options.segments:
                 res.segments = [{"start": round(t0, 3), "end": round(t1, 3),
                                  "scores": [round(float(v), 6) for v in st.probs[i]]}
@@ -184,6 +189,8 @@ class Scanner:
         self._replay: list[FileEntry] = []  # those, after a failed check
         if hasattr(backend, "use_thresholds"):  # a checked fast path: the tags it must not change
             backend.use_thresholds(self.thresholds)
+        if self.options.embeddings and not backend.embeds:
+            backend.want_embeddings()
 
     @property
     def backend_name(self) -> str:
@@ -266,7 +273,8 @@ class _Pass:
     def __init__(self, scanner: Scanner, entries: list[FileEntry], on_progress: Callable[[dict], None] | None,
                  stopping: Callable[[], bool]):
         self.scanner, self.entries, self.on_progress, self.stopping = scanner, entries, on_progress, stopping
-        self.states = {fid: FileState(e, {}, []) for fid, e in enumerate(entries)}
+        embeds = scanner.options.embeddings
+        self.states = {fid: FileState(e, {}, [], embeddings={} if embeds else None) for fid, e in enumerate(entries)}
         self.batch = _Batch(scanner.batch_size, window_shape(scanner.cfg, scanner.variant))
         self.fill = _copy_window  # how a window gets into the batch; the decode pool's own with workers
         # Batches submitted and not yet fetched: a GPU backend stages batch n+1 while n computes
@@ -347,11 +355,14 @@ class _Pass:
         while self.in_flight and (drain or len(self.in_flight) >= self.depth):
             items, submitted = self.in_flight.popleft()
             probs = submitted.result()
-            for item, row in zip(items, probs):
+            embeddings = submitted.embeddings() if sc.options.embeddings else None
+            for r, (item, row) in enumerate(zip(items, probs)):
                 st = self.states.get(item.fid)
                 if st is not None:  # a file that failed meanwhile keeps no scores
                     st.probs[item.index] = row
                     st.segments.append((item.index, item.seconds))
+                    if embeddings is not None:
+                        st.embeddings[item.index] = embeddings[r]
             sc.windows_scored += len(items)
             fids = {item.fid for item in items}
             if self.gate is not None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from mictag.digest import file_digest
 from mictag.errors import MictagError
+from mictag.output.embeddings import (EmbeddingsWriter, last_per_path, read_journal, require_pyarrow,
+                                      rewrite_journal, write_table)
 from mictag.output.files import parquet_journal_path, read_state, redo_path, state_path
 from mictag.output.formats import (FORMATS, WRITERS, SegmentsWriter, Writer, header, read_rows, rewrite,
                                    write_parquet)
@@ -111,6 +113,7 @@ class ScanRequest:
     overwrite: bool = False
     retry_failed: bool = False
     segments: str | os.PathLike | None = None
+    embeddings: str | os.PathLike | None = None  # the embeddings table (mictag.output.embeddings)
     use_ray: bool = False
     ray_address: str | None = None
     ray_workers: int | None = None
@@ -138,7 +141,12 @@ def run_scan(request: ScanRequest, on_progress: Callable[[dict], None] | None = 
     fmt = request.fmt or (out.suffix.lstrip(".").lower() if out.suffix.lstrip(".").lower() in FORMATS else "csv")
     if fmt not in FORMATS:
         raise MictagError(f"unknown output format {fmt!r}; choose {', '.join(FORMATS)}")
-    options = replace(request.options, segments=request.segments is not None)  # the caller's stay as they were
+    options = replace(request.options, segments=request.segments is not None,  # the caller's stay as they were
+                      embeddings=request.embeddings is not None)
+    if request.embeddings is not None:
+        require_pyarrow()
+        if Path(request.embeddings).resolve() == out.resolve():
+            raise MictagError(f"--embeddings {request.embeddings} is the tags output itself: give it a name of its own")
     counts = counts if counts is not None else {}
     with ExitStack() as held:
         with writing(out):
@@ -197,6 +205,14 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
                 continue
             kept.append(row)
             done.add(row["path"])
+        if request.embeddings is not None:  # a file scored without its vector is scored again
+            with_vector = {l.get("path") for l in read_journal(request.embeddings)
+                           if l.get("model_sha256") == fingerprint["model_sha256"]}
+            lacking = [r for r in kept if r["path"] not in with_vector and _has_windows(r)]
+            if lacking:
+                dropped += lacking
+                kept = [r for r in kept if r["path"] in with_vector or not _has_windows(r)]
+                done -= {r["path"] for r in lacking}
         if len(kept) != len(rows) or (row_fmt == "csv" and header(journal) != columns(labels)):
             rewrite(journal, row_fmt, labels, kept)  # (an older mictag's table gains the new columns)
         entries = [e for e in entries if e.rel not in done]
@@ -216,13 +232,27 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
             kept_paths = {r["path"] for r in kept}
             _write_lines(seg_path, [l for p, l in timelines.items() if p in kept_paths])
         seg_writer = SegmentsWriter(seg_path, labels, fresh or not seg_path.exists())
+    emb_writer = None
+    vectors: dict[str, object] = {}  # path -> its vector, for files whose rows may be reused
+    if request.embeddings is not None:
+        emb_path = Path(request.embeddings)
+        if not fresh:  # keep only the vectors of rows that were kept (and of this model)
+            lines = [l for l in last_per_path(read_journal(emb_path))
+                     if l.get("model_sha256") == fingerprint["model_sha256"]]
+            vectors = {l["path"]: l["embedding"] for l in lines}
+            kept_paths = {r["path"] for r in kept}
+            rewrite_journal(emb_path, [l for l in lines if l["path"] in kept_paths])
+        emb_writer = EmbeddingsWriter(emb_path, fresh)
     # Files whose bytes were scored already (moved, renamed, duplicates) get that row again.
     known = kept + dropped
     if seg_writer is not None:  # a reused row needs its timeline too
         known = [r for r in known if r.get("path") in timelines]
+    if emb_writer is not None:  # and its vector
+        known = [r for r in known if r.get("path") in vectors or not _has_windows(r)]
     plan = _interruptible(lambda: plan_reuse(entries, known), should_stop)  # reads files: may hang on a dead mount
     counts.update(done=len(kept), total=len(kept) + len(entries))
-    sink = _RowSink(writer, seg_writer, labels, redo_file, Counter(r.get("status", "ok") for r in kept), counts)
+    sink = _RowSink(writer, seg_writer, labels, redo_file, Counter(r.get("status", "ok") for r in kept), counts,
+                    emb_writer, fingerprint["model_sha256"])
     executor.on_replace = sink.replace
     t0 = time.perf_counter()
     failing = True
@@ -231,7 +261,7 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
     reused = 0
     try:
         for entry, row in plan.reused:
-            sink.write(reused_row(row, entry, row["path"]), timelines.get(row["path"]))
+            sink.write(reused_row(row, entry, row["path"]), timelines.get(row["path"]), vectors.get(row["path"]))
             reused += 1
         rescan: list = []
         for result in executor.scan(plan.scan, on_progress, should_stop):
@@ -243,16 +273,16 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
             if result.status in REUSABLE and digest:
                 result.content_sha256 = digest
             record = result.record(labels)
-            sink.write(record, sink.timeline(result))
+            sink.write(record, sink.timeline(result), result.embedding)
             for copy in plan.copies.get(path, ()):
-                if result.content_sha256:
-                    sink.write(reused_row(record, copy, result.path), sink.timeline(result))  # under the copy's name
+                if result.content_sha256:  # under the copy's name
+                    sink.write(reused_row(record, copy, result.path), sink.timeline(result), result.embedding)
                     reused += 1
                 else:
                     rescan.append(copy)  # its twin failed: score it on its own
         if rescan and not should_stop():
             for result in executor.scan(rescan, on_progress, should_stop):
-                sink.write(result.record(labels), sink.timeline(result))
+                sink.write(result.record(labels), sink.timeline(result), result.embedding)
         failing = False
     finally:
         hasher.close()
@@ -269,6 +299,11 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
             redo_file.unlink(missing_ok=True)
     if fmt == "parquet" and not interrupted:
         write_parquet(journal, out, labels)
+    if emb_writer is not None:  # finished or not: the table holds the files done so far
+        lines = last_per_path(read_journal(emb_writer.out))
+        if sink.replaced and not interrupted:
+            rewrite_journal(emb_writer.out, lines)
+        write_table(emb_writer.out, lines, model_name=Path(model).name)
     return ScanSummary(files=len(entries) + len(kept), skipped=len(kept), statuses=dict(statuses), reused=reused,
                        windows=executor.windows_scored, seconds=time.perf_counter() - t0, backend=executor.backend_name,
                        out=str(out), interrupted=interrupted, notes=tuple(getattr(executor, "notes", ())),
@@ -280,8 +315,9 @@ class _RowSink:
     statuses so far, and the rows a fast path's failed check will have written twice."""
 
     def __init__(self, writer: Writer, seg_writer: SegmentsWriter | None, labels: list[str], redo_file: Path,
-                 statuses: Counter, counts: dict):
+                 statuses: Counter, counts: dict, emb_writer: EmbeddingsWriter | None = None, model_sha256: str = ""):
         self.writer, self.seg_writer, self.labels, self.redo_file = writer, seg_writer, labels, redo_file
+        self.emb_writer, self.model_sha256 = emb_writer, model_sha256
         self.statuses, self.counts = statuses, counts
         self.replaced: set[str] = set()  # paths whose rows a failed check made the scan write again
         self.rewritten = 0  # rows written again for them
@@ -294,10 +330,13 @@ class _RowSink:
     def timeline(self, result: FileResult) -> dict | None:
         return {"path": result.path, "labels": self.labels, "segments": result.segments} if result.segments else None
 
-    def write(self, row: dict, line: dict | None) -> None:
-        self.writer.write_row(row)  # the row first: a timeline without its row would be redone anyway
+    def write(self, row: dict, line: dict | None, vector=None) -> None:
+        """A row, its timeline and its vector (each where there is one)."""
+        self.writer.write_row(row)  # the row first: a timeline or vector without its row would be redone anyway
         if self.seg_writer and line is not None:
             self.seg_writer.write_line({**line, "path": row["path"]})
+        if self.emb_writer and vector is not None:
+            self.emb_writer.write(row, vector, self.model_sha256)
         self.statuses[row.get("status") or "ok"] += 1
         if row["path"] in self.replaced:
             self.rewritten += 1  # a second row for the file: it replaces the first
@@ -308,6 +347,16 @@ class _RowSink:
         self.writer.close(quiet=quiet)
         if self.seg_writer:
             self.seg_writer.close(quiet=quiet)
+        if self.emb_writer:
+            self.emb_writer.close(quiet=quiet)
+
+
+def _has_windows(row: dict) -> bool:
+    """Whether a row's file had windows scored (and so has a vector)."""
+    try:
+        return int(row.get("windows") or 0) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def special_line(special: tuple[Skipped, ...], shown: int = 5) -> str:
