@@ -476,6 +476,43 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
     sys.exit(code)
 
 
+@main.command()
+@click.argument("embeddings", type=click.Path())
+@click.argument("query", required=False)
+@click.option("-k", "k", type=int, default=10, show_default=True, help="How many neighbours.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "m3u"]), default="table", show_default=True,
+              help="json: a list of {path, similarity}, nearest first; m3u: a playlist of the files.")
+@click.option("--tags", help="Only files tagged with all of these labels (comma-separated), from the scan's tags "
+              "output.")
+@click.option("--tags-file", type=click.Path(), help="The tags output to read --tags from (default: the one the "
+              "scan wrote beside EMBEDDINGS).")
+@click.option("--model", type=click.Path(), help="For a QUERY outside the table: the model to score it with "
+              "(default: the one that made the table; another one is refused).")
+@click.option("--backend", type=click.Choice(["auto", "openvino", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch"]),
+              default="auto", show_default=True, help="The engine that scores a QUERY outside the table.")
+@click.option("--index", "kind", type=click.Choice(["auto", "exact", "hnsw"]), default="auto", show_default=True,
+              help="exact search, or an HNSW graph (USearch); auto: exact up to 100,000 files.")
+@click.option("--build", is_flag=True, help="Build (or rebuild) the index now; without QUERY, only that.")
+def similar(embeddings, query, k, fmt, tags, tags_file, model, backend, kind, build) -> None:
+    """The files that sound most like QUERY, from EMBEDDINGS (`mictag scan --embeddings`).
+
+    QUERY is a file of the table (its path there, or on disk) or any audio file (scored with the
+    table's model). The index beside the table is built on first use and refreshed whenever the
+    table changed. Exit codes: 0 answered; 2 bad table, query or option."""
+    from mictag.similar.search import build as build_index, find_similar, render
+
+    if build:
+        build_index(embeddings, kind, on_message=_echo_err)
+        if query is None:
+            return
+    elif query is None:
+        raise MictagError("give a QUERY (a file), or --build to build the index only")
+    wanted = [t.strip() for t in tags.split(",") if t.strip()] if tags else None
+    answer = find_similar(embeddings, query, k, wanted, tags_file, model, kind, backend, on_message=_echo_err)
+    _echo_err(f"nearest {len(answer.neighbours)} to {answer.query} ({answer.how})")
+    click.echo(render(answer, fmt), nl=False)
+
+
 @main.group()
 def corpus() -> None:
     """The training corpus: polyphonic clips rendered from recorded-instrument samples."""

@@ -113,8 +113,14 @@ def last_per_path(lines: list[dict]) -> list[dict]:
     return [l for l in lines if last.get(l.get("path")) is l]
 
 
-def write_table(out: str | Path, lines: list[dict], model_name: str = "") -> None:
-    """Replace the table at ``out`` with ``lines`` (one per file), atomically and durably."""
+ROW_GROUP = 8192  # rows per Parquet row group: one file's vector is read without the rest
+
+
+def write_table(out: str | Path, lines: list[dict], about: dict[str, str] | None = None) -> None:
+    """Replace the table at ``out`` with ``lines`` (one per file), atomically and durably.
+    ``about``: where it came from, kept in the schema's metadata (``model``: the model file,
+    ``library``: the folder scanned, ``tags``: the tags output; absolute paths), for ``mictag
+    similar`` to score a new file with the same model, join the tags and write playlists."""
     require_pyarrow()
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -138,12 +144,13 @@ def write_table(out: str | Path, lines: list[dict], model_name: str = "") -> Non
         if dim else pa.array([], pa.list_(pa.float32(), 1)),
     }
     meta = {"mictag.embeddings": "1", "mictag.dim": str(dim), "mictag.model_sha256": ",".join(digests),
-            "mictag.model_name": model_name, "mictag.vector": "mean of window embeddings, L2-normalised"}
+            "mictag.vector": "mean of window embeddings, L2-normalised",
+            **{f"mictag.{k}": str(v) for k, v in (about or {}).items()}}
     table = pa.table(columns).replace_schema_metadata({k: v.encode() for k, v in meta.items()})
     tmp = out.with_name(out.name + ".tmp")
     with writing(out):
         try:
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, row_group_size=ROW_GROUP)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, out)
@@ -161,7 +168,7 @@ class EmbeddingTable:
     rows: list[dict]
     vectors: np.ndarray
     model_sha256: str
-    model_name: str = ""
+    about: dict[str, str] = field(default_factory=dict)  # model, library, tags (see write_table)
     index: dict[str, int] = field(default_factory=dict)  # path -> row number
 
     def __post_init__(self) -> None:
@@ -207,4 +214,5 @@ def read_table(path: str | Path) -> EmbeddingTable:
     digest = digests.pop() if digests else meta.get("mictag.model_sha256", "")
     if not np.all(np.isfinite(vectors)):
         raise EmbeddingsError(f"{path} holds vectors that are not finite numbers")
-    return EmbeddingTable(path, rows, vectors, digest, meta.get("mictag.model_name", ""))
+    about = {k[len("mictag."):]: v for k, v in meta.items() if k in ("mictag.model", "mictag.library", "mictag.tags")}
+    return EmbeddingTable(path, rows, vectors, digest, about)

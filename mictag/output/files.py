@@ -7,7 +7,8 @@
 - ``<out>.mictag-redo.json``: rows a fast path wrote before one of its checks failed, being scored
   again (a rerun must not keep them; see :mod:`mictag.runtime.engines.trust`);
 - ``<out>.mictag.lock``: the lock that keeps one writer per output (:mod:`mictag.output.lock`);
-- ``<out>.write-tags-journal``: what ``mictag write-tags`` has written into the audio files.
+- ``<out>.write-tags-journal``: what ``mictag write-tags`` has written into the audio files;
+- ``<emb>.mictag-index/``: the similarity index of an embeddings table (:mod:`mictag.similar.index`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def lock_path(out: str | os.PathLike) -> Path:
 
 def write_tags_journal_path(out: str | os.PathLike) -> Path:
     return _beside(out, ".write-tags-journal")
+
+
+def index_dir(embeddings: str | os.PathLike) -> Path:
+    return _beside(embeddings, ".mictag-index")
 
 
 def read_state(out: str | os.PathLike) -> dict | None:

@@ -303,7 +303,8 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
         lines = last_per_path(read_journal(emb_writer.out))
         if sink.replaced and not interrupted:
             rewrite_journal(emb_writer.out, lines)
-        write_table(emb_writer.out, lines, model_name=Path(model).name)
+        write_table(emb_writer.out, lines, about={"model": Path(model).resolve(), "library": library.resolve(),
+                                                  "tags": out.resolve()})
     return ScanSummary(files=len(entries) + len(kept), skipped=len(kept), statuses=dict(statuses), reused=reused,
                        windows=executor.windows_scored, seconds=time.perf_counter() - t0, backend=executor.backend_name,
                        out=str(out), interrupted=interrupted, notes=tuple(getattr(executor, "notes", ())),
