@@ -370,3 +370,58 @@ def test_a_file_and_its_lossy_reencodings_are_nearest_neighbours(which, reencode
     got = _json(mictag("similar", tmp_path / "emb.parquet", "clip07.flac", "-k", 2, "--format", "json"))
     if which == "musicnn":
         assert {g["path"] for g in got} == {"clip07.mp3", "clip07.m4a"}
+
+
+def test_the_report_shows_the_nearest_files_of_a_sample(scanned, tmp_path):
+    from mictag.output.embeddings import read_table
+    from mictag.report.data import build
+    from mictag.report.html import render
+
+    data = build(scanned / "tags.csv", embeddings=scanned / "emb.parquet", similar=6, seed=3)
+    sim = data["similar"]
+    table = read_table(scanned / "emb.parquet")
+    assert sim["given"] and sim["sampled"] == 6 and sim["total"] == len(table) and sim["k"] == 10
+    tags = {r["path"]: r["tags"] for r in csv.DictReader((scanned / "tags.csv").open(encoding="utf-8"))}
+    for q, near in sim["files"]:
+        path = sim["names"][q]
+        want = brute_force(table.vectors, table.index[path], 10)
+        assert [sim["names"][n] for n, _ in near] == [table.rows[i]["path"] for i in want]
+        assert [s for _, s in near] == [round(1000 * float(table.vectors[i] @ table.vectors[table.index[path]]))
+                                        for i in want]
+        for n, _ in near:
+            assert sim["tags"][n] == [t for t in tags[sim["names"][n]].split(";") if t]
+    page = render(data)
+    assert 'id="similar"' in page and 'id="sselect"' in page
+    again = build(scanned / "tags.csv", embeddings=scanned / "emb.parquet", similar=6, seed=3)["similar"]
+    assert again["files"] == sim["files"]  # the sample is seeded
+    result = mictag("report", scanned / "tags.csv", "--embeddings", scanned / "emb.parquet", "--out",
+                    tmp_path / "r.html", "--similar", 4)
+    assert result.exit_code == 0, result.output
+    bad = mictag("report", scanned / "tags.csv", "--embeddings", scanned / "tags.csv", "--out", tmp_path / "x.html")
+    assert bad.exit_code == 2 and "not a readable Parquet" in bad.output
+
+
+from test_report import Chromium, chromium  # noqa: E402,F401  (the browser fixture)
+
+
+def test_the_similar_panel_works_in_chromium(chromium, scanned, tmp_path):  # noqa: F811
+    from mictag.report import make_report
+
+    out = tmp_path / "report.html"
+    make_report(scanned / "tags.csv", out, embeddings=scanned / "emb.parquet", similar=100)  # every file
+    page = chromium.open(out.as_uri())
+    try:
+        assert page.evaluate("document.documentElement.getAttribute('data-ready')") == "1"
+        shown = page.evaluate("""(() => { const f = document.getElementById('sfilter'); f.value = 'stereo 22k';
+          f.dispatchEvent(new Event('input'));
+          return {options: [...document.querySelectorAll('#sselect option')].map(o => o.textContent),
+                  info: document.getElementById('sinfo').textContent,
+                  rows: [...document.querySelectorAll('#stable tbody tr')].map(tr =>
+                    [...tr.children].map(td => td.textContent))}; })()""")
+        assert page.problems() == []
+    finally:
+        page.close()
+    assert shown["options"] == ["flac/stereo 22k.flac"] and shown["info"].startswith("flac/stereo 22k.flac")
+    assert len(shown["rows"]) == 10 and [r[0] for r in shown["rows"]] == [str(i) for i in range(1, 11)]
+    sims = [float(r[1]) for r in shown["rows"]]
+    assert sims == sorted(sims, reverse=True)

@@ -12,8 +12,10 @@ import os
 from dataclasses import dataclass
 
 TIMELINES = 2000  # by default, at most this many files' timelines are embedded
+SIMILAR = 1000  # by default, the nearest files of at most this many files are embedded
+SIMILAR_K = 10  # nearest files per file
 
-__all__ = ["TIMELINES", "ReportError", "ReportSummary", "build", "make_report", "render", "write"]
+__all__ = ["SIMILAR", "SIMILAR_K", "TIMELINES", "ReportError", "ReportSummary", "build", "make_report", "render", "write"]
 
 
 @dataclass
@@ -29,15 +31,17 @@ class ReportSummary:
 
 
 def make_report(tags: str | os.PathLike, out: str | os.PathLike, segments: str | os.PathLike | None = None,
-                fmt: str = "auto", timelines: int = TIMELINES, seed: int = 0) -> ReportSummary:
-    """Write the report of scan output ``tags`` (csv/jsonl/parquet) to ``out``; raises ReportError."""
+                fmt: str = "auto", timelines: int = TIMELINES, seed: int = 0,
+                embeddings: str | os.PathLike | None = None, similar: int = SIMILAR) -> ReportSummary:
+    """Write the report of scan output ``tags`` (csv/jsonl/parquet) to ``out``; raises ReportError.
+    ``embeddings``: the scan's embeddings table, for the "similar files" panel."""
     import time
 
     from mictag.report.data import build
     from mictag.report.html import write
 
     t0 = time.perf_counter()
-    data = build(tags, segments, fmt, timelines, seed)
+    data = build(tags, segments, fmt, timelines, seed, embeddings, similar)
     size = write(data, out)
     return ReportSummary(out=str(out), bytes=size, files=data["summary"]["files"],
                          timelines=len(data["timelines"]["files"]), problems=len(data["problems"]["name"]),

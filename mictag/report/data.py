@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from mictag.errors import MictagError
-from mictag.report import TIMELINES
+from mictag.report import SIMILAR, SIMILAR_K, TIMELINES
 from mictag.output.files import read_state
 from mictag.output.formats import FORMATS, format_of
 from mictag.output.rows import HEAD, STATUSES, labels_of
@@ -467,8 +467,10 @@ def _finite_sum(a: np.ndarray) -> float:
 
 
 def build(tags: str | os.PathLike, segments: str | os.PathLike | None = None, fmt: str = "auto",
-          timelines: int = TIMELINES, seed: int = 0) -> dict:
-    """Everything the report shows, JSON-able: aggregates of TAGS plus a sample of SEG's timelines."""
+          timelines: int = TIMELINES, seed: int = 0, embeddings: str | os.PathLike | None = None,
+          similar: int = SIMILAR) -> dict:
+    """Everything the report shows, JSON-able: aggregates of TAGS plus a sample of SEG's timelines
+    and, with ``embeddings``, the nearest files of a sample of ``similar`` files."""
     t0 = time.perf_counter()
     tags = Path(tags)
     table = read_table(tags, fmt)
@@ -503,6 +505,7 @@ def build(tags: str | os.PathLike, segments: str | os.PathLike | None = None, fm
                  "threshold_kind": threshold_kind},
         "problems": _problems(table),
         "timelines": _timelines(table, segments, timelines, seed),
+        "similar": _similar(table, embeddings, similar, seed),
     }
     data["build_seconds"] = round(time.perf_counter() - t0, 3)
     return data
@@ -531,3 +534,42 @@ def _timelines(table: Table, segments: str | os.PathLike | None, k: int, seed: i
     return {"given": True, "source": str(segments), "total": sample.total, "sampled": len(files),
             "skipped": sample.skipped, "unmatched": unmatched, "limit": k, "seed": seed, "column_cap": cap,
             "pooled": sum(1 for f in files if f["pool"] > 1), "label_sets": label_sets, "files": files}
+
+
+def _similar(table: Table, embeddings: str | os.PathLike | None, limit: int, seed: int) -> dict:
+    """For ``limit`` files drawn at random (seeded), their ``SIMILAR_K`` nearest files in the whole
+    table by embedding, from the table's index (:mod:`mictag.similar.index`, built or refreshed as
+    ``mictag similar`` does). Paths are listed once (``names``, with their tags from TAGS) and
+    referred to by number; similarities in thousandths."""
+    if embeddings is None:
+        return {"given": False, "files": []}
+    from mictag.output.embeddings import EmbeddingsError
+    from mictag.similar.index import open_index
+
+    try:
+        index = open_index(embeddings)
+    except EmbeddingsError as exc:
+        raise ReportError(str(exc)) from None
+    keys = index.live_keys
+    chosen = sorted(random.Random(seed).sample(range(len(keys)), min(limit, len(keys))))
+    rows = {p: i for i, p in enumerate(table.path)}
+    names: list[str] = []
+    name_tags: list[list[str] | None] = []
+    numbers: dict[str, int] = {}
+
+    def number(path: str) -> int:
+        if path not in numbers:
+            numbers[path] = len(names)
+            names.append(path)
+            i = rows.get(path)
+            name_tags.append(None if i is None else [lab for lab, on in zip(table.labels, table.tagged[i]) if on])
+        return numbers[path]
+
+    files = []
+    for c in chosen:
+        key = int(keys[c])
+        found = index.search(index.vector(key), SIMILAR_K, exclude={key})
+        files.append([number(index.rows[key]["path"]), [[number(index.rows[k]["path"]), round(1000 * s)]
+                                                        for k, s in found]])
+    return {"given": True, "source": str(embeddings), "total": len(index), "sampled": len(files), "limit": limit,
+            "k": SIMILAR_K, "index": index.kind, "names": names, "tags": name_tags, "files": files}

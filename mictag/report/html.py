@@ -128,6 +128,13 @@ def _timeline_line(tl: dict) -> str:
     return how + "; scores in 1/255 steps" + "".join(f"; {e}" for e in extra)
 
 
+def _similar_line(sim: dict) -> str:
+    if not sim["given"]:
+        return "Not given: pass the scan's --embeddings table to `mictag report --embeddings`."
+    return (f"The {sim['k']} nearest of {sim['sampled']:,} files drawn at random (of {sim['total']:,} in "
+            f"{sim['source']}), by cosine similarity of their embeddings ({sim['index']} index).")
+
+
 def _section(key: str, title: str, note: str, content: str, is_open: bool = True) -> str:
     """One <details> block: its title always in view, its content one click away."""
     return (f'<details{" open" if is_open else ""} id="{key}"><summary>{title} <span class="muted">{note}</span>'
@@ -154,6 +161,14 @@ def render(data: dict) -> str:
                       '<div class="tl-plot"><div id="tlabels"></div><canvas id="tcanvas"></canvas></div>'
                       '<div class="tl-axis"><div id="taxis"></div></div><div id="thover" class="muted">&nbsp;</div>'
                       '</div></div>')
+    sim = data.get("similar") or {"given": False, "files": []}
+    similar = f'<p class="muted">{escape(_similar_line(sim))}</p>'
+    if sim["given"] and sim["files"]:
+        similar += ('<div class="tl"><div class="tl-list"><input id="sfilter" type="search" placeholder="find a file"'
+                    ' aria-label="find a file"><select id="sselect" size="14" aria-label="files"></select>'
+                    '<span id="scount" class="muted"></span></div><div class="tl-view"><div id="sinfo"></div>'
+                    '<table id="stable"><thead><tr><th>#</th><th>similarity</th><th>path</th><th>tags</th></tr>'
+                    '</thead><tbody></tbody></table></div></div>')
     instruments = ('<div class="grid2"><figure><figcaption>Files tagged with each instrument (share of scored files)'
                    '</figcaption><svg id="bars" role="img" aria-label="files per instrument"></svg></figure>'
                    "<figure><figcaption>Co-occurrence: the row instrument's files that are also tagged with the "
@@ -172,6 +187,8 @@ def render(data: dict) -> str:
         _section("problems", f"Problems ({n_problems:,})", "every file that failed, was empty, decoded only in part or has a note",
                  problems, is_open=False),
         _section("timelines", "Timelines", "per-window scores of one file: instruments &times; time", timelines),
+        _section("similar", "Similar files", "the files that sound most like a chosen one (by embedding)", similar,
+                 is_open=bool(sim["given"])),
         '<footer class="muted">One file, nothing fetched: the charts are drawn by the script in this page from the '
         f'data embedded in it. Built in {data["build_seconds"]:.1f} s.</footer>',
     ])
@@ -528,6 +545,49 @@ function setupTimelines() {
   draw(longest);
 }
 
+function setupSimilar() {
+  const S = D.similar, select = document.getElementById("sselect");
+  if (!select) return;
+  const input = document.getElementById("sfilter"), body = document.querySelector("#stable tbody");
+  const info = document.getElementById("sinfo");
+  function tags(n) { const t = S.tags[n]; return t === null ? "(no row in TAGS)" : (t.length ? t.join(", ") : "no tag"); }
+  function show(i) {
+    const [q, near] = S.files[i];
+    info.textContent = "";
+    info.appendChild(h("b", {}, S.names[q]));
+    info.appendChild(document.createTextNode("  \u00b7 " + tags(q)));
+    body.textContent = "";
+    near.forEach(([n, sim], r) => {
+      const tr = h("tr", {});
+      tr.appendChild(h("td", {class: "num"}, String(r + 1)));
+      tr.appendChild(h("td", {class: "num"}, (sim / 1000).toFixed(3)));
+      tr.appendChild(h("td", {}, S.names[n]));
+      tr.appendChild(h("td", {}, tags(n)));
+      body.appendChild(tr);
+    });
+  }
+  function fill() {
+    const words = input.value.toLowerCase().split(/\s+/).filter(Boolean), keep = select.value;
+    const frag = document.createDocumentFragment();
+    let n = 0;
+    S.files.forEach(([q], i) => {
+      const p = S.names[q].toLowerCase();
+      if (words.every(w => p.includes(w))) { frag.appendChild(h("option", {value: String(i)}, S.names[q])); n++; }
+    });
+    select.textContent = "";
+    select.appendChild(frag);
+    document.getElementById("scount").textContent = fmt(n) + " of " + fmt(S.files.length) + " files";
+    if (n) {
+      select.value = keep;
+      if (select.selectedIndex < 0) select.selectedIndex = 0;
+      show(Number(select.value));
+    }
+  }
+  input.addEventListener("input", fill);
+  select.addEventListener("change", () => show(Number(select.value)));
+  fill();
+}
+
 document.querySelectorAll("a[data-open]").forEach(a => a.addEventListener("click", () => {
   const target = document.getElementById(a.getAttribute("data-open"));
   if (target) target.open = true;
@@ -538,6 +598,7 @@ guarded("scores", drawHists);
 document.getElementById("loghist").addEventListener("change", () => guarded("scores", drawHists));
 guarded("problems", setupProblems);
 guarded("timelines", setupTimelines);
+guarded("similar", setupSimilar);
 document.documentElement.setAttribute("data-ready", "1");
 })();
 """
