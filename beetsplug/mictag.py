@@ -11,6 +11,7 @@ Enable it in beets' config (the values shown are the defaults)::
         write: no        # also write `instruments` into the files' tags (beets' item.try_write)
         backend: auto    # as `mictag scan --backend`
         workers: auto    # decode processes for `beet mictag` (auto: CPU cores - 1); imports decode inline
+        embeddings: ''   # for `beet mictag-similar`: the table of `mictag scan MUSIC --embeddings emb.parquet`
 
 ``beet mictag [-f] [-w | -W] [QUERY]`` tags the matching items and stores, per item, the flexible
 attributes ``instruments`` (the labels at or above their thresholds, ``;``-separated, as the
@@ -20,6 +21,11 @@ the same ``mictag_model`` are skipped unless ``-f``. A file that cannot be decod
 one line with its path and reason and the others go on; the command then exits 1.
 
 Query them as any field: ``beet ls instruments:piano``, ``beet ls mictag_guitar:0.8..``.
+
+``beet mictag-similar [-k N] [-e EMB] QUERY`` prints the items that sound most like the item QUERY
+matches (the first, if several do), nearest first with their cosine similarity, from the embeddings
+table a ``mictag scan --embeddings`` of the music directory wrote (``embeddings`` in the config, or
+``-e``). It stores nothing in the library; a neighbour beets does not know is printed by its path.
 
 Importing this module imports only beets and mictag's label list: beets loads every enabled
 plugin on every ``beet`` command, so mictag's runtime (and its inference engine) loads only when
@@ -104,6 +110,7 @@ class MictagPlugin(BeetsPlugin):
             "write": False,
             "backend": "auto",
             "workers": "auto",
+            "embeddings": "",
         })
         self._model: tuple[Path, str] | None = None  # (model path, identity), resolved once
         self._tagger: Tagger | None = None  # loaded once, at the first item that needs it
@@ -123,7 +130,41 @@ class MictagPlugin(BeetsPlugin):
         cmd.parser.add_option("-W", "--nowrite", dest="write", action="store_false",
                               help="don't write to the files (opposite of -w)")
         cmd.func = self.command
-        return [cmd]
+        similar = ui.Subcommand("mictag-similar", help="the items that sound most like an item (mictag embeddings)")
+        similar.parser.add_option("-k", type="int", default=10, help="how many items (default 10)")
+        similar.parser.add_option("-e", "--embeddings", default=None,
+                                  help="the table of `mictag scan --embeddings` (default: the embeddings option)")
+        similar.func = self.similar_command
+        return [cmd, similar]
+
+    def similar_command(self, lib: Library, opts: optparse.Values, args: list[str]) -> None:
+        try:
+            from beets.dbcore.query import PathQuery
+        except ImportError:  # beets before 2.1 kept it in beets.library
+            from beets.library import PathQuery
+
+        from mictag.errors import MictagError
+        from mictag.similar.search import find_similar
+
+        table = opts.embeddings or self.config["embeddings"].as_str()
+        if not table:
+            raise ui.UserError("mictag-similar needs the embeddings of your music: run `mictag scan "
+                               "<music directory> --out tags.csv --embeddings emb.parquet`, then set "
+                               "`mictag: embeddings: emb.parquet` in beets' config (or pass -e)")
+        items = list(lib.items(args))
+        if not items:
+            raise ui.UserError("no item matches the query")
+        item = items[0]
+        if len(items) > 1:
+            self._log.info("{} items match; the nearest to the first: {}", len(items), item)
+        try:
+            answer = find_similar(os.path.expanduser(table), os.fsdecode(item.path), k=opts.k,
+                                  backend=self.config["backend"].as_str(), on_message=self._log.debug)
+        except MictagError as exc:
+            raise ui.UserError(f"mictag-similar: {exc}") from None
+        for n in answer.neighbours:
+            found = list(lib.items(PathQuery("path", os.fsencode(n.location)))) if n.location else []
+            ui.print_(f"{n.similarity:.3f}  {found[0] if found else n.location or n.path}")
 
     def command(self, lib: Library, opts: optparse.Values, args: list[str]) -> None:
         write = self.config["write"].get(bool) if opts.write is None else opts.write

@@ -322,3 +322,33 @@ def test_no_model_is_one_clear_error_and_the_cached_default_is_used(tmp_path, ti
     run = ok(beet(beetsdir, "mictag", home=home))
     assert f"{len(TRACKS)} tagged" in run.stderr
     assert {a["mictag_model"].split(" ")[0] for a in stored(beetsdir).values()} == {"zero-training-0123456789ab.onnx"}
+
+
+def test_mictag_similar_prints_the_nearest_items_and_stores_nothing(library, tiny_tagger, tmp_path):
+    pytest.importorskip("pyarrow")
+    from mictag.cli import main
+    from mictag.output.embeddings import read_table
+
+    beetsdir, _, _, _ = library
+    music = beetsdir.parent / "music"
+    emb = tmp_path / "emb.parquet"
+    result = CliRunner().invoke(main, ["scan", str(music), "--out", str(tmp_path / "tags.csv"), "--embeddings",
+                                       str(emb), "--model", str(tiny_tagger), "--backend", "ort-cpu", "-q"])
+    assert result.exit_code == 1, result.output  # the garbage file
+    before = stored(beetsdir)
+    out = ok(beet(beetsdir, "mictag-similar", "-e", str(emb), "-k", "2", "title:low drone")).stdout.splitlines()
+    table = read_table(emb)
+    (query,) = [p for p in table.index if "low drone" in p]
+    sims = table.vectors @ table.vectors[table.index[query]]
+    order = [table.rows[i]["path"] for i in np.argsort(-sims) if table.rows[i]["path"] != query][:2]
+    assert len(out) == 2
+    for line, path in zip(out, order):
+        similarity, shown = line.split("  ", 1)
+        title = next(t for name, t, *_ in TRACKS if Path(path).stem.endswith(t))
+        assert shown.endswith(f"- {title}")  # beets' own item line: artist - album - title
+        assert abs(float(similarity) - float(sims[table.index[path]])) < 1e-3
+    assert stored(beetsdir) == before  # nothing new in the library
+    missing = beet(beetsdir, "mictag-similar", "title:low drone")
+    assert missing.returncode != 0 and "set `mictag: embeddings" in missing.stderr and "Traceback" not in missing.stderr
+    none = beet(beetsdir, "mictag-similar", "-e", str(emb), "title:no such title")
+    assert none.returncode != 0 and "no item matches" in none.stderr
