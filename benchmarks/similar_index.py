@@ -81,15 +81,16 @@ def run_one(method: str, vectors_path: Path, queries: np.ndarray, work: Path) ->
     threads = os.cpu_count() or 1
     t0 = time.perf_counter()
     if method == "exact" or method == "usearch-f16":
-        from mictag.similar.index import HNSW, LibraryIndex, Manifest, _new_hnsw, _save_hnsw, _write_rows
+        from mictag.output.embeddings import Files
+        from mictag.similar.index import HNSW, LibraryIndex, Manifest, _new_hnsw, _save_hnsw, _write_keys
 
         folder = work / "index"
         folder.mkdir()
         with open(folder / "vectors.f32", "wb") as f:
             for i in range(0, n, 100_000):
                 f.write(np.ascontiguousarray(vectors[i : i + 100_000]).tobytes())
-        rows = [{"path": f"f{i}", "size_bytes": 0, "mtime": 0.0, "content_sha256": "", "live": True} for i in range(n)]
-        _write_rows(folder, rows)
+        keys = Files([f"f{i}" for i in range(n)], np.zeros(n, np.int64), np.zeros(n), [""] * n, np.ones(n, bool))
+        _write_keys(folder, keys)
         hnsw = None
         if method == "usearch-f16":
             hnsw = _new_hnsw(dim)
@@ -98,7 +99,7 @@ def run_one(method: str, vectors_path: Path, queries: np.ndarray, work: Path) ->
                 hnsw.add(np.arange(i, i + len(part), dtype=np.uint64), part, threads=threads)
             _save_hnsw(folder, hnsw)
         build = time.perf_counter() - t0
-        index = LibraryIndex(folder, Manifest("hnsw" if hnsw else "exact", "", dim, n, n, 0, 0), rows, hnsw)
+        index = LibraryIndex(folder, Manifest("hnsw" if hnsw else "exact", "", dim, n, n, 0, 0), keys, hnsw)
         size = _folder_size(folder)
         config = {"hnsw": HNSW} if hnsw else {}
 

@@ -112,9 +112,9 @@ def test_a_growing_table_refreshes_the_index_incrementally_never_silently(tmp_pa
     assert len(index) == 598 and index.key_of("t9.flac") is None
     np.testing.assert_array_equal(index.vector(index.key_of("t7.flac")), vectors[599])
     got = index.search(vectors[599], 1)
-    assert index.rows[got[0][0]]["path"] in ("t7.flac",)  # the new vector, not the retired one
+    assert index.path(got[0][0]) == "t7.flac"  # the new vector, not the retired one
     for q in (3, 512, 598):
-        keys = [index.rows[k]["path"] for k, _ in index.search(vectors[q], 5)]
+        keys = [index.path(k) for k, _ in index.search(vectors[q], 5)]
         assert "t9.flac" not in keys
     # A refresh that crashed after appending vectors (and before its manifest) is redone cleanly.
     with open(index.folder / "vectors.f32", "ab") as f:

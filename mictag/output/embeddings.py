@@ -160,32 +160,86 @@ def write_table(out: str | Path, lines: list[dict], about: dict[str, str] | None
 
 
 @dataclass
+class Files:
+    """Files by number, column-wise (a million of them stay small): the identity columns of an
+    embeddings table, or of an index's keys (with ``live``)."""
+
+    path: list[str]
+    size_bytes: np.ndarray  # int64
+    mtime: np.ndarray  # float64
+    content_sha256: list[str]
+    live: np.ndarray | None = None  # bool, for an index's keys
+
+    def __len__(self) -> int:
+        return len(self.path)
+
+    def identity(self, i: int) -> tuple:
+        return self.path[i], int(self.size_bytes[i]), float(self.mtime[i]), self.content_sha256[i]
+
+    def row(self, i: int) -> dict:
+        return {"path": self.path[i], "size_bytes": int(self.size_bytes[i]), "mtime": float(self.mtime[i]),
+                "content_sha256": self.content_sha256[i]}
+
+    @classmethod
+    def of(cls, table, live: bool = False) -> "Files":
+        """From a pyarrow table with these columns (nulls: 0, 0.0, "")."""
+        import pyarrow.compute as pc
+
+        def column(name, fill):
+            return pc.fill_null(table.column(name), fill)
+
+        return cls(column("path", "").to_pylist(), column("size_bytes", 0).to_numpy().astype(np.int64),
+                   column("mtime", 0.0).to_numpy().astype(np.float64), column("content_sha256", "").to_pylist(),
+                   column("live", False).to_numpy(zero_copy_only=False).astype(bool) if live else None)
+
+    def arrow(self):
+        import pyarrow as pa
+
+        columns = {"path": pa.array(self.path, pa.string()), "size_bytes": pa.array(self.size_bytes, pa.int64()),
+                   "mtime": pa.array(self.mtime, pa.float64()),
+                   "content_sha256": pa.array(self.content_sha256, pa.string())}
+        if self.live is not None:
+            columns["live"] = pa.array(self.live, pa.bool_())
+        return pa.table(columns)
+
+
+@dataclass
 class EmbeddingTable:
-    """An embeddings table in memory: ``rows`` (identity and model digest per file, in order) and
-    ``vectors`` ((files, dim) float32, L2-normalised rows)."""
+    """An embeddings table in memory: ``files`` (identity, by row), ``vectors`` ((files, dim)
+    float32, L2-normalised rows), the model's digest and where the table came from."""
 
     path: Path
-    rows: list[dict]
+    files: Files
     vectors: np.ndarray
     model_sha256: str
     about: dict[str, str] = field(default_factory=dict)  # model, library, tags (see write_table)
-    index: dict[str, int] = field(default_factory=dict)  # path -> row number
+    _index: dict[str, int] | None = None
 
-    def __post_init__(self) -> None:
-        self.index = {r["path"]: i for i, r in enumerate(self.rows)}
+    @property
+    def rows(self) -> list[dict]:
+        """Each file's identity and the model digest, as dicts (for a few thousand files)."""
+        return [{**self.files.row(i), "model_sha256": self.model_sha256} for i in range(len(self.files))]
+
+    @property
+    def index(self) -> dict[str, int]:
+        """path -> row number."""
+        if self._index is None:
+            self._index = {p: i for i, p in enumerate(self.files.path)}
+        return self._index
 
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.files)
 
 
 def read_table(path: str | Path) -> EmbeddingTable:
     """The table at ``path``; an EmbeddingsError naming the file and what is wrong with it."""
     require_pyarrow()
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -206,8 +260,7 @@ def read_table(path: str | Path) -> EmbeddingTable:
     dim = column.type.list_size
     vectors = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim) \
         if len(column) else np.zeros((0, dim), np.float32)
-    rows = table.drop_columns(["embedding"]).to_pylist()
-    digests = {r["model_sha256"] for r in rows}
+    digests = set(pc.unique(pc.fill_null(table.column("model_sha256"), "")).to_pylist())
     if len(digests) > 1:
         raise EmbeddingsError(f"{path} mixes vectors of {len(digests)} models; scan again with --overwrite")
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
@@ -215,4 +268,4 @@ def read_table(path: str | Path) -> EmbeddingTable:
     if not np.all(np.isfinite(vectors)):
         raise EmbeddingsError(f"{path} holds vectors that are not finite numbers")
     about = {k[len("mictag."):]: v for k, v in meta.items() if k in ("mictag.model", "mictag.library", "mictag.tags")}
-    return EmbeddingTable(path, rows, vectors, digest, about)
+    return EmbeddingTable(path, Files.of(table), vectors, digest, about)

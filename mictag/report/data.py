@@ -569,7 +569,6 @@ def _similar(table: Table, embeddings: str | os.PathLike | None, limit: int, see
     for c in chosen:
         key = int(keys[c])
         found = index.search(index.vector(key), SIMILAR_K, exclude={key})
-        files.append([number(index.rows[key]["path"]), [[number(index.rows[k]["path"]), round(1000 * s)]
-                                                        for k, s in found]])
+        files.append([number(index.path(key)), [[number(index.path(k)), round(1000 * s)] for k, s in found]])
     return {"given": True, "source": str(embeddings), "total": len(index), "sampled": len(files), "limit": limit,
             "k": SIMILAR_K, "index": index.kind, "names": names, "tags": name_tags, "files": files}

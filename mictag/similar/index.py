@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mictag.output.embeddings import EmbeddingsError, require_pyarrow
+from mictag.output.embeddings import EmbeddingsError, EmbeddingTable, Files, require_pyarrow
+from mictag.output.embeddings import read_table
 from mictag.output.files import index_dir
 from mictag.output.journal import write_text_synced, writing
 
@@ -53,17 +54,13 @@ class Manifest:
     format: int = FORMAT
 
 
-def _identity(row: dict) -> tuple:
-    return (row["path"], int(row["size_bytes"] or 0), float(row["mtime"] or 0.0), row.get("content_sha256") or "")
-
-
 class LibraryIndex:
     """An opened index: ``search`` answers queries; ``vector``/``key_of`` look files up."""
 
-    def __init__(self, folder: Path, manifest: Manifest, rows: list[dict], hnsw=None):
+    def __init__(self, folder: Path, manifest: Manifest, keys: Files, hnsw=None):
         self.folder, self.manifest, self.hnsw = folder, manifest, hnsw
-        self.rows = rows  # per key: path, size_bytes, mtime, content_sha256, live
-        self.by_path = {r["path"]: k for k, r in enumerate(rows) if r["live"]}
+        self.keys = keys  # per key: path, size_bytes, mtime, content_sha256, live
+        self.by_path = {keys.path[k]: int(k) for k in np.flatnonzero(keys.live)}
         self.vectors = (np.memmap(folder / "vectors.f32", np.float32, "r", shape=(manifest.keys, manifest.dim))
                         if manifest.keys else np.zeros((0, manifest.dim), np.float32))
         self.live_keys = np.fromiter(self.by_path.values(), np.int64, len(self.by_path))
@@ -80,12 +77,15 @@ class LibraryIndex:
     def key_of(self, path: str) -> int | None:
         return self.by_path.get(path)
 
+    def path(self, key: int) -> str:
+        return self.keys.path[key]
+
     def keys_with_content(self, sha256: str) -> list[int]:
         """The live keys of files with these bytes (a copy, a renamed file)."""
         if self._by_content is None:
             self._by_content = {}
             for k in self.live_keys:
-                self._by_content.setdefault(self.rows[k]["content_sha256"], []).append(int(k))
+                self._by_content.setdefault(self.keys.content_sha256[k], []).append(int(k))
         return self._by_content.get(sha256, []) if sha256 else []
 
     def vector(self, key: int) -> np.ndarray:
@@ -158,27 +158,21 @@ def _read_manifest(folder: Path) -> Manifest | None:
     return manifest if manifest.format == FORMAT else None
 
 
-def _read_rows(folder: Path, keys: int) -> list[dict] | None:
+def _read_keys(folder: Path, count: int) -> Files | None:
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(folder / "rows.parquet").to_pylist()
-    except (OSError, ValueError):
+        keys = Files.of(pq.read_table(folder / "rows.parquet"), live=True)
+    except (OSError, ValueError, KeyError):
         return None
-    return rows if len(rows) == keys else None
+    return keys if len(keys) == count else None
 
 
-def _write_rows(folder: Path, rows: list[dict]) -> None:
-    import pyarrow as pa
+def _write_keys(folder: Path, keys: Files) -> None:
     import pyarrow.parquet as pq
 
-    table = pa.table({"path": pa.array([r["path"] for r in rows], pa.string()),
-                      "size_bytes": pa.array([r["size_bytes"] for r in rows], pa.int64()),
-                      "mtime": pa.array([r["mtime"] for r in rows], pa.float64()),
-                      "content_sha256": pa.array([r["content_sha256"] for r in rows], pa.string()),
-                      "live": pa.array([r["live"] for r in rows], pa.bool_())})
     tmp = folder / "rows.parquet.tmp"
-    pq.write_table(table, tmp)
+    pq.write_table(keys.arrow(), tmp)
     os.replace(tmp, folder / "rows.parquet")
 
 
@@ -212,13 +206,6 @@ def _table_stamp(table: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _read_table_columns(table: Path):
-    """The table's identity columns, model digest and vectors (pyarrow, by column)."""
-    from mictag.output.embeddings import read_table
-
-    return read_table(table)
-
-
 def open_index(table: str | os.PathLike, kind: str = "auto", rebuild: bool = False,
                on_message: Callable[[str], None] | None = None) -> LibraryIndex:
     """The index of the embeddings ``table``: built on first use, refreshed when the table changed
@@ -235,23 +222,23 @@ def open_index(table: str | os.PathLike, kind: str = "auto", rebuild: bool = Fal
     manifest = None if rebuild else _read_manifest(folder)
     stamp = _table_stamp(table)
     if manifest is not None and (manifest.table_size, manifest.table_mtime_ns) == stamp and kind in ("auto", manifest.kind):
-        rows = _read_rows(folder, manifest.keys)
+        keys = _read_keys(folder, manifest.keys)
         hnsw = _load_hnsw(folder) if manifest.kind == "hnsw" else None
-        if rows is not None and (manifest.kind == "exact" or hnsw is not None) and _vectors_ok(folder, manifest):
-            return LibraryIndex(folder, manifest, rows, hnsw)
+        if keys is not None and (manifest.kind == "exact" or hnsw is not None) and _vectors_ok(folder, manifest):
+            return LibraryIndex(folder, manifest, keys, hnsw)
         manifest = None  # damaged: rebuilt below
     t0 = time.perf_counter()
-    data = _read_table_columns(table)
+    data = read_table(table)
     chosen = kind if kind != "auto" else (manifest.kind if manifest else ("hnsw" if len(data) > EXACT_UP_TO else "exact"))
     if chosen == "hnsw":
         _new_hnsw(1)  # usearch importable, or one clear sentence now
     usable = (manifest is not None and manifest.model_sha256 == data.model_sha256 and manifest.dim == data.dim
               and manifest.kind == chosen)
-    rows = _read_rows(folder, manifest.keys) if usable else None
-    hnsw = (_load_hnsw(folder) if chosen == "hnsw" else None) if rows is not None else None
-    if rows is None or (chosen == "hnsw" and hnsw is None):
+    keys = _read_keys(folder, manifest.keys) if usable else None
+    hnsw = (_load_hnsw(folder) if chosen == "hnsw" else None) if keys is not None else None
+    if keys is None or (chosen == "hnsw" and hnsw is None):
         return _build(folder, table, data, chosen, stamp, say, t0)
-    return _refresh(folder, manifest, rows, hnsw, data, stamp, say, t0)
+    return _refresh(folder, manifest, keys, hnsw, data, stamp, say, t0)
 
 
 def _vectors_ok(folder: Path, manifest: Manifest) -> bool:
@@ -261,7 +248,7 @@ def _vectors_ok(folder: Path, manifest: Manifest) -> bool:
         return manifest.keys == 0
 
 
-def _build(folder: Path, table: Path, data, kind: str, stamp, say, t0) -> LibraryIndex:
+def _build(folder: Path, table: Path, data: EmbeddingTable, kind: str, stamp, say, t0) -> LibraryIndex:
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -274,66 +261,66 @@ def _build(folder: Path, table: Path, data, kind: str, stamp, say, t0) -> Librar
             f.write(vectors.tobytes())
             f.flush()
             os.fsync(f.fileno())
-        rows = [{"path": r["path"], "size_bytes": int(r["size_bytes"] or 0), "mtime": float(r["mtime"] or 0.0),
-                 "content_sha256": r.get("content_sha256") or "", "live": True} for r in data.rows]
-        _write_rows(folder, rows)
+        f = data.files
+        keys = Files(list(f.path), f.size_bytes.copy(), f.mtime.copy(), list(f.content_sha256), np.ones(len(f), bool))
+        _write_keys(folder, keys)
         hnsw = None
         if kind == "hnsw":
             hnsw = _new_hnsw(data.dim)
-            if len(rows):
-                hnsw.add(np.arange(len(rows), dtype=np.uint64), vectors, threads=os.cpu_count() or 1)
+            if len(keys):
+                hnsw.add(np.arange(len(keys), dtype=np.uint64), vectors, threads=os.cpu_count() or 1)
             _save_hnsw(folder, hnsw)
-        manifest = Manifest(kind, data.model_sha256, data.dim, len(rows), len(rows), *stamp)
+        manifest = Manifest(kind, data.model_sha256, data.dim, len(keys), len(keys), *stamp)
         write_text_synced(folder / "manifest.json", json.dumps(asdict(manifest)))
-    say(f"built the {kind} index of {table.name}: {len(rows)} files in {time.perf_counter() - t0:.1f} s")
-    return LibraryIndex(folder, manifest, rows, hnsw)
+    say(f"built the {kind} index of {table.name}: {len(keys)} files in {time.perf_counter() - t0:.1f} s")
+    return LibraryIndex(folder, manifest, keys, hnsw)
 
 
-def _refresh(folder: Path, manifest: Manifest, rows: list[dict], hnsw, data, stamp, say, t0) -> LibraryIndex:
-    live = {r["path"]: k for k, r in enumerate(rows) if r["live"]}
-    fresh_rows, fresh_vectors, gone = [], [], []
-    seen = set()
-    for i, row in enumerate(data.rows):
-        path = row["path"]
+def _refresh(folder: Path, manifest: Manifest, keys: Files, hnsw, data: EmbeddingTable, stamp, say,
+             t0) -> LibraryIndex:
+    live = {keys.path[k]: int(k) for k in np.flatnonzero(keys.live)}
+    fresh, gone, seen = [], [], set()  # table rows to add; keys to retire
+    table = data.files
+    for i, path in enumerate(table.path):
         seen.add(path)
         key = live.get(path)
-        if key is not None and _identity(rows[key]) == _identity(row):
+        if key is not None and keys.identity(key) == table.identity(i):
             continue
         if key is not None:
             gone.append(key)  # scanned again: its old vector retires
-        fresh_rows.append({"path": path, "size_bytes": int(row["size_bytes"] or 0), "mtime": float(row["mtime"] or 0.0),
-                           "content_sha256": row.get("content_sha256") or "", "live": True})
-        fresh_vectors.append(data.vectors[i])
+        fresh.append(i)
     gone += [k for p, k in live.items() if p not in seen]
     dead = manifest.keys - manifest.live + len(gone)
-    if dead > (manifest.keys + len(fresh_rows)) // 2:  # mostly dead keys: start over
+    if dead > (manifest.keys + len(fresh)) // 2:  # mostly dead keys: start over
         return _build(folder, data.path, data, manifest.kind, stamp, say, t0)
+    first = manifest.keys
     with writing(folder):
-        for key in gone:
-            rows[key]["live"] = False
-        first = manifest.keys
+        keys.live[gone] = False
         vectors_file = folder / "vectors.f32"
+        added = np.ascontiguousarray(data.vectors[fresh], np.float32)
         with open(vectors_file, "r+b" if vectors_file.exists() else "wb") as f:
             f.truncate(first * manifest.dim * 4)  # what a crashed refresh appended past the manifest goes
             f.seek(0, os.SEEK_END)
-            if fresh_vectors:
-                f.write(np.ascontiguousarray(np.stack(fresh_vectors), np.float32).tobytes())
+            f.write(added.tobytes())
             f.flush()
             os.fsync(f.fileno())
-        rows += fresh_rows
-        _write_rows(folder, rows)
+        keys = Files(keys.path + [table.path[i] for i in fresh],
+                     np.concatenate([keys.size_bytes, table.size_bytes[fresh]]),
+                     np.concatenate([keys.mtime, table.mtime[fresh]]),
+                     keys.content_sha256 + [table.content_sha256[i] for i in fresh],
+                     np.concatenate([keys.live, np.ones(len(fresh), bool)]))
+        _write_keys(folder, keys)
         if hnsw is not None:
-            stray = [k for k in hnsw.keys if int(k) >= first] if len(hnsw) > manifest.live else []
-            drop = np.asarray(gone + [int(k) for k in stray], np.uint64)
+            stray = [int(k) for k in hnsw.keys if int(k) >= first] if len(hnsw) > manifest.live else []
+            drop = np.asarray(gone + stray, np.uint64)
             if len(drop):
                 hnsw.remove(drop)
-            if fresh_vectors:
-                hnsw.add(np.arange(first, first + len(fresh_rows), dtype=np.uint64), np.stack(fresh_vectors),
-                         threads=os.cpu_count() or 1)
+            if fresh:
+                hnsw.add(np.arange(first, first + len(fresh), dtype=np.uint64), added, threads=os.cpu_count() or 1)
             _save_hnsw(folder, hnsw)
-        manifest = Manifest(manifest.kind, manifest.model_sha256, manifest.dim, len(rows),
-                            sum(1 for r in rows if r["live"]), *stamp)
+        manifest = Manifest(manifest.kind, manifest.model_sha256, manifest.dim, len(keys), int(keys.live.sum()),
+                            *stamp)
         write_text_synced(folder / "manifest.json", json.dumps(asdict(manifest)))
-    say(f"the table changed since its index was built: refreshed it (+{len(fresh_rows)} files, "
+    say(f"the table changed since its index was built: refreshed it (+{len(fresh)} files, "
         f"-{len(gone)} retired) in {time.perf_counter() - t0:.1f} s")
-    return LibraryIndex(folder, manifest, rows, hnsw)
+    return LibraryIndex(folder, manifest, keys, hnsw)

@@ -126,7 +126,7 @@ def find_similar(table: str | os.PathLike, query: str | os.PathLike, k: int = 10
     if key is not None:
         vector, how = index.vector(key), "in the table"
         exclude.add(key)
-        sha = index.rows[key]["content_sha256"]
+        sha = index.keys.content_sha256[key]
     else:
         path = Path(query_text)
         if not path.is_file():
@@ -136,7 +136,7 @@ def find_similar(table: str | os.PathLike, query: str | os.PathLike, k: int = 10
         twins = index.keys_with_content(sha)
         twin = twins[0] if twins else None
         if twin is not None:
-            vector, how = index.vector(twin), f"the same bytes as {index.rows[twin]['path']}"
+            vector, how = index.vector(twin), f"the same bytes as {index.path(twin)}"
         else:
             vector = _scored(path, Path(model) if model else Path(about.get("model", "")), digest, backend, say)
             how = f"scored with {Path(model or about.get('model', '')).name}"
@@ -152,8 +152,7 @@ def find_similar(table: str | os.PathLike, query: str | os.PathLike, k: int = 10
         allowed = np.sort(np.fromiter((index.by_path[p] for p in paths if p in index.by_path), np.int64))
     found = index.search(vector, k, allowed, exclude)
     library = about.get("library", "")
-    return Answer(query_text, how, [Neighbour(index.rows[key]["path"], sim,
-                                              str(Path(library) / index.rows[key]["path"]) if library else "")
+    return Answer(query_text, how, [Neighbour(index.path(key), sim, str(Path(library) / index.path(key)) if library else "")
                                     for key, sim in found])
 
 
