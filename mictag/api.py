@@ -216,7 +216,8 @@ def tag_files(tagger: Tagger, files: Iterable[tuple[K, str | os.PathLike]], work
         try:
             st = os.stat(p)
         except OSError as exc:
-            unreadable.append((key, FileResult(p, status="error", error=f"cannot read it ({exc.strerror or exc})")))
+            # (the scan's words for a file it cannot open: mictag.audio)
+            unreadable.append((key, FileResult(p, status="error", error=f"cannot read ({exc.strerror or exc})")))
             continue
         if not stat.S_ISREG(st.st_mode):
             unreadable.append((key, FileResult(p, status="error", error="not a regular file")))

@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from mictag import __version__
-from mictag.errors import ConfigError, MictagError
+from mictag.cli_options import default_workers, model_options, resolve_model, scoring_options
+from mictag.errors import MictagError
 from mictag.paths import hf_hub_cache, mictag_home
 
 
@@ -129,9 +130,6 @@ def _verdict_lines(model) -> list[str]:
 
 
 # ScanOptions' fields as `mictag scan` spells them, for its error messages.
-_SCAN_FLAGS = {"threshold": "--threshold", "aggregate": "--aggregate", "batch_size": "--batch-size",
-               "workers": "--workers", "hop_seconds": "--hop"}
-
 _BACKBONE = click.option("--backbone", type=click.Choice(["ast", "musicnn"]), default="ast", show_default=True,
                          help="The frozen backbone: the AudioSet AST, or musicnn (MTT; `mictag models pull musicnn`).")
 _MUSICNN = click.option("--musicnn", "musicnn", default="MTT_musicnn", show_default=True,
@@ -368,31 +366,7 @@ class _Progress:
 @main.command()
 @click.argument("library", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="tags.csv (or .jsonl / .parquet).")
-@click.option("--model", type=click.Path(), help="An exported model (.onnx, TensorRT .engine or torch .pt). "
-              "Default: the zero-training tagger (see `mictag models`).")
-@click.option("--ast", "ast", help="Without --model: build the zero-training tagger from this AudioSet AST.")
-@click.option("--backbone", type=click.Choice(["ast", "musicnn"]), default=None,
-              help="Without --model: the AST's zero-training tagger, or musicnn's musicnn-openmic20 tagger "
-              "(3-s windows, all 20 labels, trained on the generated corpus). Default: the AST where it can be had "
-              "(cached, or downloaded once), else musicnn (fetched with pip once).")
-@click.option("--wheel", type=click.Path(exists=True, dir_okay=False), help="Where musicnn's weights are needed and "
-              "missing: take them from this musicnn-0.1.0 wheel instead of downloading it.")
-@click.option("--zero-training", is_flag=True, help="With --backbone musicnn: the fixed MagnaTagATune map "
-              "instead (no training; 8 of the 20 labels).")
-@click.option("--musicnn", "musicnn", default="MTT_musicnn", show_default=True,
-              help="With --backbone musicnn: MTT_musicnn or MTT_vgg (converted by `mictag models pull musicnn`; "
-              "MTT_vgg has only the zero-training tagger).")
-@click.option("--backend", type=click.Choice(["auto", "openvino", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch"]),
-              default="auto", show_default=True, help="auto: the fastest path here whose deviation from fp32 is "
-              "bounded (shown by `mictag info` and in the summary).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
-              help="Override the precision auto chooses (bf16 where the CPU has it natively, int8 from a "
-              "calibrated variant where it has VNNI, else fp32).")
-@click.option("--batch-size", type=int, help="Windows per model call (default: the backend's choice).")
-@click.option("--hop", "hop", type=float, help="Seconds between window starts (default: the model's window; "
-              "10.24 s for the AST, 2.992 s for musicnn).")
-@click.option("--aggregate", type=click.Choice(["max", "mean"]), default="max", show_default=True)
-@click.option("--threshold", type=float, help="One tag threshold for every label, instead of the model's own.")
+@model_options
 @click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
 @click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
 @click.option("--workers", type=int, default=None, help="Decode processes (default: CPU cores - 1, at least 1).")
@@ -417,30 +391,15 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
     the same command to resume. Exit codes: 0 every file tagged; 1 some files failed (status
     "error" rows); 2 the scan could not run (bad option, model or library; output busy or not
     writable); 130/143/129 stopped by SIGINT/SIGTERM/SIGHUP."""
-    import os
-
     from mictag.runtime.scan.signals import StopSignals
-    from mictag.catalog import default_model, ensure_musicnn_weights, first_scan_model
-    from mictag.runtime.scan.pipeline import ScanOptions
     from mictag.runtime.scan.run import ScanRequest, interrupted_line, run_scan, special_line, summary_line
 
     say = (lambda m: None) if quiet else _echo_err
     counts: dict = {}  # done / total, kept up to date by the scan
     with StopSignals() as stop:
         try:
-            if model is None and backbone is None and ast is None and not zero_training:
-                model = str(first_scan_model(on_message=say, wheel=wheel))
-            elif model is None:
-                if backbone == "musicnn" or zero_training:
-                    ensure_musicnn_weights(musicnn, wheel, say)
-                model = str(default_model(ast, on_message=say, backbone=backbone or ("musicnn" if zero_training else "ast"),
-                                          musicnn=musicnn, zero_training=zero_training))
-            workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
-            try:
-                options = ScanOptions(hop_seconds=hop, batch_size=batch_size, aggregate=aggregate, threshold=threshold,
-                                      workers=workers)
-            except ConfigError as exc:  # said with the flag the user typed
-                raise ConfigError(exc.problem, _SCAN_FLAGS.get(exc.option, exc.option)) from None
+            model = resolve_model(model, ast, backbone, wheel, zero_training, musicnn, say)
+            options = scoring_options(hop, batch_size, aggregate, threshold, default_workers(workers))
             progress = _Progress(not quiet and sys.stderr.isatty())
             try:
                 request = ScanRequest(library, out, model, backend, options, fmt, tuple(include), tuple(exclude),
@@ -619,9 +578,11 @@ def _need(module: str, what: str) -> None:
 # Commands that live beside what they drive (each module imports only click at import time).
 from mictag.filetags.command import write_tags  # noqa: E402
 from mictag.report.command import report  # noqa: E402
+from mictag.ingest.command import tag  # noqa: E402
 
 main.add_command(write_tags)
 main.add_command(report)
+main.add_command(tag)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -232,7 +232,7 @@ def test_bad_files_are_one_line_each_and_the_others_are_tagged(library):
     (bad,) = [l for l in lines if garbage in l]
     (missing,) = [l for l in lines if gone in l]
     assert bad.startswith(f"mictag: {garbage}: ") and len(bad) > len(f"mictag: {garbage}: ") + 5
-    assert missing == f"mictag: {gone}: cannot read it (No such file or directory)"
+    assert missing == f"mictag: {gone}: cannot read (No such file or directory)"  # the scan's words
     assert "error: mictag: 2 of 6 items could not be tagged (see above)" in lines
     attrs = stored(beetsdir)
     assert "mictag_model" not in attrs["garbage"] and "mictag_model" not in attrs["gone"]

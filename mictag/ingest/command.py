@@ -1,0 +1,59 @@
+"""``mictag tag FILE...``: tag individual files with the scan's decode, windows and engine choice
+(the files go through the same :class:`~mictag.runtime.scan.pipeline.Scanner`), and print one
+JSON object per file (``--json``, :mod:`mictag.ingest.record`) or one line per file, in the order
+the files were given, each as soon as it and those before it are done."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from mictag.cli_options import default_workers, model_options, resolve_model, scoring_options
+
+
+@click.command("tag")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file (JSON lines): path, status, "
+              "duration, scores, tags, segments, model, mictag version.")
+@model_options
+@click.option("--workers", type=int, default=None, help="Decode processes (default: CPU cores - 1, at least 1; "
+              "0 decodes in this process: quickest for one short file).")
+@click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr but errors.")
+def tag(files, as_json, model, ast, backbone, wheel, zero_training, musicnn, backend, precision, batch_size, hop,
+        aggregate, threshold, workers, quiet) -> None:
+    """Tag FILE... and print each file's result on stdout.
+
+    Exit codes as `mictag scan`'s: 0 every file tagged; 1 some files failed (their objects say
+    why, status "error"); 2 nothing could run (bad option or model)."""
+    from mictag.api import Tagger, tag_files
+    from mictag.digest import file_digest
+    from mictag.ingest.record import file_record
+
+    say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    path = resolve_model(model, ast, backbone, wheel, zero_training, musicnn, say)
+    options = scoring_options(hop, batch_size, aggregate, threshold, default_workers(workers), segments=True)
+    tagger = Tagger(path, backend=backend, batch_size=options.batch_size, hop_seconds=options.hop_seconds,
+                    aggregate=options.aggregate, threshold=options.threshold, segments=True, precision=precision,
+                    on_message=say)
+    identity = {"name": Path(path).name, "sha256": file_digest(path)}
+    ready: dict[int, object] = {}
+    shown, failed = 0, 0
+    for key, result in tag_files(tagger, enumerate(files), workers=options.workers):
+        ready[key] = result
+        while shown in ready:
+            r = ready.pop(shown)
+            failed += r.status == "error"
+            if as_json:
+                click.echo(json.dumps(file_record(r, tagger.labels, identity), ensure_ascii=False))
+            elif r.status == "error":
+                click.echo(f"{r.path}: error: {r.error}")
+            else:
+                note = f" ({r.status}: {r.error})" if r.error else ""
+                click.echo(f"{r.path}: {', '.join(r.tags) if r.tags else '(no instrument)'}{note}")
+            sys.stdout.flush()
+            shown += 1
+    if failed:
+        sys.exit(1)
