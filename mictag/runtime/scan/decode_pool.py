@@ -262,7 +262,7 @@ class DecodePool:
 
     def __init__(self, jobs: Iterable[tuple[int, str]], workers: int, cfg_dict: dict, variant: str, hop: int,
                  chunk_seconds: float, feed: str = "auto", source: Callable[..., Iterator[DecodeMessage]] | None = None,
-                 slots: int = SLOTS_PER_WORKER):
+                 slots: int = SLOTS_PER_WORKER, open_ended: bool = False):
         self._ctx = mp.get_context("spawn")
         self._todo = deque(Job(fid, path) for fid, path in jobs)
         self._args = (os.getpid(), cfg_dict, variant, hop, chunk_seconds)
@@ -273,10 +273,13 @@ class DecodePool:
         self._lock = threading.Lock()
         self._taking = True
         self._closed = threading.Event()
+        # open-ended (a service's pool): workers wait for more files instead of exiting (see add)
+        self.open_ended = open_ended
         self._seats: list[_Seat] = []
         self._retired: list = []  # processes of dead workers, closed at the end
+        self._idle: list[_Seat] = []  # open-ended: seats waiting for a file
         try:
-            for _ in range(max(1, min(workers, len(self._todo) or 1))):
+            for _ in range(max(1, workers if open_ended else min(workers, len(self._todo) or 1))):
                 seat = _Seat(SlotArena.create(slots, shape) if self.feed == "shm" else None)
                 self._seats.append(seat)
                 self._start(seat)
@@ -303,12 +306,24 @@ class DecodePool:
                 seat.send(FreeSlots(tuple(i for i in range(seat.arena.count) if i not in seat.held)))
 
     def _dispatch(self, seat: _Seat) -> None:
-        """Give ``seat``'s worker its next file, or tell it to exit."""
+        """Give ``seat``'s worker its next file, or tell it to exit (open-ended: to wait for one)."""
         with self._lock:
             job = self._todo.popleft() if self._taking and self._todo else None
+            if job is None and self.open_ended and self._taking:
+                seat.fid = None
+                self._idle.append(seat)  # add() hands it the next file
+                return
         seat.fid = job.fid if job else None
         with seat.lock:
             seat.send(job)
+
+    def add(self, jobs: Iterable[tuple[int, str]]) -> None:
+        """More files for an open-ended pool (file ids unique over the pool's life)."""
+        with self._lock:
+            self._todo.extend(Job(fid, path) for fid, path in jobs)
+            idle, self._idle = self._idle, []
+        for seat in idle:
+            self._dispatch(seat)
 
     def _put(self, message: PoolMessage) -> bool:
         while not self._closed.is_set():
@@ -364,7 +379,7 @@ class DecodePool:
         self._put(Failed(seat.fid, f"the decoder crashed on this file ({why})"))
         seat.fid = None
         with self._lock:
-            more = self._taking and bool(self._todo)
+            more = self._taking and (bool(self._todo) or self.open_ended)
         if more and not self._closed.is_set():
             self._retired.append(seat.process)
             self._start(seat)
@@ -393,6 +408,10 @@ class DecodePool:
     def stop_taking(self) -> None:
         with self._lock:
             self._taking = False
+            idle, self._idle = self._idle, []
+        for seat in idle:  # waiting workers exit now
+            with seat.lock:
+                seat.send(None)
 
     def close(self) -> None:
         """End the reader and every worker (terminated if still busy), release their pipes and the

@@ -211,12 +211,18 @@ class Scanner:
         return self.scoring.result(st)
 
     def scan(self, entries: Iterable[FileEntry], on_progress: Callable[[dict], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> Iterator[FileResult]:
+             should_stop: Callable[[], bool] | None = None, pool=None, more: Callable[[], list[FileEntry]] | None = None,
+             first_fid: int = 0) -> Iterator[FileResult]:
         """One FileResult per entry, as files finish. Once ``should_stop()`` is true, no new file is
-        started; the windows already decoded are scored and the files they complete are yielded."""
+        started; the windows already decoded are scored and the files they complete are yielded.
+
+        A service keeps one open-ended :class:`~mictag.runtime.scan.decode_pool.DecodePool` over its
+        life (``pool``: left open at the end; file ids from ``first_fid`` on, unique over the
+        pool's life) and hands files in as they come (``more()``: the files that arrived since it
+        was last asked; the scan ends once every file given is done and none arrived)."""
         self._fast_rows, self._replay = [], []
-        run = _Pass(self, list(entries), on_progress, should_stop or (lambda: False))
-        yield from (run.with_workers() if self.options.workers > 0 else run.inline())
+        run = _Pass(self, list(entries), on_progress, should_stop or (lambda: False), more, first_fid)
+        yield from (run.with_workers(pool) if self.options.workers > 0 or pool is not None else run.inline())
         if run.gate is not None:
             yield from self._settle(run.gate, run.stopping)
         run.report(force=True)
@@ -271,10 +277,12 @@ class _Pass:
     being filled, the batches in flight and the counts a progress report gives."""
 
     def __init__(self, scanner: Scanner, entries: list[FileEntry], on_progress: Callable[[dict], None] | None,
-                 stopping: Callable[[], bool]):
+                 stopping: Callable[[], bool], more: Callable[[], list[FileEntry]] | None = None, first_fid: int = 0):
         self.scanner, self.entries, self.on_progress, self.stopping = scanner, entries, on_progress, stopping
-        embeds = scanner.options.embeddings
-        self.states = {fid: FileState(e, {}, [], embeddings={} if embeds else None) for fid, e in enumerate(entries)}
+        self.more = more
+        self.states: dict[int, FileState] = {}
+        self.next_fid = first_fid
+        self._jobs(entries)
         self.batch = _Batch(scanner.batch_size, window_shape(scanner.cfg, scanner.variant))
         self.fill = _copy_window  # how a window gets into the batch; the decode pool's own with workers
         # Batches submitted and not yet fetched: a GPU backend stages batch n+1 while n computes
@@ -286,10 +294,20 @@ class _Pass:
         self.finished = self.errors = 0
         self.t0, self.last_report = time.perf_counter(), 0.0
 
+    def _jobs(self, entries: list[FileEntry]) -> list[tuple[int, str]]:
+        """States for ``entries`` under new file ids; the (file id, path) jobs to decode them."""
+        embeds = self.scanner.options.embeddings
+        jobs = []
+        for e in entries:
+            self.states[self.next_fid] = FileState(e, {}, [], embeddings={} if embeds else None)
+            jobs.append((self.next_fid, e.path))
+            self.next_fid += 1
+        return jobs
+
     def inline(self) -> Iterator[FileResult]:
         """Decode in this process, file after file."""
         sc = self.scanner
-        for fid, e in enumerate(self.entries):
+        for fid, e in zip(list(self.states), self.entries):
             if self.stopping():
                 break
             for msg in sc.source(fid, e.path, sc.cfg, sc.variant, sc.hop, sc.options.chunk_seconds):
@@ -297,17 +315,28 @@ class _Pass:
                 self.report()
         yield from self.flush(drain=True)
 
-    def with_workers(self) -> Iterator[FileResult]:
-        """Decode in the worker processes of a :class:`DecodePool`."""
+    def with_workers(self, pool=None) -> Iterator[FileResult]:
+        """Decode in the worker processes of a :class:`DecodePool` (``pool``: a service's, kept open)."""
         from mictag.runtime.scan.decode_pool import DecodePool, PoolFailed, PoolIdle
 
         sc = self.scanner
-        pool = DecodePool(((fid, e.path) for fid, e in enumerate(self.entries)), sc.options.workers,
-                          sc.cfg.to_dict(), sc.variant, sc.hop, sc.options.chunk_seconds, feed=sc.options.feed,
-                          source=None if sc.source is decode_file else sc.source)
+        jobs = [(fid, st.entry.path) for fid, st in self.states.items()]
+        own = pool is None
+        if own:
+            pool = DecodePool(jobs, sc.options.workers, sc.cfg.to_dict(), sc.variant, sc.hop, sc.options.chunk_seconds,
+                              feed=sc.options.feed, source=None if sc.source is decode_file else sc.source)
+        else:
+            pool.add(jobs)
         self.fill = pool.fill  # copies the window out of its slot and gives the slot back
         try:
-            while self.states:
+            while True:
+                if self.more is not None:
+                    arrived = self.more()
+                    if arrived:
+                        self.entries += arrived
+                        pool.add(self._jobs(arrived))
+                if not self.states:
+                    break
                 if self.stopping():
                     pool.stop_taking()
                     break
@@ -327,7 +356,8 @@ class _Pass:
                 self.report()
             yield from self.flush(drain=True)
         finally:
-            pool.close()
+            if own:
+                pool.close()
 
     def handle(self, msg: DecodeMessage) -> Iterator[FileResult]:
         if isinstance(msg, Window):
