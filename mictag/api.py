@@ -198,6 +198,18 @@ def model_identity(model: str | os.PathLike, threshold: float | None = None) -> 
     return ident if threshold is None else f"{ident} threshold={threshold:g}"
 
 
+def file_entry(path: str, rel: str | None = None) -> FileEntry | FileResult:
+    """The scan's entry for a file a caller names, or its error result where it cannot be a file
+    to decode (it cannot be read, or it is a folder, a FIFO, a device): the words of the scan."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return FileResult(path, status="error", error=f"cannot read ({exc.strerror or exc})")  # as mictag.audio says
+    if not stat.S_ISREG(st.st_mode):
+        return FileResult(path, status="error", error="not a regular file")
+    return FileEntry(path, path if rel is None else rel, st.st_size, st.st_mtime)
+
+
 def tag_files(tagger: Tagger, files: Iterable[tuple[K, str | os.PathLike]], workers: int = 1,
               on_progress: Callable[[dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> Iterator[tuple[K, FileResult]]:
@@ -213,17 +225,12 @@ def tag_files(tagger: Tagger, files: Iterable[tuple[K, str | os.PathLike]], work
     unreadable: list[tuple[K, FileResult]] = []
     for key, path in files:
         p = os.fspath(path)
-        try:
-            st = os.stat(p)
-        except OSError as exc:
-            # (the scan's words for a file it cannot open: mictag.audio)
-            unreadable.append((key, FileResult(p, status="error", error=f"cannot read ({exc.strerror or exc})")))
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            unreadable.append((key, FileResult(p, status="error", error="not a regular file")))
+        entry = file_entry(p)
+        if isinstance(entry, FileResult):
+            unreadable.append((key, entry))
             continue
         keys.setdefault(p, deque()).append(key)  # the same file twice comes back twice, in turn
-        entries.append(FileEntry(p, p, st.st_size, st.st_mtime))
+        entries.append(entry)
     yield from unreadable
 
     def progress(p: dict) -> None:

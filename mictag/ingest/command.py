@@ -57,3 +57,35 @@ def tag(files, as_json, model, ast, backbone, wheel, zero_training, musicnn, bac
             shown += 1
     if failed:
         sys.exit(1)
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on (a non-loopback "
+              "one needs a token).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--root", "roots", multiple=True, required=True, type=click.Path(),
+              help="A folder whose files requests may name (repeatable); any other path is refused unopened.")
+@click.option("--token-file", type=click.Path(), help="A file whose first line is the bearer token clients send "
+              "(or set MICTAG_TOKEN).")
+@click.option("--max-upload", type=click.IntRange(min=1), default=200 * 2**20, show_default=True,
+              help="The largest upload accepted, in bytes.")
+@click.option("--queue", "capacity", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Files accepted and not yet answered; past it, 503 with Retry-After.")
+@model_options
+@click.option("--workers", type=int, default=None, help="Decode processes (default: CPU cores - 1, at least 1).")
+def serve(host, port, roots, token_file, max_upload, capacity, model, ast, backbone, wheel, zero_training, musicnn,
+          backend, precision, batch_size, hop, aggregate, threshold, workers) -> None:
+    """Tag files over HTTP/JSON: POST /v1/tag, GET /v1/health, /v1/ready, /v1/model, /v1/stats.
+
+    Loads the model once and batches the windows of concurrent requests into the engine. SIGTERM
+    or Ctrl-C: stops accepting, answers the requests in flight, exits 0. See README, "For archives
+    and pipelines"."""
+    from mictag.ingest.server import read_token, serve as run
+    from mictag.ingest.service import TaggingService
+
+    say = (lambda m: click.echo(m, err=True))
+    token = read_token(token_file)
+    options = scoring_options(hop, batch_size, aggregate, threshold, default_workers(workers))
+    model_path = resolve_model(model, ast, backbone, wheel, zero_training, musicnn, say)
+    run(host, port, list(roots), token, max_upload,
+        lambda: TaggingService(model_path, options, backend, precision, capacity, on_message=say))

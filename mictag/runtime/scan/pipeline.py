@@ -181,6 +181,7 @@ class Scanner:
         self.labels, self.cfg, self.variant, self.hop, self.thresholds = sc.labels, sc.cfg, sc.variant, sc.hop, sc.thresholds
         self.batch_size = self.options.batch_size or backend.preferred_batch
         self.windows_scored = 0
+        self.engine_calls = 0  # batches submitted (windows_scored / engine_calls: windows per call)
         self.redone = 0  # files scored again on the reference after a fast path's check failed
         # Told the paths of rows already yielded that a failed check makes this scan score again
         # (their new rows follow): the output keeps a redo list until they are replaced.
@@ -382,6 +383,7 @@ class _Pass:
         if len(self.batch):
             x, valid, items = self.batch.take()
             self.in_flight.append((items, sc.backend.submit(x, valid)))  # x may be reused now
+            sc.engine_calls += 1
         while self.in_flight and (drain or len(self.in_flight) >= self.depth):
             items, submitted = self.in_flight.popleft()
             probs = submitted.result()
