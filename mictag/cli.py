@@ -578,12 +578,13 @@ def _need(module: str, what: str) -> None:
 # Commands that live beside what they drive (each module imports only click at import time).
 from mictag.filetags.command import write_tags  # noqa: E402
 from mictag.report.command import report  # noqa: E402
-from mictag.ingest.command import serve, tag  # noqa: E402
+from mictag.ingest.command import serve, tag, watch  # noqa: E402
 
 main.add_command(write_tags)
 main.add_command(report)
 main.add_command(tag)
 main.add_command(serve)
+main.add_command(watch)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -89,3 +89,59 @@ def serve(host, port, roots, token_file, max_upload, capacity, model, ast, backb
     model_path = resolve_model(model, ast, backbone, wheel, zero_training, musicnn, say)
     run(host, port, list(roots), token, max_upload,
         lambda: TaggingService(model_path, options, backend, precision, capacity, on_message=say))
+
+
+@click.command("watch")
+@click.argument("folder", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="tags.csv (or .jsonl / .parquet): the same output "
+              "`mictag scan FOLDER --out` writes.")
+@model_options
+@click.option("--workers", type=int, default=None, help="Decode processes (default: CPU cores - 1, at least 1).")
+@click.option("--settle", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
+              help="Seconds a file's size and mtime must stay the same before it is tagged.")
+@click.option("--poll", is_flag=True, help="List the folder every --interval seconds instead of waiting for the "
+              "system's notifications (network shares send none).")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="With --poll: seconds between listings.")
+@click.option("--include", multiple=True, help="Only files matching this glob (repeatable).")
+@click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable).")
+@click.option("--segments", type=click.Path(), help="Also write per-window scores here, as `scan --segments`.")
+@click.option("--embeddings", type=click.Path(), help="Also write each file's embedding, as `scan --embeddings`.")
+@click.option("--quiet", "-q", is_flag=True, help="Only errors and each batch's summary.")
+def watch(folder, out, model, ast, backbone, wheel, zero_training, musicnn, backend, precision, batch_size, hop,
+          aggregate, threshold, workers, settle, poll, interval, include, exclude, segments, embeddings, quiet) -> None:
+    """Tag the audio files that arrive in FOLDER, into --out, until stopped.
+
+    First tags what arrived since the last run (as `mictag scan FOLDER --out OUT` would), then each
+    file once it has stopped changing. Holds --out's lock while it runs: a `mictag scan` of the same
+    output waits or stops. Ctrl-C (or SIGTERM, SIGHUP) finishes the files in progress and exits with
+    the signal's code (130/143/129); run it again to go on."""
+    from mictag.ingest.watch import Watcher
+    from mictag.output.journal import writing
+    from mictag.output.lock import OutputLock
+    from mictag.runtime.engines.open import open_backend
+    from mictag.runtime.scan.run import ScanRequest, summary_line
+    from mictag.runtime.scan.signals import StopSignals
+
+    say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    if not Path(folder).is_dir():
+        raise click.UsageError(f"{folder} is not a folder")
+    with StopSignals() as stop:
+        model_path = resolve_model(model, ast, backbone, wheel, zero_training, musicnn, say)
+        options = scoring_options(hop, batch_size, aggregate, threshold, default_workers(workers))
+        request = ScanRequest(folder, out, model_path, backend, options, include=tuple(include), exclude=tuple(exclude),
+                              segments=segments, embeddings=embeddings, precision=precision)
+        with writing(out):
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with OutputLock(out, False, say):
+            engine = open_backend(model_path, backend, precision=precision, on_message=say, library=folder)
+            watcher = Watcher(request, engine, settle, poll, interval, on_message=say,
+                              on_scan=lambda s: click.echo(summary_line(s), err=True) if s.files > s.skipped else None)
+            say(f"watching {folder} ({'polling every %g s' % interval if poll else 'notifications'}; a file is "
+                f"tagged once unchanged for {settle:g} s); Ctrl-C stops")
+            try:
+                watcher.run(stop)
+            except KeyboardInterrupt:
+                pass
+    if stop():
+        sys.exit(stop.exit_code)

@@ -119,18 +119,21 @@ class ScanRequest:
     ray_workers: int | None = None
     precision: str | None = None
     wait: bool = False
+    hold: frozenset[str] = frozenset()  # listed files not to scan now (still being written: mictag watch)
 
 
 def run_scan(request: ScanRequest, on_progress: Callable[[dict], None] | None = None,
              on_message: Callable[[str], None] | None = None, should_stop: Callable[[], bool] | None = None,
-             counts: dict | None = None) -> ScanSummary:
+             counts: dict | None = None, engine=None, locked: bool = False) -> ScanSummary:
     """Scan ``request.library`` into ``request.out``, locally or on Ray: both write the same rows
     through the same resume journal.
 
     One scan writes an output at a time (:mod:`mictag.output.lock`): another one on the same
     ``out`` raises OutputBusy, or with ``wait`` waits for it. Once ``should_stop()`` is true the scan
     starts no new file and returns what finished (``interrupted``). ``counts`` (a dict), if given,
-    holds ``done`` and ``total`` as the scan goes, for a caller that is stopped at once."""
+    holds ``done`` and ``total`` as the scan goes, for a caller that is stopped at once. ``engine``:
+    a backend already open on ``request.model`` (a caller that scans again and again: mictag watch);
+    ``locked``: the caller holds the output's lock already."""
     say = on_message or (lambda m: None)
     library, out = Path(request.library), Path(request.out)
     if not library.exists():
@@ -149,15 +152,16 @@ def run_scan(request: ScanRequest, on_progress: Callable[[dict], None] | None = 
             raise MictagError(f"--embeddings {request.embeddings} is the tags output itself: give it a name of its own")
     counts = counts if counts is not None else {}
     with ExitStack() as held:
-        with writing(out):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            held.enter_context(OutputLock(out, request.wait, say))
+        if not locked:
+            with writing(out):
+                out.parent.mkdir(parents=True, exist_ok=True)
+                held.enter_context(OutputLock(out, request.wait, say))
         return _scan_locked(request, library, out, options, fmt, on_progress, say, should_stop or (lambda: False),
-                            counts)
+                            counts, engine)
 
 
 def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOptions, fmt: str, on_progress, say,
-                 should_stop, counts) -> ScanSummary:
+                 should_stop, counts, engine=None) -> ScanSummary:
     """The scan, once its output is locked (``library``, ``out``, ``options`` and ``fmt``: the
     request's, resolved)."""
     model, backend, precision, segments = request.model, request.backend, request.precision, request.segments
@@ -168,7 +172,8 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
                                library)
         scoring = executor.scoring
     else:
-        engine = open_backend(model, backend, precision=precision, on_message=say, library=library)
+        if engine is None:
+            engine = open_backend(model, backend, precision=precision, on_message=say, library=library)
         executor = Scanner(engine, options)
         scoring = executor.scoring
     labels = scoring.labels
@@ -216,6 +221,8 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
         if len(kept) != len(rows) or (row_fmt == "csv" and header(journal) != columns(labels)):
             rewrite(journal, row_fmt, labels, kept)  # (an older mictag's table gains the new columns)
         entries = [e for e in entries if e.rel not in done]
+    if request.hold:
+        entries = [e for e in entries if e.rel not in request.hold]
     with writing(redo_file):
         redo_file.unlink(missing_ok=True)  # its rows are gone from the output now
     # Beside the fingerprint, for readers of the output (report, write-tags): which model, and the
