@@ -369,3 +369,32 @@ def test_a_source_that_sends_no_decode_message_fails_the_pool_instead_of_hanging
         assert isinstance(msg, PoolFailed) and "not a decode message" in msg.reason
     finally:
         pool.close()
+
+
+def test_an_open_ended_pool_waits_for_files_and_outlives_a_crash():
+    """A service's pool: idle workers wait instead of exiting; a file that crashes its worker is an
+    error for that file alone, and the replacement takes the next files."""
+    pool = DecodePool([], 2, CFG.to_dict(), "waveform", CFG.target_frames, 1.0, feed="shm", source=numbered_windows,
+                      open_ended=True)
+    try:
+        assert _nothing_for(pool, 1.0)  # no file, no message, and no PoolIdle: the workers wait
+        for round_, jobs in enumerate(([(0, "2")], [(1, "crash"), (2, "3")], [(3, "1")])):
+            pool.add(jobs)
+            want = {fid for fid, _ in jobs}
+            finished: dict[int, object] = {}
+            values: dict[int, list[float]] = {fid: [] for fid in want}
+            while set(finished) != want:
+                msg = _next(pool)
+                if isinstance(msg, Window):
+                    values[msg.fid].append(_value(pool, msg))
+                else:
+                    finished[msg.fid] = msg
+            for fid, path in jobs:
+                if path == "crash":
+                    assert isinstance(finished[fid], Failed) and "crashed" in finished[fid].reason
+                else:
+                    assert isinstance(finished[fid], Done)
+                    assert sorted(values[fid]) == [fid * 1000.0 + i for i in range(int(path))], round_
+            assert _nothing_for(pool, 0.5)
+    finally:
+        pool.close()

@@ -92,9 +92,11 @@ def test_no_import_circle_in_mictag():
 # only through an exported artifact, and the output's files know nothing of how rows are made.
 ABOVE = {
     "mictag.runtime": ("mictag.cli", "mictag.api", "mictag.catalog", "mictag.export", "mictag.train",
-                       "mictag.filetags", "mictag.report", "mictag.corpus"),
+                       "mictag.filetags", "mictag.report", "mictag.corpus", "mictag.similar", "mictag.ingest"),
     "mictag.output": ("mictag.cli", "mictag.api", "mictag.catalog", "mictag.export", "mictag.train",
-                      "mictag.runtime", "mictag.model", "mictag.backbones"),
+                      "mictag.runtime", "mictag.model", "mictag.backbones", "mictag.similar", "mictag.ingest"),
+    "mictag.similar": ("mictag.cli", "mictag.ingest", "mictag.report", "mictag.filetags", "mictag.train",
+                       "mictag.export"),
     "mictag.model": ("mictag.cli", "mictag.api", "mictag.catalog", "mictag.export", "mictag.train",
                      "mictag.runtime", "mictag.output"),
     "mictag.frontends": ("mictag.cli", "mictag.api", "mictag.catalog", "mictag.export", "mictag.train",
