@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from mictag import __version__
-from mictag.cli_options import default_workers, model_options, resolve_model, scoring_options
+from mictag.cli_options import BACKENDS, default_workers, model_options, resolve_model, scoring_options
 from mictag.errors import MictagError
 from mictag.paths import hf_hub_cache, mictag_home
 
@@ -447,8 +447,8 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
               "scan wrote beside EMBEDDINGS).")
 @click.option("--model", type=click.Path(), help="For a QUERY outside the table: the model to score it with "
               "(default: the one that made the table; another one is refused).")
-@click.option("--backend", type=click.Choice(["auto", "openvino", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch"]),
-              default="auto", show_default=True, help="The engine that scores a QUERY outside the table.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="The engine that scores a QUERY outside the table.")
 @click.option("--index", "kind", type=click.Choice(["auto", "exact", "hnsw"]), default="auto", show_default=True,
               help="exact search, or an HNSW graph (USearch); auto: exact up to 100,000 files.")
 @click.option("--build", is_flag=True, help="Build (or rebuild) the index now; without QUERY, only that.")
