@@ -9,6 +9,10 @@ instrumentation lie close together; every vector L2-normalised as the scan write
 queries are vectors of the set itself, left out of their own answer as ``mictag similar`` does.
 Each (method, size) runs in a fresh process, so that its peak RSS is its own. Methods:
 
+Each row: the build (time, peak memory of the building process, size on disk), then, in the same
+process with the build's memory let go and the peak reset, the index loaded from disk as a
+querying process (``mictag similar``) would: load time, query latency, recall and that peak RSS.
+
 - ``exact``: mictag's exact index (float32 vectors memory-mapped, one matrix product a query);
 - ``usearch-f16`` (mictag's HNSW: USearch, float16 vectors in the graph, candidates re-scored
   exactly), ``usearch-f32``, ``usearch-i8``: USearch HNSW, connectivity 16, expansion 128/128;
@@ -75,36 +79,34 @@ def _folder_size(path: Path) -> int:
 
 
 def run_one(method: str, vectors_path: Path, queries: np.ndarray, work: Path) -> dict:
-    """Build and query one index in this process (see the module docstring)."""
+    """Build one index in this process and save it; then, the build's memory let go and the peak
+    reset, load it from disk as a querying process would and answer the queries."""
     vectors = np.load(vectors_path, mmap_mode="r")
     n, dim = vectors.shape
+    query_vectors = np.array(vectors[queries])
     threads = os.cpu_count() or 1
     t0 = time.perf_counter()
-    if method == "exact" or method == "usearch-f16":
+    config: dict = {}
+    if method in ("exact", "usearch-f16"):
         from mictag.output.embeddings import Files
-        from mictag.similar.index import HNSW, LibraryIndex, Manifest, _new_hnsw, _save_hnsw, _write_keys
+        from mictag.similar.index import HNSW, Manifest, _new_hnsw, _save_hnsw, _write_keys
 
         folder = work / "index"
         folder.mkdir()
         with open(folder / "vectors.f32", "wb") as f:
             for i in range(0, n, 100_000):
                 f.write(np.ascontiguousarray(vectors[i : i + 100_000]).tobytes())
-        keys = Files([f"f{i}" for i in range(n)], np.zeros(n, np.int64), np.zeros(n), [""] * n, np.ones(n, bool))
-        _write_keys(folder, keys)
-        hnsw = None
+        _write_keys(folder, Files([f"f{i}" for i in range(n)], np.zeros(n, np.int64), np.zeros(n), [""] * n,
+                                  np.ones(n, bool)))
         if method == "usearch-f16":
             hnsw = _new_hnsw(dim)
             for i in range(0, n, 100_000):
                 part = np.ascontiguousarray(vectors[i : i + 100_000])
                 hnsw.add(np.arange(i, i + len(part), dtype=np.uint64), part, threads=threads)
             _save_hnsw(folder, hnsw)
-        build = time.perf_counter() - t0
-        index = LibraryIndex(folder, Manifest("hnsw" if hnsw else "exact", "", dim, n, n, 0, 0), keys, hnsw)
-        size = _folder_size(folder)
-        config = {"hnsw": HNSW} if hnsw else {}
-
-        def query(q: int) -> list[int]:
-            return [k for k, _ in index.search(index.vector(q), K, exclude={q})]
+            config = HNSW
+            del hnsw
+        saved = folder
     elif method.startswith("usearch"):
         from usearch.index import Index
 
@@ -114,14 +116,10 @@ def run_one(method: str, vectors_path: Path, queries: np.ndarray, work: Path) ->
         for i in range(0, n, 100_000):
             part = np.ascontiguousarray(vectors[i : i + 100_000])
             index.add(np.arange(i, i + len(part), dtype=np.uint64), part, threads=threads)
-        index.save(str(work / "i.usearch"))
-        build = time.perf_counter() - t0
-        size = _folder_size(work / "i.usearch")
+        saved = work / "i.usearch"
+        index.save(str(saved))
         config = HNSW
-
-        def query(q: int) -> list[int]:
-            found = index.search(np.asarray(vectors[q]), K + 1).keys
-            return [int(k) for k in found if k != q][:K]
+        del index
     else:
         import faiss
 
@@ -138,28 +136,65 @@ def run_one(method: str, vectors_path: Path, queries: np.ndarray, work: Path) ->
             config = {"nlist": lists, "nprobe": 16}
         for i in range(0, n, 100_000):
             index.add(np.ascontiguousarray(vectors[i : i + 100_000]))
-        faiss.write_index(index, str(work / "i.faiss"))
-        build = time.perf_counter() - t0
-        size = _folder_size(work / "i.faiss")
+        saved = work / "i.faiss"
+        faiss.write_index(index, str(saved))
+        del index
+    build = time.perf_counter() - t0
+    build_rss = _peak_rss_mb()
+    size = _folder_size(saved)
+    del vectors
+    import gc
+
+    gc.collect()
+    _reset_peak_rss()
+    t1 = time.perf_counter()
+    if method in ("exact", "usearch-f16"):
+        from mictag.similar.index import LibraryIndex, Manifest, _load_hnsw, _read_keys
+
+        index = LibraryIndex(saved, Manifest("hnsw" if method != "exact" else "exact", "", dim, n, n, 0, 0),
+                             _read_keys(saved, n), _load_hnsw(saved) if method != "exact" else None)
+
+        def query(q: int, v: np.ndarray) -> list[int]:
+            return [k for k, _ in index.search(v, K, exclude={q})]
+    elif method.startswith("usearch"):
+        from usearch.index import Index
+
+        index = Index.restore(str(saved))
+
+        def query(q: int, v: np.ndarray) -> list[int]:
+            return [int(k) for k in index.search(v, K + 1).keys if k != q][:K]
+    else:
+        import faiss
+
+        index = faiss.read_index(str(saved))
         if method == "faiss-hnsw":
             index.hnsw.efSearch = 128
         else:
             index.nprobe = 16
 
-        def query(q: int) -> list[int]:
-            _, found = index.search(np.ascontiguousarray(vectors[q : q + 1]), K + 1)
+        def query(q: int, v: np.ndarray) -> list[int]:
+            _, found = index.search(v[None, :], K + 1)
             return [int(k) for k in found[0] if k != q][:K]
-
-    for q in queries[:5]:  # warm: the first queries page the index in
-        query(int(q))
+    load = time.perf_counter() - t1
+    for q, v in list(zip(queries, query_vectors))[:5]:  # warm: the first queries page the index in
+        query(int(q), v)
     latencies, answers = [], []
-    for q in queries:
+    for q, v in zip(queries, query_vectors):
         t = time.perf_counter()
-        answers.append(query(int(q)))
+        answers.append(query(int(q), v))
         latencies.append(time.perf_counter() - t)
-    return {"build_s": build, "size_bytes": size, "latency_ms_median": 1e3 * float(np.median(latencies)),
+    return {"build_s": build, "build_peak_rss_mb": build_rss, "size_bytes": size, "load_s": load,
+            "latency_ms_median": 1e3 * float(np.median(latencies)),
             "latency_ms_p95": 1e3 * float(np.percentile(latencies, 95)), "answers": answers, "config": config,
             "peak_rss_mb": _peak_rss_mb()}
+
+
+def _reset_peak_rss() -> None:
+    """Start the peak over (Linux: 5 to /proc/self/clear_refs resets VmHWM)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def _peak_rss_mb() -> float:
@@ -223,9 +258,10 @@ def main(argv=None) -> dict:
             row = {"method": method, "n": n, "recall_at_10": recall, **r, "brute_force_s_all_queries": truth_s}
             result["rows"].append(row)
             out.write_text(json.dumps(result, indent=1))
-            print(f"{method:12s} n={n:>8}: build {row['build_s']:8.1f} s, {row['size_bytes'] / 2**20:8.1f} MiB, "
+            print(f"{method:12s} n={n:>8}: build {row['build_s']:7.1f} s ({row['build_peak_rss_mb']:6.0f} MB), "
+                  f"{row['size_bytes'] / 2**20:7.1f} MiB on disk, load {row['load_s']:5.2f} s, "
                   f"query {row['latency_ms_median']:7.2f} ms (p95 {row['latency_ms_p95']:7.2f}), "
-                  f"recall@10 {recall:.3f}, peak RSS {row['peak_rss_mb']:7.0f} MB", flush=True)
+                  f"recall@10 {recall:.3f}, querying RSS {row['peak_rss_mb']:6.0f} MB", flush=True)
     print(f"wrote {out}")
     return result
 
