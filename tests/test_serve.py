@@ -196,6 +196,10 @@ def test_a_full_queue_is_503_and_a_public_address_needs_a_token(setup, tmp_path)
                              "--model", str(base / "f.onnx")], capture_output=True, text=True, timeout=60,
                             env={k: v for k, v in os.environ.items() if k != "MICTAG_TOKEN"})
     assert public.returncode == 2 and "not a loopback address" in public.stderr and "Traceback" not in public.stderr
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    bad = subprocess.run([sys.executable, "-m", "mictag", "serve", "--port", str(free_port()), "--root", str(lib),
+                          "--model", str(tmp_path / "bad.onnx")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "mictag: error: " in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_sigterm_under_load_answers_every_accepted_request(setup, tmp_path):

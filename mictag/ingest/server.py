@@ -24,6 +24,7 @@ import hmac
 import ipaddress
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ from aiohttp import web
 
 from mictag import __version__
 from mictag.digest import file_digest
-from mictag.errors import ConfigError
+from mictag.errors import ConfigError, MictagError
 from mictag.ingest.record import file_record
 from mictag.ingest.service import Busy, TaggingService
 
@@ -135,7 +136,7 @@ def make_app(service_factory, token: str | None, roots: list[str], max_upload: i
 
     async def ready(request):
         if state["service"] is None:
-            return _error(503, "the model is not loaded yet" if state["failed"] is None else "the model failed to load")
+            return _error(503, "the model is not loaded yet")
         return web.json_response({"ready": True})
 
     async def model(request):
@@ -220,9 +221,10 @@ def make_app(service_factory, token: str | None, roots: list[str], max_upload: i
         def load():
             try:
                 service = service_factory()
-            except Exception as exc:  # said once on stderr; ready stays 503
-                state["failed"] = str(exc)
+            except Exception as exc:  # the service cannot serve: it stops, and the command says why
+                state["failed"] = exc
                 print(json.dumps({"event": "model failed", "error": str(exc)}), file=log, flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)
                 return
             state["model"] = {"labels": service.labels,
                               "model": {"name": service.model.name, "sha256": file_digest(service.model)}}
@@ -237,6 +239,7 @@ def make_app(service_factory, token: str | None, roots: list[str], max_upload: i
             await asyncio.get_running_loop().run_in_executor(None, state["service"].close)
 
     app = web.Application(middlewares=[access_log, auth], client_max_size=max_upload + 65536)
+    app["state"] = state
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/ready", ready)
     app.router.add_get("/v1/model", model)
@@ -262,3 +265,6 @@ def serve(host: str, port: int, roots: list[str], token: str | None, max_upload:
 
     web.run_app(app, host=host, port=port, shutdown_timeout=shutdown_timeout, access_log=None, print=say,
                 handle_signals=True)
+    failed = app["state"]["failed"]
+    if failed is not None:  # the model did not load: one line, exit 2 (a MictagError says it best)
+        raise failed if isinstance(failed, MictagError) else MictagError(f"the model could not be loaded: {failed}")
