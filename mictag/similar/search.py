@@ -130,8 +130,8 @@ def find_similar(table: str | os.PathLike, query: str | os.PathLike, k: int = 10
     else:
         path = Path(query_text)
         if not path.is_file():
-            raise EmbeddingsError(f"{query_text} is neither a file of the table nor an audio file"
-                                  + (" (it is a folder)" if path.is_dir() else ""))
+            what = "a folder" if path.is_dir() else ("not a regular file" if path.exists() else "not there")
+            raise EmbeddingsError(f"{query_text} is neither a file of the table nor an audio file (it is {what})")
         sha = file_digest(path)
         twins = index.keys_with_content(sha)
         twin = twins[0] if twins else None
