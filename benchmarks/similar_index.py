@@ -9,9 +9,9 @@ instrumentation lie close together; every vector L2-normalised as the scan write
 queries are vectors of the set itself, left out of their own answer as ``mictag similar`` does.
 Each (method, size) runs in a fresh process, so that its peak RSS is its own. Methods:
 
-Each row: the build (time, peak memory of the building process, size on disk), then, in the same
-process with the build's memory let go and the peak reset, the index loaded from disk as a
-querying process (``mictag similar``) would: load time, query latency, recall and that peak RSS.
+Each row: the build (time, peak memory of the building process, size on disk), then, in a fresh
+process, the index loaded from disk as a querying process (``mictag similar``) would: load time,
+query latency, recall and that process's peak RSS.
 
 - ``exact``: mictag's exact index (float32 vectors memory-mapped, one matrix product a query);
 - ``usearch-f16`` (mictag's HNSW: USearch, float16 vectors in the graph, candidates re-scored
@@ -78,9 +78,8 @@ def _folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def run_one(method: str, vectors_path: Path, queries: np.ndarray, work: Path) -> dict:
-    """Build one index in this process and save it; then, the build's memory let go and the peak
-    reset, load it from disk as a querying process would and answer the queries."""
+def build_one(method: str, vectors_path: Path, queries: np.ndarray, work: Path) -> dict:
+    """Build one index in this process and save it under ``work`` (with the query vectors)."""
     vectors = np.load(vectors_path, mmap_mode="r")
     n, dim = vectors.shape
     query_vectors = np.array(vectors[queries])
@@ -89,7 +88,7 @@ def run_one(method: str, vectors_path: Path, queries: np.ndarray, work: Path) ->
     config: dict = {}
     if method in ("exact", "usearch-f16"):
         from mictag.output.embeddings import Files
-        from mictag.similar.index import HNSW, Manifest, _new_hnsw, _save_hnsw, _write_keys
+        from mictag.similar.index import HNSW, _new_hnsw, _save_hnsw, _write_keys
 
         folder = work / "index"
         folder.mkdir()
@@ -140,26 +139,29 @@ def run_one(method: str, vectors_path: Path, queries: np.ndarray, work: Path) ->
         faiss.write_index(index, str(saved))
         del index
     build = time.perf_counter() - t0
-    build_rss = _peak_rss_mb()
-    size = _folder_size(saved)
-    del vectors
-    import gc
+    np.save(work / "query-vectors.npy", query_vectors)
+    return {"build_s": build, "build_peak_rss_mb": _peak_rss_mb(), "size_bytes": _folder_size(saved),
+            "saved": str(saved), "config": config}
 
-    gc.collect()
-    _reset_peak_rss()
+
+def query_one(method: str, saved: Path, n: int, dim: int, queries: np.ndarray, query_vectors: np.ndarray) -> dict:
+    """In a fresh process: load the saved index as ``mictag similar`` would, and answer the queries."""
     t1 = time.perf_counter()
     if method in ("exact", "usearch-f16"):
         from mictag.similar.index import LibraryIndex, Manifest, _load_hnsw, _read_keys
 
         index = LibraryIndex(saved, Manifest("hnsw" if method != "exact" else "exact", "", dim, n, n, 0, 0),
-                             _read_keys(saved, n), _load_hnsw(saved) if method != "exact" else None)
+                             _read_keys(saved, n), _load_hnsw(saved, view=True) if method != "exact" else None)
 
         def query(q: int, v: np.ndarray) -> list[int]:
             return [k for k, _ in index.search(v, K, exclude={q})]
     elif method.startswith("usearch"):
         from usearch.index import Index
 
+        from mictag.similar.index import HNSW
+
         index = Index.restore(str(saved))
+        index.expansion_search = HNSW["expansion_search"]  # (not saved with the graph)
 
         def query(q: int, v: np.ndarray) -> list[int]:
             return [int(k) for k in index.search(v, K + 1).keys if k != q][:K]
@@ -183,18 +185,9 @@ def run_one(method: str, vectors_path: Path, queries: np.ndarray, work: Path) ->
         t = time.perf_counter()
         answers.append(query(int(q), v))
         latencies.append(time.perf_counter() - t)
-    return {"build_s": build, "build_peak_rss_mb": build_rss, "size_bytes": size, "load_s": load,
-            "latency_ms_median": 1e3 * float(np.median(latencies)),
-            "latency_ms_p95": 1e3 * float(np.percentile(latencies, 95)), "answers": answers, "config": config,
+    return {"load_s": load, "latency_ms_median": 1e3 * float(np.median(latencies)),
+            "latency_ms_p95": 1e3 * float(np.percentile(latencies, 95)), "answers": answers,
             "peak_rss_mb": _peak_rss_mb()}
-
-
-def _reset_peak_rss() -> None:
-    """Start the peak over (Linux: 5 to /proc/self/clear_refs resets VmHWM)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _peak_rss_mb() -> float:
@@ -219,10 +212,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--resume", type=Path, help="a results file to add to (its rows are skipped)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.child:  # one (method, size) in a fresh process
-        method, vectors_path, work = args.child
-        queries = np.load(Path(work) / "queries.npy")
-        r = run_one(method, Path(vectors_path), queries, Path(work))
+    if args.child:  # one (method, size) in fresh processes: "build" or "query"
+        phase, method, work = args.child
+        work = Path(work)
+        queries = np.load(work / "queries.npy")
+        spec = json.loads((work / "spec.json").read_text())
+        if phase == "build":
+            r = build_one(method, Path(spec["vectors"]), queries, work)
+        else:
+            r = query_one(method, Path(spec["saved"]), spec["n"], spec["dim"], queries,
+                          np.load(work / "query-vectors.npy"))
         print(json.dumps(r))
         return r
     from engine import machine
@@ -247,13 +246,22 @@ def main(argv=None) -> dict:
                 continue
             work = Path(tempfile.mkdtemp(prefix=f"{method}-", dir=work_root))
             np.save(work / "queries.npy", queries)
-            got = subprocess.run([sys.executable, __file__, "--child", method, str(vectors_path), str(work)],
-                                 capture_output=True, text=True)
+            spec = {"vectors": str(vectors_path), "n": n, "dim": args.dim}
+            (work / "spec.json").write_text(json.dumps(spec))
+            r, failed = {}, None
+            for phase in ("build", "query"):
+                got = subprocess.run([sys.executable, __file__, "--child", phase, method, str(work)],
+                                     capture_output=True, text=True)
+                if got.returncode:
+                    failed = got.stderr.strip().splitlines()[-1:]
+                    break
+                r.update(json.loads(got.stdout.strip().splitlines()[-1]))
+                if phase == "build":
+                    (work / "spec.json").write_text(json.dumps({**spec, "saved": r.pop("saved")}))
             subprocess.run(["rm", "-rf", str(work)])
-            if got.returncode:
-                print(f"{method} n={n}: failed: {got.stderr.strip().splitlines()[-1:]}", flush=True)
+            if failed:
+                print(f"{method} n={n}: failed: {failed}", flush=True)
                 continue
-            r = json.loads(got.stdout.strip().splitlines()[-1])
             recall = float(np.mean([len(set(a) & set(t)) / K for a, t in zip(r.pop("answers"), truth)]))
             row = {"method": method, "n": n, "recall_at_10": recall, **r, "brute_force_s_all_queries": truth_s}
             result["rows"].append(row)

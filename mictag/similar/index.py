@@ -185,14 +185,20 @@ def _new_hnsw(dim: int):
     return Index(ndim=dim, metric="cos", dtype="f16", **HNSW)
 
 
-def _load_hnsw(folder: Path):
+def _load_hnsw(folder: Path, view: bool = False):
+    """The saved graph: memory-mapped (``view``: a querying process, nothing copied, read-only) or
+    loaded to be changed (a refresh). Its search breadth is set again (it is not saved)."""
     from usearch.index import Index
 
     path = folder / "hnsw.usearch"
     try:
-        return Index.restore(str(path))
+        index = Index.restore(str(path), view=view)
     except Exception:  # a missing or damaged graph: the caller rebuilds it
         return None
+    if index is None:
+        return None
+    index.expansion_search = HNSW["expansion_search"]
+    return index
 
 
 def _save_hnsw(folder: Path, hnsw) -> None:
@@ -223,7 +229,7 @@ def open_index(table: str | os.PathLike, kind: str = "auto", rebuild: bool = Fal
     stamp = _table_stamp(table)
     if manifest is not None and (manifest.table_size, manifest.table_mtime_ns) == stamp and kind in ("auto", manifest.kind):
         keys = _read_keys(folder, manifest.keys)
-        hnsw = _load_hnsw(folder) if manifest.kind == "hnsw" else None
+        hnsw = _load_hnsw(folder, view=True) if manifest.kind == "hnsw" else None
         if keys is not None and (manifest.kind == "exact" or hnsw is not None) and _vectors_ok(folder, manifest):
             return LibraryIndex(folder, manifest, keys, hnsw)
         manifest = None  # damaged: rebuilt below
