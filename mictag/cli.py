@@ -399,7 +399,8 @@ def scan(library, out, model, ast, backbone, wheel, zero_training, musicnn, back
     with StopSignals() as stop:
         try:
             model = resolve_model(model, ast, backbone, wheel, zero_training, musicnn, say)
-            options = scoring_options(hop, batch_size, aggregate, threshold, default_workers(workers))
+            workers = default_workers(workers)
+            options = scoring_options(hop, batch_size, aggregate, threshold, workers)
             progress = _Progress(not quiet and sys.stderr.isatty())
             try:
                 request = ScanRequest(library, out, model, backend, options, fmt, tuple(include), tuple(exclude),
