@@ -47,7 +47,8 @@ def tag(files, as_json, model, ast, backbone, wheel, zero_training, musicnn, bac
             r = ready.pop(shown)
             failed += r.status == "error"
             if as_json:
-                click.echo(json.dumps(file_record(r, tagger.labels, identity), ensure_ascii=False))
+                # ASCII JSON (non-ASCII as \u escapes): the same bytes whatever the locale's encoding
+                click.echo(json.dumps(file_record(r, tagger.labels, identity)))
             elif r.status == "error":
                 click.echo(f"{r.path}: error: {r.error}")
             else:
