@@ -14,9 +14,7 @@ the journal when it stops, finished or interrupted.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +22,9 @@ import numpy as np
 
 from mictag.errors import MictagError
 from mictag.output.files import parquet_journal_path
-from mictag.output.formats import read_rows
-from mictag.output.journal import Journal, write_text_synced, writing
+from mictag.output.formats import read_rows, write_parquet_table
+from mictag.output.journal import Journal, write_text_synced
+from mictag.output.rows import last_per_path
 
 IDENTITY = ("path", "size_bytes", "mtime", "content_sha256")  # as the tags output's columns
 COLUMNS = (*IDENTITY, "model_sha256", "embedding")
@@ -107,12 +106,6 @@ def rewrite_journal(out: str | Path, lines: list[dict]) -> None:
     write_text_synced(journal_path(out), text)
 
 
-def last_per_path(lines: list[dict]) -> list[dict]:
-    """One line per path, the last one written (a file scored again comes after its first line)."""
-    last = {l.get("path"): l for l in lines}
-    return [l for l in lines if last.get(l.get("path")) is l]
-
-
 ROW_GROUP = 8192  # rows per Parquet row group: one file's vector is read without the rest
 
 
@@ -123,7 +116,6 @@ def write_table(out: str | Path, lines: list[dict], about: dict[str, str] | None
     similar`` to score a new file with the same model, join the tags and write playlists."""
     require_pyarrow()
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     out = Path(out)
     lines = last_per_path(lines)
@@ -147,16 +139,7 @@ def write_table(out: str | Path, lines: list[dict], about: dict[str, str] | None
             "mictag.vector": "mean of window embeddings, L2-normalised",
             **{f"mictag.{k}": str(v) for k, v in (about or {}).items()}}
     table = pa.table(columns).replace_schema_metadata({k: v.encode() for k, v in meta.items()})
-    tmp = out.with_name(out.name + ".tmp")
-    with writing(out):
-        try:
-            pq.write_table(table, tmp, row_group_size=ROW_GROUP)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, out)
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+    write_parquet_table(out, table, row_group_size=ROW_GROUP)
 
 
 @dataclass

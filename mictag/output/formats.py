@@ -109,17 +109,24 @@ def write_parquet_rows(out: Path, rows: list[dict], schema=None, labels: list[st
     own when it is rewritten; with no rows, the columns of ``labels``)."""
     try:
         import pyarrow as pa
-        import pyarrow.parquet as pq
     except ImportError:
         raise MictagError("--format parquet needs pyarrow: pip install pyarrow") from None
     if rows or schema is not None:
         table = pa.Table.from_pylist(rows, schema=schema)
     else:
         table = pa.table({c: [] for c in columns(labels or [])})
+    write_parquet_table(out, table)
+
+
+def write_parquet_table(out: Path, table, **options) -> None:
+    """Replace ``out`` with the pyarrow ``table``, atomically and durably (temporary file, fsync,
+    rename); ``options`` go to ``pyarrow.parquet.write_table``."""
+    import pyarrow.parquet as pq
+
     tmp = out.with_name(out.name + ".tmp")
     with writing(out):
         try:
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, **options)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, out)

@@ -80,3 +80,10 @@ def same_file(row: dict, size: int, mtime: float) -> bool:
     """Whether a row was made from the file as it is now (its size and mtime)."""
     held = row_stat(row)
     return held is not None and same_stat(held, (size, mtime))
+
+
+def last_per_path(rows: list[dict]) -> list[dict]:
+    """One row (or line) per path, the last one written: a file scored again comes after what its
+    new row replaces."""
+    last = {r.get("path"): r for r in rows}
+    return [r for r in rows if last.get(r.get("path")) is r]

@@ -462,6 +462,31 @@ function setupProblems() {
   update();
 }
 
+// A list of files narrowed by the words typed into ``input`` (every word in the path); ``show(i)``
+// draws the i-th file of ``paths`` when it is chosen (or is the first left after a filter).
+function fileList(input, select, count, paths, show) {
+  function fill() {
+    const words = input.value.toLowerCase().split(/\s+/).filter(Boolean), keep = select.value;
+    const frag = document.createDocumentFragment();
+    let n = 0;
+    paths.forEach((path, i) => {
+      const p = path.toLowerCase();
+      if (words.every(w => p.includes(w))) { frag.appendChild(h("option", {value: String(i)}, path)); n++; }
+    });
+    select.textContent = "";
+    select.appendChild(frag);
+    count.textContent = fmt(n) + " of " + fmt(paths.length) + " files";
+    if (n) {
+      select.value = keep;
+      if (select.selectedIndex < 0) select.selectedIndex = 0;
+      show(Number(select.value));
+    }
+  }
+  input.addEventListener("input", fill);
+  select.addEventListener("change", () => show(Number(select.value)));
+  fill();
+}
+
 function setupTimelines() {
   const TL = D.timelines, select = document.getElementById("tselect");
   if (!select) return;
@@ -518,26 +543,7 @@ function setupTimelines() {
     hover.textContent = cur.labels[l] + " at " + clock(cur.starts[c]) + "-" + clock(end) + ": score "
       + (cur.q[l * cur.f.cols + c] / 255).toFixed(2);
   });
-  function fill() {
-    const words = input.value.toLowerCase().split(/\s+/).filter(Boolean), keep = select.value;
-    const frag = document.createDocumentFragment();
-    let n = 0;
-    TL.files.forEach((f, i) => {
-      const p = f.path.toLowerCase();
-      if (words.every(w => p.includes(w))) { frag.appendChild(h("option", {value: String(i)}, f.path)); n++; }
-    });
-    select.textContent = "";
-    select.appendChild(frag);
-    document.getElementById("tcount").textContent = fmt(n) + " of " + fmt(TL.files.length) + " files";
-    if (n) {
-      select.value = keep;
-      if (select.selectedIndex < 0) select.selectedIndex = 0;
-      draw(Number(select.value));
-    }
-  }
-  input.addEventListener("input", fill);
-  select.addEventListener("change", () => draw(Number(select.value)));
-  fill();
+  fileList(input, select, document.getElementById("tcount"), TL.files.map(f => f.path), draw);
   // Open on the longest sampled file: more to see than in a one-window clip.
   let longest = 0;
   TL.files.forEach((f, i) => { if (f.cols > TL.files[longest].cols) longest = i; });
@@ -566,26 +572,7 @@ function setupSimilar() {
       body.appendChild(tr);
     });
   }
-  function fill() {
-    const words = input.value.toLowerCase().split(/\s+/).filter(Boolean), keep = select.value;
-    const frag = document.createDocumentFragment();
-    let n = 0;
-    S.files.forEach(([q], i) => {
-      const p = S.names[q].toLowerCase();
-      if (words.every(w => p.includes(w))) { frag.appendChild(h("option", {value: String(i)}, S.names[q])); n++; }
-    });
-    select.textContent = "";
-    select.appendChild(frag);
-    document.getElementById("scount").textContent = fmt(n) + " of " + fmt(S.files.length) + " files";
-    if (n) {
-      select.value = keep;
-      if (select.selectedIndex < 0) select.selectedIndex = 0;
-      show(Number(select.value));
-    }
-  }
-  input.addEventListener("input", fill);
-  select.addEventListener("change", () => show(Number(select.value)));
-  fill();
+  fileList(input, select, document.getElementById("scount"), S.files.map(([q]) => S.names[q]), show);
 }
 
 document.querySelectorAll("a[data-open]").forEach(a => a.addEventListener("click", () => {

@@ -32,6 +32,7 @@ import numpy as np
 from mictag.output.embeddings import EmbeddingsError, EmbeddingTable, Files, require_pyarrow
 from mictag.output.embeddings import read_table
 from mictag.output.files import index_dir
+from mictag.output.formats import write_parquet_table
 from mictag.output.journal import write_text_synced, writing
 
 KINDS = ("auto", "exact", "hnsw")
@@ -169,11 +170,7 @@ def _read_keys(folder: Path, count: int) -> Files | None:
 
 
 def _write_keys(folder: Path, keys: Files) -> None:
-    import pyarrow.parquet as pq
-
-    tmp = folder / "rows.parquet.tmp"
-    pq.write_table(keys.arrow(), tmp)
-    os.replace(tmp, folder / "rows.parquet")
+    write_parquet_table(folder / "rows.parquet", keys.arrow())
 
 
 def _new_hnsw(dim: int):

@@ -327,6 +327,15 @@ class TrustedBackend(Backend):
         probs, outcome, embeddings = self._score_fast(x, valid)
         return Submitted(len(x), value=probs, outcome=outcome, embeddings=embeddings)
 
+    def _on_reference(self, x: np.ndarray, valid: np.ndarray, rows: list[int],
+                      embeddings: np.ndarray | None) -> np.ndarray:
+        """The reference's probabilities for ``rows`` of the batch; their embeddings, where asked,
+        replace the fast path's in ``embeddings``."""
+        exact, exact_embeddings = self._scored(self.reference, x[rows], valid[rows])
+        if embeddings is not None:
+            embeddings[rows] = exact_embeddings
+        return exact
+
     def _score_fast(self, x: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, CheckOutcome, np.ndarray | None]:
         s = self.stats
         t0 = self.clock()
@@ -341,9 +350,7 @@ class TrustedBackend(Backend):
         verdict, passed, worst, reason, exact_rows = "", None, 0.0, "", {}
         if rows:
             t0 = self.clock()
-            exact, exact_emb = self._scored(self.reference, x[rows], valid[rows])
-            if embeddings is not None:
-                embeddings[rows] = exact_emb
+            exact = self._on_reference(x, valid, rows, embeddings)
             s.check_seconds += self.clock() - t0
             s.check_windows += len(rows)
             verdict, worst, reason = self._judge(probs[rows], exact)
@@ -355,9 +362,7 @@ class TrustedBackend(Backend):
                 if int(r) not in exact_rows]
         if near:
             t0 = self.clock()
-            exact, exact_emb = self._scored(self.reference, x[near], valid[near])
-            if embeddings is not None:
-                embeddings[near] = exact_emb
+            exact = self._on_reference(x, valid, near, embeddings)
             s.borderline_seconds += self.clock() - t0
             s.borderline += len(near)
             exact_rows.update(zip(near, exact))

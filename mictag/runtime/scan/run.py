@@ -20,14 +20,13 @@ from pathlib import Path
 
 from mictag.digest import file_digest
 from mictag.errors import MictagError
-from mictag.output.embeddings import (EmbeddingsWriter, last_per_path, read_journal, require_pyarrow,
-                                      rewrite_journal, write_table)
+from mictag.output.embeddings import EmbeddingsWriter, read_journal, require_pyarrow, rewrite_journal, write_table
 from mictag.output.files import parquet_journal_path, read_state, redo_path, state_path
 from mictag.output.formats import (FORMATS, WRITERS, SegmentsWriter, Writer, header, read_rows, rewrite,
                                    write_parquet)
 from mictag.output.journal import write_text_synced, writing
 from mictag.output.lock import OutputLock
-from mictag.output.rows import FileResult, columns, same_file
+from mictag.output.rows import FileResult, columns, last_per_path, same_file
 from mictag.runtime.engines.open import open_backend
 from mictag.runtime.scan.content import REUSABLE, BackgroundHasher, file_sha256, plan_reuse, reused_row
 from mictag.runtime.scan.discovery import Skipped, discover, special_kind
@@ -87,12 +86,6 @@ def _interruptible(work: Callable, should_stop: Callable[[], bool]):
 def _write_lines(path: Path, lines: list[dict]) -> None:
     """Replace a JSON-lines file (the segments) with ``lines``, atomically."""
     write_text_synced(path, "".join(json.dumps(l, ensure_ascii=False) + "\n" for l in lines))
-
-
-def _last_per_path(rows: list[dict]) -> list[dict]:
-    """One row per path, the last one written (a replacement comes after what it replaces)."""
-    last = {r.get("path"): r for r in rows}
-    return [r for r in rows if last.get(r.get("path")) is r]
 
 
 @dataclass(frozen=True)
@@ -192,6 +185,7 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
     entries = _interruptible(lambda: discover(library, request.include, request.exclude, skipped=special), should_stop)
     kept: list[dict] = []
     dropped: list[dict] = []  # rows of files gone or changed: their bytes may be under another name now
+    vector_lines: list[dict] = []  # the embeddings journal's lines of this model, one per path (on resume)
     redo_file = redo_path(out)
     if not fresh:
         by_path = {e.rel: e for e in entries}
@@ -201,7 +195,7 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
         except (OSError, ValueError, TypeError):
             redo = set()
         done = set()
-        for row in _last_per_path(rows):
+        for row in last_per_path(rows):
             e = by_path.get(row.get("path"))
             if (e is None or row["path"] in redo or not same_file(row, e.size, e.mtime)
                     or (request.retry_failed and row.get("status") == "error")):
@@ -211,8 +205,9 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
             kept.append(row)
             done.add(row["path"])
         if request.embeddings is not None:  # a file scored without its vector is scored again
-            with_vector = {l.get("path") for l in read_journal(request.embeddings)
-                           if l.get("model_sha256") == fingerprint["model_sha256"]}
+            vector_lines = [l for l in last_per_path(read_journal(request.embeddings))
+                            if l.get("model_sha256") == fingerprint["model_sha256"]]
+            with_vector = {l["path"] for l in vector_lines}
             lacking = [r for r in kept if r["path"] not in with_vector and _has_windows(r)]
             if lacking:
                 dropped += lacking
@@ -244,11 +239,9 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
     if request.embeddings is not None:
         emb_path = Path(request.embeddings)
         if not fresh:  # keep only the vectors of rows that were kept (and of this model)
-            lines = [l for l in last_per_path(read_journal(emb_path))
-                     if l.get("model_sha256") == fingerprint["model_sha256"]]
-            vectors = {l["path"]: l["embedding"] for l in lines}
+            vectors = {l["path"]: l["embedding"] for l in vector_lines}
             kept_paths = {r["path"] for r in kept}
-            rewrite_journal(emb_path, [l for l in lines if l["path"] in kept_paths])
+            rewrite_journal(emb_path, [l for l in vector_lines if l["path"] in kept_paths])
         emb_writer = EmbeddingsWriter(emb_path, fresh)
     # Files whose bytes were scored already (moved, renamed, duplicates) get that row again.
     known = kept + dropped
@@ -297,11 +290,11 @@ def _scan_locked(request: ScanRequest, library: Path, out: Path, options: ScanOp
     statuses = sink.statuses
     interrupted = should_stop() and sum(statuses.values()) - sink.rewritten < len(kept) + len(entries)
     if sink.replaced and not interrupted:  # the replaced rows go: one row per file again, then the redo list
-        final = _last_per_path(read_rows(journal, row_fmt))
+        final = last_per_path(read_rows(journal, row_fmt))
         rewrite(journal, row_fmt, labels, final)
         statuses = Counter(r.get("status") or "ok" for r in final)
         if seg_writer is not None:
-            _write_lines(seg_writer.path, _last_per_path(read_rows(seg_writer.path, "jsonl")))
+            _write_lines(seg_writer.path, last_per_path(read_rows(seg_writer.path, "jsonl")))
         with writing(redo_file):
             redo_file.unlink(missing_ok=True)
     if fmt == "parquet" and not interrupted:
