@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--systems", nargs="*", default=None, choices=list(SYSTEMS),
                     help="train only these (default: the whole plan; none: only the zero-training tagger)")
+    ap.add_argument("--labels", nargs="*", default=None, choices=["masked", "full"],
+                    help="train only on these labels (default: the plan's, masked and full)")
     ap.add_argument("--work", type=Path, default=mictag_home() / "experiments" / "musicnn-reprogramming")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (runs already in it are skipped)")
     ap.add_argument("--table", action="store_true", help="print the table of --out's runs so far and stop")
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / f"musicnn-reprogramming-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     has_truth = (args.data / FULL_CSV).is_file()
-    plan = [(s, v) for s, v in PLAN if (args.systems is None or s in args.systems) and (has_truth or v == "masked")]
+    plan = [(s, v) for s, v in PLAN if (args.systems is None or s in args.systems)
+            and (args.labels is None or v in args.labels) and (has_truth or v == "masked")]
 
     splits = {variant: corpus_splits(args.data, variant) for variant in {v for _, v in plan} | {"masked"}}
     labels = splits["masked"].labels

@@ -488,7 +488,8 @@ def corpus() -> None:
 @click.option("--workers", type=int, default=None, help="Render processes (default: the CPU count).")
 @click.option("--style", default="v1", show_default=True,
               help="v1: the clips as first built; produced: performed notes (tempo drift, timing, dynamics), "
-                   "reverbs, a bus compressor and a master limiter.")
+                   "reverbs, a bus compressor and a master limiter; oneshots: one instrument a clip, one "
+                   "isolated note, chord or hit every 3 s (a sample library's files).")
 @click.option("--negatives", type=float, default=0.0, show_default=True,
               help="Share of clips with no instrument (silence, noise, applause, speech: all labels 0); "
                    "needs --style produced.")

@@ -2,7 +2,7 @@
 from recorded-instrument samples, in the folder format ``mictag train`` reads.
 
     mictag corpus build --out DIR [--clips 3000] [--seed 0] [--packages ...] [--workers N]
-                        [--style v1|produced] [--negatives SHARE]
+                        [--style v1|produced|oneshots] [--negatives SHARE]
 
 Deterministic: a clip is made from its own seeded generator and rendered on a synth of its own,
 so the same spec gives the same files with any number of workers. Writes:
@@ -22,6 +22,9 @@ same clips as a band and a studio would: performed notes (:mod:`mictag.corpus.pe
 reverbs, a bus compressor and a master limiter (:mod:`mictag.corpus.mastering`), and optionally a
 share of clips with no instrument (:mod:`mictag.corpus.negatives`). Everything it adds is drawn
 from a generator of its own per clip, so its clips play what the v1 clips of the same spec play.
+``oneshots`` sounds like a sample library: one instrument a clip (its sources drawn and split as
+in v1), one isolated note, strummed chord or hit at the start of every 3 s, then its decay and
+silence, through the v1 room.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 
 from mictag.corpus import instruments as I
 from mictag.corpus.midi import DRUM_CHANNEL, Part, write_midi
-from mictag.corpus.music import drum_pattern, line, new_song
+from mictag.corpus.music import drum_pattern, line, new_song, one_shots
 from mictag.corpus.room import impulse_response, mix, reverb, rms, tilt
 from mictag.errors import ConfigError
 from mictag.labels import OPENMIC_LABELS
@@ -49,7 +52,8 @@ INSTRUMENT_COUNTS = ((1, 0.3), (2, 0.35), (3, 0.2), (4, 0.15))
 BUILDER_VERSION = 1  # bump when a change alters the clips a spec makes
 # Styles after v1, each with its own version (in the recipe only for that style): bump one when a
 # change alters that style's clips, and v1's recipes stay as they are.
-STYLE_VERSIONS = {"v1": None, "produced": 1}
+STYLE_VERSIONS = {"v1": None, "produced": 1, "oneshots": 1}
+ONE_SHOT_SLOT_S = 3.0  # the one-shots style: one sound every slot (musicnn's window: each window one file's worth)
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,9 @@ def plan_clip(i: int, spec: CorpusSpec, cat: Catalogue) -> dict:
     classes = [lab for lab in OPENMIC_LABELS if cat.available(split, lab)]
     counts, weights = zip(*INSTRUMENT_COUNTS)
     k = min(len(classes), int(rng.choice(counts, p=weights)))
+    oneshots = spec.style == "oneshots"
+    if oneshots:  # one instrument a clip, as a sample library's file
+        k = min(k, 1)
     chosen = [classes[j] for j in rng.choice(len(classes), size=k, replace=False)]
     parts, used = [], set()
     if "drums" in chosen or "cymbals" in chosen:
@@ -223,7 +230,12 @@ def plan_clip(i: int, spec: CorpusSpec, cat: Catalogue) -> dict:
         if kits:
             kit, _ = kits[int(rng.integers(len(kits)))]
             labels = ("drums", "cymbals") if pieces == "both" else (pieces,)
-            notes = drum_pattern(rng, song, pieces) if kit.kind != "recording" else []
+            if kit.kind == "recording":
+                notes = []
+            elif oneshots:
+                notes = one_shots(rng, song, ONE_SHOT_SLOT_S, "drums", pieces=pieces)
+            else:
+                notes = drum_pattern(rng, song, pieces)
             parts.append({"source": kit, "labels": labels, "role": "drums", "notes": notes,
                           "seed": int(rng.integers(2**31))})
             used.add(kit.id)
@@ -235,7 +247,12 @@ def plan_clip(i: int, spec: CorpusSpec, cat: Catalogue) -> dict:
             continue
         source, register = options[int(rng.integers(len(options)))]
         low, high = register or (source.low, source.high)
-        notes = line(rng, song, source.role, low, high) if source.kind == "preset" else []
+        if source.kind != "preset":
+            notes = []
+        elif oneshots:
+            notes = one_shots(rng, song, ONE_SHOT_SLOT_S, source.role, low, high)
+        else:
+            notes = line(rng, song, source.role, low, high)
         parts.append({"source": source, "labels": (label,), "role": source.role, "notes": notes,
                       "seed": int(rng.integers(2**31))})
         used.add(source.id)
@@ -330,7 +347,7 @@ def render_clip(plan: dict, cat: Catalogue, spec: CorpusSpec) -> tuple[np.ndarra
         elif p["source"].kind == "recording":
             pitched = not set(p["labels"]) & {"drums", "cymbals"}
             audio[k] = render_recording(p["source"].folder, np.random.default_rng(p["seed"]), beat, seconds, rate,
-                                        pitched)
+                                        pitched, every=ONE_SHOT_SLOT_S if spec.style == "oneshots" else None)
     sounding = [k for k in range(len(plan["parts"])) if rms(audio[k]) > MIN_PART_RMS]
     if not sounding:
         return np.zeros(int(seconds * rate), np.float32), []

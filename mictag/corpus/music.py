@@ -1,5 +1,6 @@
 """What the parts play: a key, a tempo, a chord progression, and per role a seeded line of notes
-(melody, chords, bass, pad) or a drum pattern (drums, cymbals or both)."""
+(melody, chords, bass, pad) or a drum pattern (drums, cymbals or both); or, for the one-shots
+style, one isolated note, chord or hit every slot, as a sample library's files sound."""
 
 from __future__ import annotations
 
@@ -137,4 +138,32 @@ def drum_pattern(rng: np.random.Generator, song: Song, pieces: str) -> list[Note
                 notes.append(Note(eighth, 0.5, crash, v(80, 120)))
         t += beat / 2
         n += 1
+    return notes
+
+
+def one_shots(rng: np.random.Generator, song: Song, slot: float, role: str, low: int = 0, high: int = 127,
+              pieces: str | None = None) -> list[Note]:
+    """One isolated sound at the start of every ``slot`` seconds, then its decay and silence: a
+    note (a strummed chord, half the time, for the ``chords`` role) for a melodic ``role`` in
+    [low, high], or one drum (``pieces`` "drums": kick, snare or tom) or cymbal (hi-hat, ride or
+    crash) hit. Each with its own pitch, length and velocity."""
+    lo, hi = _window(rng, low, high)
+    kinds = {"drums": DRUM_NOTES, "cymbals": CYMBAL_NOTES}.get(pieces or "")
+    notes, t = [], 0.0
+    while t < song.seconds:
+        onset = t + float(rng.uniform(0.0, 0.05))
+        velocity = int(rng.integers(40, 128))
+        if kinds is not None:
+            group = list(kinds)[int(rng.integers(len(kinds)))]
+            pitch = kinds[group][int(rng.integers(len(kinds[group])))]
+            notes.append(Note(onset, 0.5 if group == "crash" else 0.1, pitch, velocity))
+        else:
+            length = float(rng.uniform(0.2, max(0.3, min(2.0, slot - 0.5))))
+            if role == "chords" and rng.random() < 0.5:
+                strum = float(rng.uniform(0.0, 0.03))
+                chord = song.pitches(int(rng.integers(7)), lo, hi, size=int(rng.integers(3, 5)))
+                notes += [Note(onset + k * strum, length, p, velocity) for k, p in enumerate(chord)]
+            else:
+                notes.append(Note(onset, length, int(rng.integers(lo, hi + 1)), velocity))
+        t += slot
     return notes

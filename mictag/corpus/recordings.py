@@ -104,16 +104,18 @@ def decoded(path: str, rate: int) -> np.ndarray:
 
 
 def render_recording(path: str, rng: np.random.Generator, beat: float, seconds: float, rate: int = 16000,
-                     pitched: bool = True) -> np.ndarray:
+                     pitched: bool = True, every: float | None = None) -> np.ndarray:
     """The recording played through the clip: a short one as hits on the beat (pitched ones moved
-    by up to three semitones a hit, by resampling), a long one as phrases from random offsets."""
+    by up to three semitones a hit, by resampling), a long one as phrases from random offsets.
+    With ``every`` (the one-shots style): one hit (or phrase) at the start of every ``every``
+    seconds, cut at the next one, then silence."""
     x = decoded(path, rate)
     n = int(round(seconds * rate))
     out = np.zeros(n + rate, np.float32)
     if x.size == 0:
         return out[:n]
     short = x.size < 1.5 * rate
-    t = float(rng.uniform(0, beat))
+    t = float(rng.uniform(0, beat)) if every is None else float(rng.uniform(0.0, 0.05))
     while t < seconds:
         if short:
             hit = x
@@ -127,6 +129,10 @@ def render_recording(path: str, rng: np.random.Generator, beat: float, seconds: 
             start = int(rng.integers(0, max(1, x.size - rate)))
             hit = x[start : start + int(rng.uniform(2.0, 6.0) * rate)]
             gain, step = 1.0, hit.size / rate + float(rng.uniform(0.0, 0.5))
+        if every is not None:  # one sound a slot: it ends where the next slot starts
+            gain = float(rng.uniform(0.3, 1.0))
+            hit = hit[: max(1, int((every - t % every) * rate))]
+            step = every - t % every + float(rng.uniform(0.0, 0.05))
         at = int(t * rate)
         if at < n:
             out[at : at + hit.size] += gain * hit[: out.size - at]
