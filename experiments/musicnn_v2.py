@@ -16,7 +16,9 @@ Data and how it is kept apart:
   that only validation clips play select ("real-val"); takes that only test clips play are the
   real test ("real-test"), never used for training or selection;
 - heldout: clips rendered from a sample family no corpus source comes from (the csound GS bank,
-  ``mictag corpus build --packages csound-soundfont``), test only.
+  ``mictag corpus build --packages csound-soundfont``), test only;
+- unseen: real recordings from packages no corpus source comes from (experiments/unseen_recordings.py:
+  STK's drums, sound-icons' instruments, speech and noise as negatives), test only.
 
 Systems (a mapper on per-window features of frozen networks): the shipped v1 tagger as it is, and
 mappers trained on each feature set, with the v1 target (every window of a clip carries the
@@ -265,7 +267,7 @@ def choose(results: dict, models: Path) -> tuple[str, dict]:
 
 
 def ship(key: str, results: dict, models: Path, args) -> None:
-    """Package run ``key`` ("<run> | thresholds <rule>") as the shipped musicnn-openmic20 (version 2):
+    """Package run ``key`` ("<run> | thresholds <rule>") as the shipped musicnn-openmic20 (``--version``):
     its mapper on the frozen MTT musicnn, the rule's thresholds, and the study's record. The scores
     users get are measured afterwards through `mictag scan` (--measure)."""
     from mictag.backbones.frozen import backbone_reference
@@ -300,9 +302,10 @@ def ship(key: str, results: dict, models: Path, args) -> None:
             corpora[name] = {"what": "real one-shot recordings (experiments/real_instruments.py), takes only "
                                      "corpus-train clips play"}
     record = {
-        "version": 2,
+        "version": args.version,
         "description": "musicnn (MTT), frozen; a mapper on its pooled features trained for the 20 OpenMIC classes on "
-                       "mictag's generated corpus, with thresholds chosen on corpus and real-recording validation",
+                       f"mictag's generated corpora ({', '.join(run['trained_on'])}), with thresholds chosen on corpus "
+                       "and real-recording validation",
         "corpus": corpora.get("corpus"), "trained_on": corpora, "seed": run["seed"],
         "selection": {"rule": "the system (features, mapper, target, training sets, thresholds rule) with the best "
                               "mean selection score over its seeds, then its best seed; selection score: the mean of "
@@ -316,14 +319,16 @@ def ship(key: str, results: dict, models: Path, args) -> None:
         model_file = save_model(Path(tmp) / "model.pt", model, cfg, backbone_reference("musicnn", "MTT_musicnn"),
                                 run["thresholds"], recipe, study_metrics)
         path = package(model_file, "musicnn-openmic20", run["thresholds"], record)
-    print(f"packaged {key} as musicnn-openmic20 version 2: {path}")
+    print(f"packaged {key} as musicnn-openmic20 version {args.version}: {path}")
 
 
-def measure(args, roles: dict[str, str], v1: Path | None) -> None:
+def measure(args, roles: dict[str, str], previous: Path | None) -> None:
     """The shipped tagger's scores as users get them: `mictag models pull musicnn` builds it, `mictag
-    scan` tags the corpus's test split, the real-test recordings and the held-out family, and the
-    tags it wrote are scored (experiments/scan_metrics.py). Written into the tagger's record as
-    ``metrics``, beside v1's (``v1``: a folder of v1 scans named like these, if given)."""
+    scan` tags the corpus's test split, the real-test recordings, the held-out family and the unseen
+    recordings, and the tags it wrote are scored (experiments/scan_metrics.py). Written into the
+    tagger's record as ``metrics``, beside the previous version's (``previous``: a folder of its
+    scans named like these, if given; keeps the scans of this version there too, under
+    ``version-N``, for the next)."""
     import subprocess
     import tempfile
 
@@ -337,27 +342,118 @@ def measure(args, roles: dict[str, str], v1: Path | None) -> None:
                "cross_domain": (args.real, args.real / "audio", real_test)}
     if args.heldout:
         targets["held_out_family"] = (args.heldout, args.heldout / "audio", None)
+    if args.unseen:
+        targets["unseen_recordings"] = (args.unseen, args.unseen / "audio", None)
+    path = provenance_path("musicnn-openmic20")
+    record = json.loads(path.read_text("utf-8"))
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
+        keep = args.keep_scans / f"version-{record.get('version', 1)}" if args.keep_scans else Path(tmp)
+        keep.mkdir(parents=True, exist_ok=True)
         for name, (data, root, files) in targets.items():
-            csv_path = Path(tmp) / f"{name}.csv"
+            csv_path = keep / f"{name}.csv"
+            csv_path.unlink(missing_ok=True)
             subprocess.run(["mictag", "scan", str(root), "--backbone", "musicnn", "--out", str(csv_path)], check=True)
             m = scan_metrics(csv_path, data, root, None, files)
             out[name] = {"macro_f1": m["macro_f1"], "present_macro_f1": m["present_macro_f1"], "mAP": m["map"],
                          "files": m["files"], "per_label_f1": m["per_label_f1"], "per_label_ap": m["per_label_ap"],
                          "tagged_share": m["tagged_share"], "truth_share": m["truth_share"]}
-            if v1 and (v1 / f"{name}.csv").is_file():
-                old = scan_metrics(v1 / f"{name}.csv", data, root, None, files)
-                out[name]["v1"] = {"macro_f1": old["macro_f1"], "present_macro_f1": old["present_macro_f1"],
-                                   "mAP": old["map"], "per_label_f1": old["per_label_f1"]}
-    path = provenance_path("musicnn-openmic20")
-    record = json.loads(path.read_text("utf-8"))
+            if previous and (previous / f"{name}.csv").is_file():
+                old = scan_metrics(previous / f"{name}.csv", data, root, None, files)
+                out[name]["previous"] = {"version": record.get("version", 1) - 1, "macro_f1": old["macro_f1"],
+                                         "present_macro_f1": old["present_macro_f1"], "mAP": old["map"],
+                                         "per_label_f1": old["per_label_f1"]}
     record["metrics"] = {**out, "measured_with": "mictag scan --backbone musicnn (auto engine), tags as written",
                          "cpu": cpu_info().describe()}
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     for name, m in out.items():
-        before = f" (v1 {m['v1']['macro_f1']:.3f} / {m['v1']['mAP']:.3f})" if "v1" in m else ""
+        before = (f" (version {m['previous']['version']} {m['previous']['macro_f1']:.3f} / {m['previous']['mAP']:.3f})"
+                  if "previous" in m else "")
         print(f"{name}: macro F1 {m['macro_f1']:.3f}, mAP {m['mAP']:.3f}{before}")
+
+
+MTT_MAP_LABELS = ("cello", "drums", "flute", "guitar", "piano", "synthesizer", "violin", "voice")
+
+
+def bootstrap_macro_f1(y: np.ndarray, tags: np.ndarray, rounds: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the OpenMIC macro F1 (the mean over labels of the mean F1 of the classes,
+    positive and negative, that occur in truth or tags) over files drawn with replacement. The
+    basic (reverse-percentile) interval: on a few dozen files a resample repeats files and leaves
+    others out, so fewer labels meet a false tag and the resampled scores sit above the set's own;
+    reflecting the percentiles about the set's score corrects that bias."""
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(len(y), np.full(len(y), 1 / len(y)), size=rounds).astype(np.float64)
+    t, p = y >= 0.5, tags
+    tp, fp, fn, tn = (w @ (a & b).astype(np.float64) for a, b in ((t, p), (~t, p), (t, ~p), (~t, ~p)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pos = np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+        neg = np.where(tn + fp + fn > 0, 2 * tn / (2 * tn + fp + fn), np.nan)
+    per_label = np.nanmean(np.stack([pos, neg]), axis=0)
+    lo, hi = np.percentile(per_label.mean(1), [2.5, 97.5])
+    point = float(np.mean([np.nanmean([_class_f1(t[:, i], p[:, i], c) for c in (False, True)
+                                       if (t[:, i] == c).any() or (p[:, i] == c).any()]) for i in range(t.shape[1])]))
+    return 2 * point - float(hi), 2 * point - float(lo)
+
+
+def _class_f1(truth: np.ndarray, pred: np.ndarray, c: bool) -> float:
+    tp = np.sum((truth == c) & (pred == c))
+    return 2 * tp / (2 * tp + np.sum((truth != c) & (pred == c)) + np.sum((truth == c) & (pred != c)))
+
+
+def compare(args, results: dict, models: Path, keys: list[str]) -> dict:
+    """The real-recording sets (real-test, unseen, both together) for the MTT map and each run
+    ``keys`` ("<run> | thresholds <rule>"): macro F1 over the 20 labels with its bootstrap 95%
+    interval, over the MTT map's 8 labels, and mAP. Test sets only: nothing here selects."""
+    roles = real_roles(args.real, args.corpus)
+
+    def real_sets(parts):
+        real = Data(args.feats, "real", parts)
+        role = np.array([roles.get(f, "unused") for f in real.files])
+        out = {"real-test": real.subset(role == "test")}
+        if (args.feats / "unseen" / "index.npz").is_file():
+            unseen = Data(args.feats, "unseen", parts)
+            out["unseen"] = unseen.subset(np.ones(len(unseen.files), bool))
+            out["real-test + unseen"] = join(out["real-test"], out["unseen"])
+        return out
+
+    eight = [OPENMIC_LABELS.index(label) for label in MTT_MAP_LABELS]
+    from mictag.labels import openmic_mtt_map
+
+    table = {}
+
+    def score(name: str, sets: dict, scores: dict, thresholds) -> None:
+        thr = np.broadcast_to(np.asarray(thresholds, np.float64), (20,))
+        row = {}
+        for set_name, sub in sets.items():
+            y = np.nan_to_num(sub.y)
+            r = evaluate(OPENMIC_LABELS, y, ~np.isnan(sub.y), scores[set_name], thr)
+            tags = scores[set_name] >= thr
+            row[set_name] = {"macro_f1": r.macro_f1, "ci95": bootstrap_macro_f1(y, tags),
+                             "mtt8_macro_f1": float(np.mean(np.asarray(r.f1_macro)[eight])),
+                             "map": r.mean_ap, "files": len(sub)}
+        table[name] = row
+        print(f"{name:<70}" + "  ".join(
+            f"{k} {v['macro_f1']:.3f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}] 8: {v['mtt8_macro_f1']:.3f} mAP {v['map']:.3f}"
+            for k, v in row.items()), flush=True)
+
+    logit_sets = real_sets([("MTT_musicnn", "logits")])
+    mapping = openmic_mtt_map()
+    map_scores = {}
+    for set_name, sub in logit_sets.items():
+        top = np.where(sub.mask[..., None], sub.x, -np.inf).max(1)
+        out = np.zeros((len(sub), 20))
+        for j, label in enumerate(OPENMIC_LABELS):
+            if label in mapping:
+                out[:, j] = 1 / (1 + np.exp(-top[:, list(mapping[label])].max(1)))
+        map_scores[set_name] = out
+    score("zero-training MTT map (its 8 labels; the other 12 never tagged)", logit_sets, map_scores, 0.5)
+    for key in keys:
+        run = results["runs"][key]
+        sets = real_sets(FEATURE_SETS[run["features"]])
+        model = new_mapper(sets["real-test"].x.shape[2], run["mapper"])
+        model.load_state_dict(torch.load(models / f"{slug(key.split(' | thresholds ')[0])}.pt", weights_only=True))
+        score(key, sets, {k: file_scores(model, sub) for k, sub in sets.items()}, run["thresholds"])
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -379,7 +475,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="package this run (a key of the results, with its thresholds rule) as musicnn-openmic20")
     parser.add_argument("--measure", action="store_true", help="score the shipped tagger through mictag scan")
     parser.add_argument("--heldout", type=Path, default=None, help="the held-out family's folder (for --measure)")
-    parser.add_argument("--v1-scans", type=Path, default=None, help="v1's scans of the same folders (for --measure)")
+    parser.add_argument("--unseen", type=Path, default=None,
+                        help="experiments/unseen_recordings.py's folder (for --measure)")
+    parser.add_argument("--previous-scans", type=Path, default=None,
+                        help="the previous version's scans of the same folders (for --measure)")
+    parser.add_argument("--keep-scans", type=Path, default=None,
+                        help="keep --measure's scans in KEEP/version-N (the next version's --previous-scans)")
+    parser.add_argument("--version", type=int, default=None, help="the version number --ship gives the tagger")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="RUN",
+                        help="the real-recording test sets for the MTT map and these runs, with bootstrap intervals "
+                             "(written to the results under 'real_recordings')")
     parser.add_argument("--choose", action="store_true",
                         help="print the shippable run with the best selection score (validation only)")
     args = parser.parse_args(argv)
@@ -393,12 +498,18 @@ def main(argv: list[str] | None = None) -> None:
               f"seeds; this seed {results['runs'][best]['selection']:.4f} ({len(means)} shippable systems)")
         return
     if args.ship:
+        if args.version is None:
+            parser.error("--ship needs --version (the shipped tagger's next version number)")
         return ship(args.ship, results, models, args)
+    if args.compare:
+        results["real_recordings"] = compare(args, results, models, args.compare)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        return
     results.update({"cpu": cpu_info().describe(), "python": platform.python_version(), "torch": torch.__version__})
     roles = real_roles(args.real, args.corpus)
     if args.measure:
-        return measure(args, roles, args.v1_scans)
-    have_heldout = (args.feats / "heldout" / "index.npz").is_file()
+        return measure(args, roles, args.previous_scans)
+    test_only = [name for name in ("heldout", "unseen") if (args.feats / name / "index.npz").is_file()]
 
     def sets_for(parts):
         corpus, real = Data(args.feats, "corpus", parts), Data(args.feats, "real", parts)
@@ -407,9 +518,9 @@ def main(argv: list[str] | None = None) -> None:
         out = {"corpus-train": corpus.subset(split == "train"), "corpus-val": corpus.subset(split == "val"),
                "corpus-test": corpus.subset(split == "test"), "real-train": real.subset(role == "train"),
                "real-val": real.subset(role == "val"), "real-test": real.subset(role == "test")}
-        if have_heldout:
-            held = Data(args.feats, "heldout", parts)
-            out["heldout"] = held.subset(np.ones(len(held.files), bool))
+        for name in test_only:
+            held = Data(args.feats, name, parts)
+            out[name] = held.subset(np.ones(len(held.files), bool))
         for extra in (name for name in args.train if name not in ("corpus", "real")):
             more = Data(args.feats, extra, parts)
             out[f"{extra}-train"] = more.subset(np.array(more.splits) == "train")
@@ -433,7 +544,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{key:<48} {rule:<16} sel {entry['selection']:.3f}  corpus-test {entry['corpus-test']['macro_f1']:.3f}"
                   f"/{entry['corpus-test']['map']:.3f}  real-test {entry['real-test']['macro_f1']:.3f}"
                   f"/{entry['real-test']['present_macro_f1']:.3f}"
-                  + (f"  heldout {entry['heldout']['macro_f1']:.3f}/{entry['heldout']['map']:.3f}" if "heldout" in entry else ""),
+                  + "".join(f"  {name} {entry[name]['macro_f1']:.3f}/{entry[name]['map']:.3f}" for name in test_only),
                   flush=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
 

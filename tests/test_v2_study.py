@@ -102,3 +102,58 @@ def test_scan_metrics_scores_only_the_labels_a_zero_training_scan_has(tmp_path):
     _write_csv(tmp_path / "tags.csv", columns(labels), [["d.flac", 1, 0.0, 3.0, 1, "ok", "", 0.1, 0.9, "drums", "", ""]])
     m = scan_metrics.metrics(tmp_path / "tags.csv", data, data / "audio")
     assert m["labels"] == labels and m["per_label_f1"] == {"cello": 1.0, "drums": 1.0}
+
+
+def test_the_bootstrap_interval_is_the_basic_interval_of_the_openmic_macro_f1():
+    from mictag.train.metrics import evaluate
+
+    rng = np.random.default_rng(1)
+    y = (rng.random((25, 20)) < 0.08).astype(np.float32)
+    tags = rng.random((25, 20)) < 0.1
+    lo, hi = study.bootstrap_macro_f1(y, tags, rounds=300, seed=5)
+    point = evaluate(OPENMIC_LABELS, y, np.ones_like(y, bool), tags.astype(np.float32)).macro_f1
+    # the same resamples scored one by one with the package's own metric
+    w = np.random.default_rng(5).multinomial(25, np.full(25, 1 / 25), size=300)
+    scores = []
+    for counts in w:
+        idx = np.repeat(np.arange(25), counts)
+        scores.append(evaluate(OPENMIC_LABELS, y[idx], np.ones((len(idx), 20), bool), tags[idx].astype(np.float32)).macro_f1)
+    q_lo, q_hi = np.percentile(scores, [2.5, 97.5])
+    assert lo == pytest.approx(2 * point - q_hi, abs=1e-9) and hi == pytest.approx(2 * point - q_lo, abs=1e-9)
+    assert lo <= point <= hi
+
+
+def test_unseen_recordings_are_labelled_decoded_and_all_test(tmp_path):
+    import json
+
+    import soundfile as sf
+
+    unseen = _load("unseen_recordings")
+    roots = {}
+    tone = lambda rate, s: (0.5 * np.sin(2 * np.pi * 220 * np.arange(int(s * rate)) / rate)).astype(np.float32)  # noqa: E731
+    for package, rel, _, _ in unseen.FILES:
+        root = roots.setdefault(package, tmp_path / f"{package}_1.0_all")
+        path = root / "usr" / "share" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".raw":  # STK: headerless 16-bit big-endian at 22.05 kHz
+            path.write_bytes((tone(unseen.STK_RATE, 0.5) * 32767).astype(">i2").tobytes())
+        else:
+            sf.write(path, tone(44100, 4.0 if "a11wlk01" in rel else 1.0), 44100)
+    report = unseen.build(roots, tmp_path / "out")
+    with (tmp_path / "out" / "labels.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert report["total_clips"] == len(rows) == len(unseen.FILES) + 1  # the 4-s speech file makes two clips
+    assert {r["split"] for r in rows} == {"test"}
+    for r in rows:
+        labels = [lab for lab in OPENMIC_LABELS if r[lab] == "1"]
+        assert set(r) >= set(OPENMIC_LABELS) and len(labels) <= 1
+        if "bassdrum" in r["file"]:
+            assert labels == ["drums"]
+            x, rate = sf.read(tmp_path / "out" / r["file"])
+            assert rate == 16000 and abs(len(x) - 8000) <= 2
+            # read as big-endian, the tone survives: its 220 Hz peak dominates the spectrum
+            spectrum = np.abs(np.fft.rfft(x))
+            assert abs(np.argmax(spectrum) * rate / len(x) - 220) < 5
+        if "Front_Center" in r["file"]:
+            assert labels == []
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["counts"]["negative"] == 13

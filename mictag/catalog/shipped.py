@@ -56,15 +56,16 @@ def built_name(name: str, backbone_sha256: str) -> str:
 
 
 def summary(record: dict) -> str:
-    """One line: the system, its version, and its test scores (corpus test, real recordings, and
-    the held-out sample family where measured)."""
+    """One line: the system, its version, and its test scores (corpus test, real recordings, the
+    held-out sample family and the unseen recordings where measured)."""
     m = record.get("metrics", {})
     nan = float("nan")
     version = f"version {record['version']}, " if "version" in record else ""
     parts = [f"{version}{record.get('system_name', '?')}, {len(record.get('labels', []))} labels, "
              f"{record.get('trainable', 0):,} trained parameters"]
     for key, what in (("test", "corpus test"), ("cross_domain", "real recordings"),
-                      ("held_out_family", "held-out sample family")):
+                      ("held_out_family", "held-out sample family"),
+                      ("unseen_recordings", "recordings from unseen packages")):
         if m.get(key):
             parts.append(f"{what} macro F1 {m[key].get('macro_f1', nan):.3f}, mAP {m[key].get('mAP', nan):.3f}")
     return "; ".join(parts)
