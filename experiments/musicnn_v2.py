@@ -469,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", nargs="+", default=["corpus"],
                         help="data sets whose training split trains: corpus, real (its real-train clips), or "
                              "another corpus's features (e.g. corpus2)")
+    parser.add_argument("--without-negatives", action="store_true",
+                        help="leave the clips with no instrument out of the extra corpora's training splits")
     parser.add_argument("--out", type=Path, default=RESULTS / "musicnn-v2-study.json")
     parser.add_argument("--models", type=Path, default=None, help="where each run's mapper is saved (default: FEATS/models)")
     parser.add_argument("--ship", default=None, metavar="RUN",
@@ -523,7 +525,10 @@ def main(argv: list[str] | None = None) -> None:
             out[name] = held.subset(np.ones(len(held.files), bool))
         for extra in (name for name in args.train if name not in ("corpus", "real")):
             more = Data(args.feats, extra, parts)
-            out[f"{extra}-train"] = more.subset(np.array(more.splits) == "train")
+            keep = np.array(more.splits) == "train"
+            if args.without_negatives:  # the clips no instrument plays (all labels 0) left out
+                keep &= np.nansum(more.y, axis=1) > 0
+            out[f"{extra}-train"] = more.subset(keep)
         return out
 
     def evaluate_all(model, sets, key, extra):
@@ -559,6 +564,7 @@ def main(argv: list[str] | None = None) -> None:
             for target in args.targets:
                 for seed in range(args.seeds):
                     key = f"{set_name} {kind} {target} seed {seed}" + "".join(f" +{n}" for n in args.train if n != "corpus")
+                    key += " (no negatives)" if args.without_negatives else ""
                     if any(k.startswith(key + " |") for k in results["runs"]):
                         continue
                     t0 = time.perf_counter()
