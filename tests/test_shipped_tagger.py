@@ -149,3 +149,14 @@ def test_without_the_ast_or_a_network_the_message_names_both_ways(tmp_path, monk
     assert result.exit_code == 2 and "Traceback" not in result.output
     for way in ("`mictag models pull`", "--ast", "`mictag models pull musicnn`", "--wheel", "--model"):
         assert way in result.output, way
+
+
+def test_the_summary_names_every_measured_test_set_and_skips_the_rest():
+    record = {"version": 3, "system_name": "musicnn-BS", "labels": list(OPENMIC_LABELS), "trainable": 100760,
+              "metrics": {"test": {"macro_f1": 0.72, "mAP": 0.591}, "cross_domain": {"macro_f1": 0.868, "mAP": 0.825},
+                          "unseen_recordings": {"macro_f1": 0.802, "mAP": 0.564}}}
+    line = shipped.summary(record)
+    assert line.startswith("version 3, musicnn-BS, 20 labels, 100,760 trained parameters")
+    assert "corpus test macro F1 0.720, mAP 0.591" in line and "real recordings macro F1 0.868, mAP 0.825" in line
+    assert "recordings from unseen packages macro F1 0.802, mAP 0.564" in line
+    assert "held-out" not in line  # not measured: not shown
