@@ -42,9 +42,9 @@ from torch import nn
 
 from mictag.corpus.recordings import take
 from mictag.cpu import cpu_info
-from mictag.labels import OPENMIC_LABELS
+from mictag.labels import MTT_LABELS, OPENMIC_LABELS, openmic_mtt_map
 from mictag.model.mappers import build_mapper
-from mictag.train.metrics import evaluate, tune_thresholds
+from mictag.train.metrics import class_f1, evaluate, tune_thresholds
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 FEATURE_SETS = {
@@ -116,9 +116,11 @@ def new_mapper(d: int, kind: str) -> nn.Module:
     return build_mapper(name, d, 0, OPENMIC_LABELS, **options)
 
 
-def file_scores(model: nn.Module, s: Subset) -> np.ndarray:
-    """The scan's file scores: max over the file's windows of the window's sigmoid."""
-    model.eval()
+def file_scores(model, s: Subset) -> np.ndarray:
+    """The scan's file scores: max over the file's windows of the window's sigmoid (``model``: a
+    module or a function of a (files, windows, features) tensor)."""
+    if isinstance(model, nn.Module):
+        model.eval()
     with torch.inference_mode():
         logits = model(torch.from_numpy(s.x))
         logits = logits.masked_fill(~torch.from_numpy(s.mask)[..., None], -torch.inf)
@@ -372,7 +374,7 @@ def measure(args, roles: dict[str, str], previous: Path | None) -> None:
         print(f"{name}: macro F1 {m['macro_f1']:.3f}, mAP {m['mAP']:.3f}{before}")
 
 
-MTT_MAP_LABELS = ("cello", "drums", "flute", "guitar", "piano", "synthesizer", "violin", "voice")
+MTT_MAP_LABELS = tuple(openmic_mtt_map())  # the 8 classes the zero-training map speaks for
 
 
 def bootstrap_macro_f1(y: np.ndarray, tags: np.ndarray, rounds: int = 4000, seed: int = 0) -> tuple[float, float]:
@@ -390,14 +392,8 @@ def bootstrap_macro_f1(y: np.ndarray, tags: np.ndarray, rounds: int = 4000, seed
         neg = np.where(tn + fp + fn > 0, 2 * tn / (2 * tn + fp + fn), np.nan)
     per_label = np.nanmean(np.stack([pos, neg]), axis=0)
     lo, hi = np.percentile(per_label.mean(1), [2.5, 97.5])
-    point = float(np.mean([np.nanmean([_class_f1(t[:, i], p[:, i], c) for c in (False, True)
-                                       if (t[:, i] == c).any() or (p[:, i] == c).any()]) for i in range(t.shape[1])]))
+    point = float(np.mean([class_f1(t[:, i], p[:, i])[0] for i in range(t.shape[1])]))
     return 2 * point - float(hi), 2 * point - float(lo)
-
-
-def _class_f1(truth: np.ndarray, pred: np.ndarray, c: bool) -> float:
-    tp = np.sum((truth == c) & (pred == c))
-    return 2 * tp / (2 * tp + np.sum((truth != c) & (pred == c)) + np.sum((truth == c) & (pred != c)))
 
 
 def compare(args, results: dict, models: Path, keys: list[str]) -> dict:
@@ -417,7 +413,6 @@ def compare(args, results: dict, models: Path, keys: list[str]) -> dict:
         return out
 
     eight = [OPENMIC_LABELS.index(label) for label in MTT_MAP_LABELS]
-    from mictag.labels import openmic_mtt_map
 
     table = {}
 
@@ -436,15 +431,14 @@ def compare(args, results: dict, models: Path, keys: list[str]) -> dict:
             f"{k} {v['macro_f1']:.3f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}] 8: {v['mtt8_macro_f1']:.3f} mAP {v['map']:.3f}"
             for k, v in row.items()), flush=True)
 
+    # The package's zero-training map on each window's 50 MTT logits; its 8 labels, the rest never tagged.
+    mapper = build_mapper("many-to-one", 0, len(MTT_LABELS), MTT_MAP_LABELS, source_map=openmic_mtt_map())
+    per_window = lambda x: mapper(x.flatten(0, 1)).unflatten(0, x.shape[:2])  # noqa: E731 (it takes (windows, 50))
     logit_sets = real_sets([("MTT_musicnn", "logits")])
-    mapping = openmic_mtt_map()
     map_scores = {}
     for set_name, sub in logit_sets.items():
-        top = np.where(sub.mask[..., None], sub.x, -np.inf).max(1)
         out = np.zeros((len(sub), 20))
-        for j, label in enumerate(OPENMIC_LABELS):
-            if label in mapping:
-                out[:, j] = 1 / (1 + np.exp(-top[:, list(mapping[label])].max(1)))
+        out[:, eight] = file_scores(per_window, sub)
         map_scores[set_name] = out
     score("zero-training MTT map (its 8 labels; the other 12 never tagged)", logit_sets, map_scores, 0.5)
     for key in keys:
